@@ -1,0 +1,40 @@
+# Two commands on a fresh clone:  `make run` (the whole system)  and  `make test` (the whole suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install kafka-fetch run test test-quick lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+kafka-fetch: install
+	$(BIN)/velora kafka fetch
+
+## run: Kafka, the query node (:8080), the ingest service (:8081) and a seeded demo tenant
+run: kafka-fetch
+	$(BIN)/velora run
+
+## test: lint, then every test against a real broker that the run starts and stops
+test: kafka-fetch lint
+	$(BIN)/pytest
+
+## test-quick: the suite without the slow crash/outage tests
+test-quick: kafka-fetch
+	$(BIN)/pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+
+## bench: benchmarks; prints a table and writes bench/results/*.json
+bench: kafka-fetch
+	$(BIN)/velora bench
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

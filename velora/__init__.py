@@ -1,0 +1,1 @@
+"""Velora: settings, errors, the local Kafka runtime and the `velora` CLI."""

@@ -1,0 +1,218 @@
+"""One frozen settings object, built once from ``VELORA_*`` environment variables.
+
+No other module reads ``os.environ``. Tests pass a mapping to
+:meth:`Settings.from_env` instead of patching the environment. Every variable the
+project understands is listed in :data:`ENV_VARS`; a bad value raises
+:class:`~velora.errors.ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from velora.errors import ConfigError
+
+PREFIX = "VELORA_"
+
+
+class Secret:
+    """A string that never shows its value in ``repr`` or ``str``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value. Call only where it is used, never to log it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _host(raw: str) -> str:
+    if not raw or any(c.isspace() for c in raw):
+        raise ValueError("must be a host name or address")
+    return raw
+
+
+def _bootstrap(raw: str) -> str:
+    for part in raw.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be host:port[,host:port...]")
+    return raw
+
+
+def _topic_prefix(raw: str) -> str:
+    if not raw or not all(c.isalnum() or c in "._-" for c in raw) or len(raw) > 200:
+        raise ValueError("must be 1-200 characters of [A-Za-z0-9._-]")
+    return raw
+
+
+def _tokens(raw: str) -> tuple[Secret, ...]:
+    tokens = tuple(Secret(t.strip()) for t in raw.split(",") if t.strip())
+    for t in tokens:
+        if len(t.reveal()) < 16:
+            raise ValueError("each service token must be at least 16 characters")
+    return tokens
+
+
+def _secret(raw: str) -> Secret:
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters")
+    return Secret(raw)
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+# Development defaults only; production sets VELORA_KEY_PEPPER and VELORA_CURSOR_SECRET.
+_DEV_PEPPER = Secret("velora-dev-pepper-change-me")
+_DEV_CURSOR_SECRET = Secret("velora-dev-cursor-secret-change-me")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration. Build it with :meth:`from_env`."""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "velora"
+    audit_partitions: int = 6
+    state_dir: Path = Path("var")
+    duckdb_path: Path = Path("var/velora.duckdb")
+    cache_dir: Path = Path(".cache")
+    kafka_version: str = "4.0.2"
+    broker_port: int = 9092
+    controller_port: int = 9093
+    broker_heap_mb: int = 768
+    node_host: str = "127.0.0.1"
+    node_port: int = 8080
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8081
+    ingest_tokens: tuple[Secret, ...] = ()
+    key_pepper: Secret = _DEV_PEPPER
+    cursor_secret: Secret = _DEV_CURSOR_SECRET
+    rate_limit_per_second: float = 20.0
+    rate_limit_burst: int = 100
+    auth_failure_limit: int = 20
+    key_rotation_grace_seconds: int = 86_400
+    materializer_max_batch: int = 5000
+    log_level: str = "INFO"
+
+    @property
+    def audit_topic(self) -> str:
+        """The audit-event topic: infinite retention, never compacted."""
+        return f"{self.topic_prefix}.audit.v1"
+
+    @property
+    def control_topic(self) -> str:
+        """The compacted control topic: API keys, webhook endpoints, tenant settings."""
+        return f"{self.topic_prefix}.control.v1"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build from ``VELORA_*`` variables in ``environ`` (default: the process env).
+
+        Raises :class:`ConfigError` naming the first invalid variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        unknown = sorted(
+            k for k in env if k.startswith(PREFIX) and k not in ENV_VARS and k not in _IGNORED
+        )
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]}; known settings: {sorted(ENV_VARS)}")
+        for var, (name, parse) in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is None:
+                continue
+            try:
+                values[name] = parse(raw.strip())
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{var}={_shown(var, raw)!s} is invalid: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (used by the CLI and tests)."""
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        current.update(changes)
+        return Settings(**current)
+
+
+def _shown(var: str, raw: str) -> str:
+    """Never echo a secret back in an error message."""
+    if var in {"VELORA_INGEST_TOKENS", "VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET"}:
+        return "<redacted>"
+    return repr(raw)
+
+
+ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "VELORA_KAFKA_BOOTSTRAP": ("kafka_bootstrap", _bootstrap),
+    "VELORA_TOPIC_PREFIX": ("topic_prefix", _topic_prefix),
+    "VELORA_AUDIT_PARTITIONS": ("audit_partitions", _int(1, 1000)),
+    "VELORA_STATE_DIR": ("state_dir", Path),
+    "VELORA_DUCKDB_PATH": ("duckdb_path", Path),
+    "VELORA_CACHE_DIR": ("cache_dir", Path),
+    "VELORA_KAFKA_VERSION": ("kafka_version", _host),
+    "VELORA_BROKER_PORT": ("broker_port", _int(0, 65535)),
+    "VELORA_CONTROLLER_PORT": ("controller_port", _int(0, 65535)),
+    "VELORA_BROKER_HEAP_MB": ("broker_heap_mb", _int(128, 16384)),
+    "VELORA_NODE_HOST": ("node_host", _host),
+    "VELORA_NODE_PORT": ("node_port", _int(0, 65535)),
+    "VELORA_INGEST_HOST": ("ingest_host", _host),
+    "VELORA_INGEST_PORT": ("ingest_port", _int(0, 65535)),
+    "VELORA_INGEST_TOKENS": ("ingest_tokens", _tokens),
+    "VELORA_KEY_PEPPER": ("key_pepper", _secret),
+    "VELORA_CURSOR_SECRET": ("cursor_secret", _secret),
+    "VELORA_RATE_LIMIT_PER_SECOND": ("rate_limit_per_second", _float(0.01, 1e6)),
+    "VELORA_RATE_LIMIT_BURST": ("rate_limit_burst", _int(1, 1_000_000)),
+    "VELORA_AUTH_FAILURE_LIMIT": ("auth_failure_limit", _int(1, 1_000_000)),
+    "VELORA_KEY_ROTATION_GRACE_SECONDS": ("key_rotation_grace_seconds", _int(0, 90 * 86_400)),
+    "VELORA_MATERIALIZER_MAX_BATCH": ("materializer_max_batch", _int(1, 100_000)),
+    "VELORA_LOG_LEVEL": ("log_level", _log_level),
+}
+
+# Variables read by the test suite and scripts, not by the application itself.
+_IGNORED = frozenset({"VELORA_TEST_KAFKA_BOOTSTRAP", "VELORA_API_KEY"})

@@ -1,0 +1,3 @@
+"""Everything that writes to the log."""
+
+__all__: list[str] = []

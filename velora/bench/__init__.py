@@ -1,0 +1,1 @@
+"""Benchmarks shipped with the project (`make bench`); results go to bench/results/."""

@@ -13,7 +13,7 @@ class ReadinessSource(Protocol):
     """What the health routes need from the query node."""
 
     def readiness(self) -> dict[str, object]:
-        """``{"ready": bool, "lag": int, ...}``; ready once caught up to the start-time end offsets."""
+        """``{"ready": bool, "lag": int, ...}``; ready once caught up to start-time end offsets."""
         ...
 
 

@@ -84,7 +84,9 @@ def print_table(title: str, rows: Sequence[Row]) -> None:
         print(f"  {r.name.ljust(width)}  {r.value:>12,.1f}  {r.unit:<10} {r.floor}")
 
 
-def write_results(name: str, section: str, data: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
+def write_results(
+    name: str, section: str, data: dict[str, Any], directory: Path = RESULTS_DIR
+) -> Path:
     """Merge ``data`` under ``section`` into ``bench/results/<name>.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"

@@ -1,9 +1,81 @@
-"""`velora bench` subcommands (filled in by the area that owns them)."""
+"""``velora bench``: the shipped benchmarks; prints tables and writes bench/results/*.json.
+
+By default it starts its own broker (fresh state folder, free ports) so results do
+not depend on whatever else runs; ``--bootstrap`` uses an existing one instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from velora.bench.report import Row, print_table
+from velora.broker import BrokerConfig, LocalBroker
+from velora.errors import ConfigError
+from velora.settings import Settings
+from velora.topics import ensure_topics
+
+SUITES = {
+    "ingest": ("velora.bench.ingest", "ingest: library and HTTP ingest"),
+    "ledger": ("velora.bench.ledger", "ledger: materializer catch-up and freshness"),
+    "query": ("velora.bench.query", "query: public API latency"),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this area's commands (none yet)."""
+    """Add ``velora bench``."""
+    p = sub.add_parser("bench", help="run the benchmarks (results in bench/results/)")
+    p.add_argument(
+        "suites",
+        nargs="*",
+        metavar="SUITE",
+        help=f"which suites to run: {', '.join(SUITES)} (default: all)",
+    )
+    p.add_argument("--bootstrap", help="use this Kafka instead of starting a fresh one")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    suites = args.suites or list(SUITES)
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise ConfigError(f"unknown bench suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
+    workdir = Path(tempfile.mkdtemp(prefix="velora-bench-"))
+    broker = None
+    try:
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            broker = LocalBroker(
+                BrokerConfig(
+                    state_dir=workdir / "kafka",
+                    cache_dir=settings.cache_dir,
+                    version=settings.kafka_version,
+                    heap_mb=settings.broker_heap_mb,
+                )
+            )
+            took = broker.start()
+            bootstrap = broker.bootstrap
+            print(f"bench: kafka {broker.version_from_log()} ready in {took:.1f}s", file=sys.stderr)
+        for suite in suites:
+            module, title = SUITES[suite]
+            run_settings = settings.with_overrides(
+                kafka_bootstrap=bootstrap,
+                topic_prefix=f"bench{uuid.uuid4().hex[:8]}",
+                state_dir=workdir / suite,
+                duckdb_path=workdir / suite / "ledger.duckdb",
+            )
+            (workdir / suite).mkdir(parents=True, exist_ok=True)
+            ensure_topics(run_settings)
+            rows: list[Row] = importlib.import_module(module).run(run_settings)
+            print_table(title, rows)
+        print("\nresults written under bench/results/", file=sys.stderr)
+    finally:
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0

@@ -244,6 +244,13 @@ class LocalBroker:
             "group.initial.rebalance.delay.ms": "0",
             "num.network.threads": "2",
             "num.io.threads": "4",
+            # On a restart the new controller still counts the previous incarnation's
+            # session as live and rejects the re-registration (DUPLICATE_BROKER_REGISTRATION)
+            # until that session expires: 9 s by default, so a restart took ~12 s.
+            # A 3 s session with a 0.5 s heartbeat keeps a 6x margin against fencing
+            # and brings a restart down to ~5 s.
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
         }
         path = self.state_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()), encoding="utf-8")

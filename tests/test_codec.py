@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import json
 import random
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from schemas.codec import HEADER_LEN, MAGIC, SCHEMA_DIR, AvroCodec, SchemaRegistry
+from tests.fixtures.records import T0, audit_record
 from velora.errors import CodecError, DecodeError, EncodeError, SchemaError, VeloraError
 
 # Every schema version ever written is immutable: its parsing canonical form,
@@ -26,40 +27,6 @@ WRITTEN_FINGERPRINTS = {
     ("health.velora.control.ApiKey", 1): "0bd2ab4e203b5d7a",
     ("health.velora.control.TenantSettings", 1): "06734747d4f6334f",
 }
-
-T0 = datetime(2025, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)
-
-
-def audit_record(**changes: Any) -> dict[str, Any]:
-    """A complete, valid AuditEvent record (every optional field set)."""
-    record: dict[str, Any] = {
-        "event_id": "0195a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
-        "tenant_id": "tenant-0001",
-        "occurred_at": T0,
-        "received_at": T0 + timedelta(milliseconds=3),
-        "action": "claim.viewed",
-        "crud": "read",
-        "category": "claims",
-        "actor": {
-            "type": "user",
-            "id": "u-17",
-            "name": "Zoë Ångström",
-            "email": "zoe@example.com",
-            "ip": "10.0.0.7",
-            "user_agent": "curl/8.5",
-        },
-        "targets": [
-            {"type": "claim", "id": "c-1", "name": "Claim 1"},
-            {"type": "file", "id": "f", "name": None},
-        ],
-        "outcome": {"result": "success", "reason": None},
-        "request_id": "req-9",
-        "source": "claims-service",
-        "metadata": {"region": "eu-west-1", "emoji": "🩺"},
-        "schema_version": 1,
-    }
-    record.update(changes)
-    return record
 
 
 @pytest.fixture(scope="module")

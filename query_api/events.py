@@ -1,0 +1,99 @@
+"""Routes: ``GET /api/v2/public/audit/events`` and ``GET .../audit/events/{event_id}``.
+
+Both need the ``audit:read`` scope; the tenant is always the key's. A list answer
+is ``{"events": [...], "page": {"next_cursor", "limit"}}``, newest first by
+``(occurred_at, event_id)``, with ``Link: <next page URL>; rel="next"`` when there
+is a next page. An event of another tenant, or no event, is a 404.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from query_api import cursor, queries
+from query_api.auth import require_scope
+from query_api.db import LedgerReader
+from query_api.filters import as_mapping, parse_list_query, query_items
+from query_api.serialize import event_json
+from schemas.events import Target
+from velora.errors import NotFound, Unavailable
+from velora.settings import Settings
+
+READ_SCOPE = "audit:read"
+MAX_EVENT_ID = 128
+
+
+def _reader(request: Request) -> LedgerReader:
+    reader = getattr(request.app.state, "ledger", None)
+    if reader is None:
+        raise Unavailable("the ledger is not available on this node", retry_after=5)
+    return reader
+
+
+async def list_audit_events(request: Request) -> JSONResponse:
+    """A page of the caller's tenant's audit events, newest first."""
+    principal = require_scope(request, READ_SCOPE)
+    settings: Settings = request.app.state.settings
+    query = parse_list_query(request.query_params.multi_items())
+    request.scope["state"]["audit_metadata"] = {
+        "limit": str(query.limit),
+        **{k: v[:256] for k, v in as_mapping(query.filters).items()},
+    }
+    fingerprint = query.filters.fingerprint()
+    after = None
+    if query.cursor is not None:
+        after = cursor.decode(
+            settings.cursor_secret, principal.tenant_id, fingerprint, query.cursor
+        )
+    rows = await _reader(request).read(
+        lambda cur: queries.list_events(
+            cur, principal.tenant_id, query.filters, after, query.limit + 1
+        )
+    )
+    page, more = rows[: query.limit], len(rows) > query.limit
+    next_cursor = None
+    headers: dict[str, str] = {}
+    if more:
+        last = page[-1]
+        next_cursor = cursor.encode(
+            settings.cursor_secret,
+            principal.tenant_id,
+            fingerprint,
+            cursor.Position(last["occurred_us"], last["event_id"]),
+        )
+        url = request.url.include_query_params()  # the same URL with a normalised query
+        next_url = url.replace(query="").include_query_params(
+            **dict(query_items(query.filters, query.limit, next_cursor))
+        )
+        headers["Link"] = f'<{next_url}>; rel="next"'
+    body = {
+        "events": [event_json(r) for r in page],
+        "page": {"next_cursor": next_cursor, "limit": query.limit},
+    }
+    return JSONResponse(body, headers=headers)
+
+
+async def get_audit_event(request: Request) -> JSONResponse:
+    """One event of the caller's tenant; 404 for unknown ids and other tenants' events."""
+    principal = require_scope(request, READ_SCOPE)
+    event_id: str = request.path_params["event_id"]
+    shown = event_id[:MAX_EVENT_ID]
+    request.scope["state"]["audit_target"] = Target("audit_event", shown)
+    if len(event_id) > MAX_EVENT_ID or not event_id.isprintable():
+        raise NotFound("no such audit event")
+    row = await _reader(request).read(
+        lambda cur: queries.get_event(cur, principal.tenant_id, event_id)
+    )
+    if row is None:
+        raise NotFound("no such audit event")
+    return JSONResponse(event_json(row))
+
+
+def event_routes(prefix: str) -> list[Route]:
+    """The audit-event routes under ``prefix`` (``/api/v2/public``)."""
+    return [
+        Route(f"{prefix}/audit/events", list_audit_events, methods=["GET"]),
+        Route(f"{prefix}/audit/events/{{event_id}}", get_audit_event, methods=["GET"]),
+    ]

@@ -1,0 +1,174 @@
+"""Query parameters of ``GET /api/v2/public/audit/events``, validated into :class:`Filters`.
+
+Rules (every violation is a 422 naming the parameter):
+
+- only the documented parameters, each at most once; unknown ones are refused;
+- ``limit`` is an integer 1..1000 (default 50);
+- ``since`` (inclusive) and ``until`` (exclusive) are ISO-8601 date-times *with* an
+  offset; a naive value is refused; both are normalised to UTC;
+- ``action`` is exact (``claim.viewed``) or a prefix ending in ``.*`` (``claim.*``);
+- ``outcome`` is one of ``success``, ``failure``, ``denied``, ``unknown``;
+- text values are 1..256 characters with no control characters (so no NUL bytes).
+
+Values never reach SQL as text: :mod:`query_api.queries` binds them as parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from schemas.events import OUTCOME_RESULTS
+from velora.errors import ErrorDetail, ValidationError
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+MAX_TEXT = 256
+TEXT_FILTERS = ("actor_id", "actor_type", "target_id", "target_type", "source")
+PARAMETERS = ("limit", "cursor", "since", "until", "action", "outcome", *TEXT_FILTERS)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ACTION = re.compile(r"[^*]+(\.\*)?")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The filters of one list query (everything but ``limit`` and ``cursor``)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    action: str | None = None
+    action_prefix: str | None = None
+    actor_id: str | None = None
+    actor_type: str | None = None
+    target_id: str | None = None
+    target_type: str | None = None
+    outcome: str | None = None
+    source: str | None = None
+
+    def fingerprint(self) -> str:
+        """A stable digest of the filters; cursors are bound to it."""
+        data = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A validated list request."""
+
+    filters: Filters
+    limit: int
+    cursor: str | None
+
+
+def _bad(name: str, reason: str) -> ValidationError:
+    return ValidationError(
+        f"invalid query parameter {name!r}: {reason}", (ErrorDetail(name, reason),)
+    )
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw:
+        raise _bad(name, "must not be empty")
+    if len(raw) > MAX_TEXT:
+        raise _bad(name, f"must be at most {MAX_TEXT} characters")
+    if _CONTROL.search(raw):
+        raise _bad(name, "must not contain control characters")
+    return raw
+
+
+def parse_time(name: str, raw: str) -> datetime:
+    """An ISO-8601 date-time with an explicit offset, as aware UTC."""
+    _text(name, raw)
+    text = raw.strip()
+    if len(text) > 10 and text[10] in "tT ":
+        text = text[:10] + "T" + text[11:]
+    if text.endswith(("z", "Z")):
+        text = text[:-1] + "+00:00"
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise _bad(
+            name, "must be an ISO-8601 date-time such as 2025-01-31T12:00:00+00:00"
+        ) from None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise _bad(name, "must include a UTC offset such as +00:00 or Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise _bad(name, "is out of range") from None
+
+
+def _limit(raw: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 5:
+        raise _bad("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    value = int(raw)
+    if not 1 <= value <= MAX_LIMIT:
+        raise _bad("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    return value
+
+
+def parse_list_query(items: Sequence[tuple[str, str]]) -> ListQuery:
+    """Validate the raw query items (repeated keys included) of a list request."""
+    seen: dict[str, str] = {}
+    for name, value in items:
+        if name not in PARAMETERS:
+            shown = (
+                name
+                if len(name) <= 40 and not _CONTROL.search(name)
+                else name[:40].encode("unicode_escape").decode()
+            )
+            raise _bad(shown, f"unknown parameter; allowed: {', '.join(PARAMETERS)}")
+        if name in seen:
+            raise _bad(name, "given more than once")
+        seen[name] = value
+    fields: dict[str, object] = {}
+    for name in ("since", "until"):
+        if name in seen:
+            fields[name] = parse_time(name, seen[name])
+    if "action" in seen:
+        action = _text("action", seen["action"])
+        if not _ACTION.fullmatch(action):
+            raise _bad("action", "must be an exact action or a prefix ending in '.*'")
+        if action.endswith(".*"):
+            fields["action_prefix"] = action[:-1]
+        else:
+            fields["action"] = action
+    if "outcome" in seen:
+        if seen["outcome"] not in OUTCOME_RESULTS:
+            raise _bad("outcome", f"must be one of {', '.join(OUTCOME_RESULTS)}")
+        fields["outcome"] = seen["outcome"]
+    for name in TEXT_FILTERS:
+        if name in seen:
+            fields[name] = _text(name, seen[name])
+    cursor = _text("cursor", seen["cursor"]) if "cursor" in seen else None
+    limit = _limit(seen["limit"]) if "limit" in seen else DEFAULT_LIMIT
+    return ListQuery(Filters(**fields), limit, cursor)  # type: ignore[arg-type]
+
+
+def query_items(filters: Filters, limit: int, cursor: str | None) -> list[tuple[str, str]]:
+    """The query items that reproduce a request (for the ``Link: rel="next"`` URL)."""
+    items: list[tuple[str, str]] = [("limit", str(limit))]
+    for name in ("since", "until"):
+        value = getattr(filters, name)
+        if value is not None:
+            items.append((name, value.isoformat()))
+    if filters.action is not None:
+        items.append(("action", filters.action))
+    if filters.action_prefix is not None:
+        items.append(("action", filters.action_prefix + "*"))
+    if filters.outcome is not None:
+        items.append(("outcome", filters.outcome))
+    items.extend((n, getattr(filters, n)) for n in TEXT_FILTERS if getattr(filters, n) is not None)
+    if cursor is not None:
+        items.append(("cursor", cursor))
+    return items
+
+
+def as_mapping(filters: Filters) -> Mapping[str, str]:
+    """The filters as strings, for the read-audit event's metadata."""
+    return {k: v for k, v in query_items(filters, 0, None) if k != "limit"}

@@ -1,0 +1,322 @@
+"""The OpenAPI 3.1 document of the public API, written by hand to match the behaviour.
+
+``tests/test_openapi.py`` checks it against the routes and validates live answers
+against it; ``tests/test_schemathesis.py`` fuzzes the running server with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from query_api.filters import DEFAULT_LIMIT, MAX_LIMIT, MAX_TEXT
+from query_api.keys import SCOPES
+
+PREFIX = "/api/v2/public"
+_TEXT = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_TEXT,
+    "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _header(description: str, schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": schema}
+
+
+_RATE_HEADERS = {
+    "RateLimit-Limit": {"$ref": "#/components/headers/RateLimit-Limit"},
+    "RateLimit-Remaining": {"$ref": "#/components/headers/RateLimit-Remaining"},
+    "RateLimit-Reset": {"$ref": "#/components/headers/RateLimit-Reset"},
+}
+
+
+def _error(description: str, **extra_headers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {**_RATE_HEADERS, **extra_headers},
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+
+
+_ERRORS = {
+    "401": _error(
+        "Missing, malformed, unknown, revoked or expired API key.",
+        **{"WWW-Authenticate": _header("Always `Bearer`.", {"type": "string"})},
+    ),
+    "403": _error("The API key lacks the scope this operation needs (named in the message)."),
+    "422": _error("A query parameter is invalid (named in `details[].field`)."),
+    "429": _error(
+        "Rate limit exceeded for this key, or too many failed authentications from this client.",
+        **{"Retry-After": _header("Seconds to wait before retrying.", {"type": "integer"})},
+    ),
+    "500": _error("Unexpected server error (no internals in the body)."),
+    "503": _error(
+        "The ledger is temporarily unavailable.",
+        **{"Retry-After": _header("Seconds to wait before retrying.", {"type": "integer"}, False)},
+    ),
+}
+
+
+def _param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_TIME = {"type": "string", "format": "date-time", "maxLength": MAX_TEXT}
+_LIST_PARAMETERS = [
+    _param(
+        "limit",
+        f"Events per page, 1..{MAX_LIMIT}.",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    ),
+    _param(
+        "cursor",
+        "`page.next_cursor` of the previous page, verbatim, with the same filters. "
+        "Opaque; a tampered cursor or one from other filters answers 422.",
+        _TEXT,
+    ),
+    _param(
+        "since",
+        "Only events with `occurred_at >= since`. ISO-8601 with an offset "
+        "(`2025-01-31T00:00:00+00:00` or `...Z`); a value without an offset is a 422.",
+        _TIME,
+    ),
+    _param("until", "Only events with `occurred_at < until`. ISO-8601 with an offset.", _TIME),
+    _param(
+        "action",
+        "Exact action (`claim.viewed`) or a prefix ending in `.*` (`claim.*`).",
+        {**_TEXT, "pattern": "^[^*\\x00-\\x1f\\x7f]+(\\.\\*)?$"},
+    ),
+    _param("actor_id", "Exact actor id.", _TEXT),
+    _param("actor_type", "Exact actor type (`user`, `service`, `api_key`, `system`).", _TEXT),
+    _param("target_id", "Events with a target of this id.", _TEXT),
+    _param(
+        "target_type",
+        "Events with a target of this type (with `target_id`: the same target).",
+        _TEXT,
+    ),
+    _param(
+        "outcome",
+        "Outcome result.",
+        {"type": "string", "enum": ["success", "failure", "denied", "unknown"]},
+    ),
+    _param("source", "Exact emitting service.", _TEXT),
+]
+
+_SCHEMAS: dict[str, Any] = {
+    "Actor": {
+        "type": "object",
+        "required": ["type", "id", "name", "email", "ip", "user_agent"],
+        "properties": {
+            "type": {"type": "string", "description": "user, service, api_key, system"},
+            "id": {"type": "string"},
+            "name": _NULLABLE_STRING,
+            "email": _NULLABLE_STRING,
+            "ip": _NULLABLE_STRING,
+            "user_agent": _NULLABLE_STRING,
+        },
+    },
+    "Target": {
+        "type": "object",
+        "required": ["type", "id", "name"],
+        "properties": {
+            "type": {"type": "string"},
+            "id": {"type": "string"},
+            "name": _NULLABLE_STRING,
+        },
+    },
+    "Outcome": {
+        "type": "object",
+        "required": ["result", "reason"],
+        "properties": {
+            "result": {"type": "string", "enum": ["success", "failure", "denied", "unknown"]},
+            "reason": _NULLABLE_STRING,
+        },
+    },
+    "AuditEvent": {
+        "type": "object",
+        "description": "One action taken on the tenant's data; mirrors the Avro AuditEvent.",
+        "required": [
+            "event_id",
+            "tenant_id",
+            "occurred_at",
+            "received_at",
+            "action",
+            "crud",
+            "category",
+            "actor",
+            "targets",
+            "outcome",
+            "request_id",
+            "source",
+            "metadata",
+            "schema_version",
+        ],
+        "properties": {
+            "event_id": {"type": "string", "description": "UUIDv7"},
+            "tenant_id": {"type": "string"},
+            "occurred_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "UTC, ISO-8601 with +00:00",
+            },
+            "received_at": {"type": "string", "format": "date-time"},
+            "action": {"type": "string", "examples": ["claim.viewed"]},
+            "crud": {"type": "string", "enum": ["create", "read", "update", "delete", "other"]},
+            "category": _NULLABLE_STRING,
+            "actor": _ref("Actor"),
+            "targets": {"type": "array", "items": _ref("Target")},
+            "outcome": _ref("Outcome"),
+            "request_id": _NULLABLE_STRING,
+            "source": {"type": "string"},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "schema_version": {"type": "integer"},
+        },
+    },
+    "EventPage": {
+        "type": "object",
+        "required": ["events", "page"],
+        "properties": {
+            "events": {
+                "type": "array",
+                "items": _ref("AuditEvent"),
+                "description": "Newest first by (occurred_at, event_id).",
+            },
+            "page": {
+                "type": "object",
+                "required": ["next_cursor", "limit"],
+                "properties": {
+                    "next_cursor": {
+                        "type": ["string", "null"],
+                        "description": "Pass as `cursor` for the next page; null on the last page.",
+                    },
+                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                },
+            },
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["type", "message", "details"],
+                "properties": {
+                    "type": {"type": "string", "examples": ["validation_error"]},
+                    "message": {"type": "string"},
+                    "details": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["field", "reason"],
+                            "properties": {
+                                "field": {"type": "string"},
+                                "reason": {"type": "string"},
+                                "index": {"type": "integer"},
+                            },
+                        },
+                    },
+                },
+            }
+        },
+    },
+}
+
+
+def openapi_document(server_url: str | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document; ``server_url`` becomes its only server when given."""
+    list_errors = {k: v for k, v in _ERRORS.items()}
+    get_errors = {k: v for k, v in _ERRORS.items() if k != "422"}
+    get_errors["404"] = _error("No such event for this tenant (also another tenant's event).")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Velora Public API",
+            "version": "2.0.0",
+            "description": "Programmatic access to your tenant's audit trail. "
+            "Authenticate with `Authorization: Bearer vlk_live_<8 hex>_<32 hex>`.",
+        },
+        "servers": [{"url": server_url or "https://api.velora.health"}],
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            f"{PREFIX}/audit/events": {
+                "get": {
+                    "operationId": "listAuditEvents",
+                    "summary": "List audit events, newest first",
+                    "description": "Requires scope `audit:read`. Keyset-paginated; paging "
+                    "while new events arrive neither skips nor repeats. Unknown query "
+                    "parameters answer 422.",
+                    "parameters": _LIST_PARAMETERS,
+                    "responses": {
+                        "200": {
+                            "description": "One page of events.",
+                            "headers": {
+                                **_RATE_HEADERS,
+                                "Link": _header(
+                                    '`<next page URL>; rel="next"` when there is a next page.',
+                                    {"type": "string"},
+                                    False,
+                                ),
+                            },
+                            "content": {"application/json": {"schema": _ref("EventPage")}},
+                        },
+                        **list_errors,
+                    },
+                }
+            },
+            f"{PREFIX}/audit/events/{{event_id}}": {
+                "get": {
+                    "operationId": "getAuditEvent",
+                    "summary": "One audit event",
+                    "description": "Requires scope `audit:read`. Another tenant's event is a 404.",
+                    "parameters": [
+                        {
+                            "name": "event_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The event.",
+                            "headers": _RATE_HEADERS,
+                            "content": {"application/json": {"schema": _ref("AuditEvent")}},
+                        },
+                        **get_errors,
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "vlk_live_<8 hex key id>_<32 hex secret> (49 characters)",
+                    "description": f"API keys are minted by Velora operators. Scopes: "
+                    f"{', '.join(SCOPES)}.",
+                }
+            },
+            "headers": {
+                "RateLimit-Limit": _header("Requests allowed in a burst.", {"type": "integer"}),
+                "RateLimit-Remaining": _header("Requests left now.", {"type": "integer"}),
+                "RateLimit-Reset": _header(
+                    "Seconds until the allowance is full again.", {"type": "integer"}
+                ),
+            },
+            "schemas": _SCHEMAS,
+        },
+    }

@@ -1,0 +1,143 @@
+"""The SQL of the public audit API, over ``audit_events`` (see :mod:`ledger.tables`).
+
+Every value is a bound parameter; no request text is ever formatted into SQL.
+
+**Why the list query probes windows.** ``audit_events`` is stored in log order,
+so ``occurred_at`` rises with the physical row order and DuckDB's per-row-group
+min/max statistics (zone maps) can skip every row group outside a time range. A
+plain ``WHERE tenant_id = ? ORDER BY occurred_at DESC LIMIT 51`` cannot use them
+and scans the tenant's whole history (millions of rows for a big tenant). So the
+query first asks only for ``occurred_at >= anchor - window``, where the anchor is
+the cursor's position (or ``until``, or now), for a window of 15 min, then 6 h,
+3 d, 30 d, 1 y, and finally without bound. As soon as a window holds ``limit + 1``
+matching rows, those are exactly the newest ``limit + 1`` rows (every row outside
+the window is older), so the answer is the same as the unbounded query's; only
+the amount scanned differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from query_api.cursor import Position
+from query_api.filters import Filters
+from schemas.events import from_micros
+from velora.errors import Unavailable
+
+WINDOWS: tuple[timedelta | None, ...] = (
+    timedelta(minutes=15),
+    timedelta(hours=6),
+    timedelta(days=3),
+    timedelta(days=30),
+    timedelta(days=365),
+    None,
+)
+
+COLUMN_NAMES: tuple[str, ...] = (
+    "event_id", "tenant_id", "occurred_us", "received_us", "action", "crud", "category",
+    "actor_type", "actor_id", "actor_name", "actor_email", "actor_ip", "actor_user_agent",
+    "targets", "outcome_result", "outcome_reason", "request_id", "source", "metadata",
+    "schema_version",
+)  # fmt: skip
+_EXPRESSIONS = {
+    "occurred_us": "epoch_us(occurred_at) AS occurred_us",
+    "received_us": "epoch_us(received_at) AS received_us",
+}
+COLUMNS = ", ".join(_EXPRESSIONS.get(name, name) for name in COLUMN_NAMES)
+ORDER = "ORDER BY occurred_at DESC, event_id DESC"
+
+Row = dict[str, Any]
+
+
+def _filter_sql(tenant_id: str, f: Filters) -> tuple[list[str], list[Any]]:
+    where = ["tenant_id = ?"]
+    params: list[Any] = [tenant_id]
+    simple = (
+        ("action = ?", f.action),
+        ("starts_with(action, ?)", f.action_prefix),
+        ("actor_id = ?", f.actor_id),
+        ("actor_type = ?", f.actor_type),
+        ("outcome_result = ?", f.outcome),
+        ("source = ?", f.source),
+        ("occurred_at >= ?", f.since),
+        ("occurred_at < ?", f.until),
+    )
+    for clause, value in simple:
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    if f.target_id is not None or f.target_type is not None:
+        conds, values = [], []
+        if f.target_id is not None:
+            conds.append("t.id = ?")
+            values.append(f.target_id)
+        if f.target_type is not None:
+            conds.append("t.type = ?")
+            values.append(f.target_type)
+        where.append(f"len(list_filter(targets, lambda t: {' AND '.join(conds)})) > 0")
+        params.extend(values)
+    return where, params
+
+
+def _rows(cur: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> list[Row]:
+    try:
+        result = cur.execute(sql, params)
+        return [dict(zip(COLUMN_NAMES, r, strict=True)) for r in result.fetchall()]
+    except duckdb.Error as exc:
+        raise Unavailable(f"ledger query failed: {type(exc).__name__}", retry_after=1) from exc
+
+
+def list_events(
+    cur: duckdb.DuckDBPyConnection,
+    tenant_id: str,
+    filters: Filters,
+    after: Position | None,
+    limit: int,
+    now: datetime | None = None,
+) -> list[Row]:
+    """Up to ``limit`` events of one tenant, newest first, strictly after ``after``."""
+    where, params = _filter_sql(tenant_id, filters)
+    if after is not None:
+        at = from_micros(after.occurred_us)
+        where.append("occurred_at <= ? AND (occurred_at < ? OR event_id < ?)")
+        params.extend([at, at, after.event_id])
+        anchor = at
+    elif filters.until is not None:
+        anchor = filters.until
+    else:
+        anchor = now or datetime.now(UTC)
+    # Only constant clauses are joined here; every value is a bound parameter.
+    base = f"SELECT {COLUMNS} FROM audit_events WHERE {' AND '.join(where)}"  # noqa: S608
+    for window in WINDOWS:
+        lower = _lower_bound(anchor, window)
+        if lower is not None and filters.since is not None and lower <= filters.since:
+            lower = None  # the since bound is already narrower: this is the last probe
+        if lower is None:
+            return _rows(cur, f"{base} {ORDER} LIMIT ?", [*params, limit])
+        rows = _rows(cur, f"{base} AND occurred_at >= ? {ORDER} LIMIT ?", [*params, lower, limit])
+        if len(rows) >= limit:
+            return rows
+    return []  # unreachable: the last window is unbounded
+
+
+def _lower_bound(anchor: datetime, window: timedelta | None) -> datetime | None:
+    if window is None:
+        return None
+    try:
+        return anchor - window
+    except OverflowError:
+        return None
+
+
+def get_event(cur: duckdb.DuckDBPyConnection, tenant_id: str, event_id: str) -> Row | None:
+    """One event of one tenant by id (the primary-key index answers it), or None."""
+    rows = _rows(
+        cur,
+        f"SELECT {COLUMNS} FROM audit_events WHERE event_id = ? AND tenant_id = ?",  # noqa: S608
+        [event_id, tenant_id],
+    )
+    return rows[0] if rows else None

@@ -1,0 +1,55 @@
+"""Rows of ``audit_events`` as the public JSON shape, which mirrors the Avro ``AuditEvent``.
+
+``actor``, ``targets`` and ``outcome`` are nested objects, ``metadata`` an object of
+strings, and every timestamp is ISO-8601 in UTC with an explicit ``+00:00``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from schemas.events import from_micros
+
+
+def iso(micros: int) -> str:
+    """Epoch microseconds as ``YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00``."""
+    return from_micros(micros).isoformat()
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items()}
+    # Older DuckDB clients return a MAP as {"key": [...], "value": [...]}.
+    return dict(zip(value["key"], value["value"], strict=True))  # pragma: no cover
+
+
+def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One event in the public shape."""
+    return {
+        "event_id": row["event_id"],
+        "tenant_id": row["tenant_id"],
+        "occurred_at": iso(row["occurred_us"]),
+        "received_at": iso(row["received_us"]),
+        "action": row["action"],
+        "crud": row["crud"],
+        "category": row["category"],
+        "actor": {
+            "type": row["actor_type"],
+            "id": row["actor_id"],
+            "name": row["actor_name"],
+            "email": row["actor_email"],
+            "ip": row["actor_ip"],
+            "user_agent": row["actor_user_agent"],
+        },
+        "targets": [
+            {"type": t["type"], "id": t["id"], "name": t["name"]} for t in row["targets"] or ()
+        ],
+        "outcome": {"result": row["outcome_result"], "reason": row["outcome_reason"]},
+        "request_id": row["request_id"],
+        "source": row["source"],
+        "metadata": _metadata(row["metadata"]),
+        "schema_version": row["schema_version"],
+    }

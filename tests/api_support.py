@@ -1,0 +1,178 @@
+"""Support for the public-API tests: events in a real DuckDB, keys on the real control
+topic, an app with its control state caught up, and a real uvicorn server on port 0."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import uuid_utils
+import uvicorn
+from kafka import KafkaProducer
+from starlette.applications import Starlette
+
+from ledger.control import ControlState
+from query_api.app import create_app
+from query_api.db import DuckDBReader
+from query_api.keys import IssuedKey, create_key
+from schemas.codec import AvroCodec
+from schemas.events import Actor, AuditEvent, Outcome, Target
+from tests.helpers import wait_for
+from velora.settings import Settings
+
+BASE = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+INSERT = """
+INSERT INTO audit_events VALUES (
+    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, map(?::VARCHAR[], ?::VARCHAR[]), ?, ?, ?
+)
+"""
+
+
+def make_event(
+    tenant_id: str,
+    i: int,
+    *,
+    occurred_at: datetime | None = None,
+    action: str = "claim.viewed",
+    actor_id: str | None = None,
+    actor_type: str = "user",
+    target: Target | None = None,
+    outcome: str = "success",
+    source: str = "claims-service",
+) -> AuditEvent:
+    """A realistic event; ``i`` spaces events one second apart from :data:`BASE`."""
+    at = occurred_at or BASE + timedelta(seconds=i)
+    return AuditEvent(
+        event_id=str(uuid_utils.uuid7()),
+        tenant_id=tenant_id,
+        occurred_at=at,
+        received_at=at + timedelta(milliseconds=5),
+        action=action,
+        crud="read",
+        category="claims",
+        actor=Actor(type=actor_type, id=actor_id or f"user-{i % 3}", name="Dana", ip="10.0.0.1"),
+        targets=(target or Target("claim", f"CLM-{i}", None),),
+        outcome=Outcome(outcome, None if outcome == "success" else "nope"),
+        request_id=f"req-{i}",
+        source=source,
+        metadata={"i": str(i)},
+    )
+
+
+def insert_events(
+    reader: DuckDBReader, events: Iterable[AuditEvent], start_offset: int = 0
+) -> None:
+    """Insert events as the materializer would (one row each, log order)."""
+    rows = []
+    for n, e in enumerate(events):
+        a = e.actor
+        rows.append([
+            e.event_id, e.tenant_id, e.occurred_at, e.received_at, e.action, e.crud, e.category,
+            a.type, a.id, a.name, a.email, a.ip, a.user_agent,
+            [{"type": t.type, "id": t.id, "name": t.name} for t in e.targets],
+            e.outcome.result, e.outcome.reason, e.request_id, e.source,
+            list(e.metadata), list(e.metadata.values()), e.schema_version, 0, start_offset + n,
+        ])  # fmt: skip
+    cur = reader.connection.cursor()
+    try:
+        cur.executemany(INSERT, rows)
+    finally:
+        cur.close()
+
+
+class KafkaAuditSink:
+    """Sends read-audit events to the real audit topic (what ingest's AuditProducer does)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._topic = settings.audit_topic
+        self._codec = AvroCodec()
+        self._producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+
+    def send(self, event: AuditEvent):
+        value = self._codec.encode("AuditEvent", event.to_avro())
+        return self._producer.send(self._topic, key=event.tenant_id.encode(), value=value)
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+def audit_sink(settings: Settings):
+    """ingest.producer.AuditProducer when it exists, else the equivalent Kafka sink."""
+    try:
+        from ingest.producer import AuditProducer
+    except ImportError:
+        return KafkaAuditSink(settings)
+    return AuditProducer(settings)
+
+
+@dataclass
+class Api:
+    """A running app (real uvicorn, lifespan included) over a real DuckDB file."""
+
+    settings: Settings
+    reader: DuckDBReader
+    control: ControlState
+    app: Starlette
+    client: httpx.Client
+    base_url: str
+
+    def issue(self, tenant: str, scopes: tuple[str, ...] = ("audit:read",)) -> IssuedKey:
+        """Mint a key on the control topic and wait until this app knows it."""
+        issued = create_key(self.settings, tenant, scopes, name=f"{tenant} test key")
+        self.await_control(issued.offset)
+        return issued
+
+    def await_control(self, offset: int) -> None:
+        """Wait until the app's control state has folded ``offset``."""
+        wait_for(lambda: self.control.position > offset, timeout=10, what="control offset")
+
+    def get(self, path: str, token: str | None = None, **kwargs):
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.client.get(path, headers=headers, **kwargs)
+
+
+@contextmanager
+def running_api(settings: Settings, db_path: Path | None = None, sink=None) -> Iterator[Api]:
+    """The full app over a DuckDB file, its control follower started by the lifespan."""
+    reader = DuckDBReader(db_path or settings.duckdb_path)
+    control = ControlState(settings)
+    control.start()
+    app = create_app(settings, reader, control=control, audit_sink=sink or audit_sink(settings))
+    try:
+        with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            yield Api(settings, reader, control, app, client, url)
+    finally:
+        control.stop()
+        reader.close()
+
+
+def free_port() -> int:
+    """A port the OS chose (bind to 0), for a server started right after."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def live_server(app: Starlette) -> Iterator[str]:
+    """Serve ``app`` with a real uvicorn on 127.0.0.1:<port 0>; yields its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=30, what="uvicorn start")
+        sock = server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

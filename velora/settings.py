@@ -48,7 +48,10 @@ class Secret:
 
 def _int(lo: int, hi: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        value = int(raw)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be an integer between {lo} and {hi}") from None
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}")
         return value
@@ -58,7 +61,10 @@ def _int(lo: int, hi: int) -> Callable[[str], int]:
 
 def _float(lo: float, hi: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
-        value = float(raw)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number between {lo} and {hi}") from None
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}")
         return value
@@ -75,8 +81,21 @@ def _host(raw: str) -> str:
 def _bootstrap(raw: str) -> str:
     for part in raw.split(","):
         host, sep, port = part.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError("must be host:port[,host:port...]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port[,host:port...] with ports 1-65535")
+    return raw
+
+
+def _path(raw: str) -> Path:
+    if not raw or "\0" in raw:
+        raise ValueError("must be a non-empty path")
+    return Path(raw)
+
+
+def _version(raw: str) -> str:
+    parts = raw.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError("must be a Kafka release such as 4.0.2")
     return raw
 
 
@@ -172,7 +191,28 @@ class Settings:
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"{var}={_shown(var, raw)!s} is invalid: {exc}") from None
         values.update(overrides)
-        return cls(**values)
+        settings = cls(**values)
+        settings._check_ports()
+        return settings
+
+    def _check_ports(self) -> None:
+        """Listeners started from one settings object must not share a fixed port (0 = free)."""
+        clashes = (
+            (
+                "VELORA_BROKER_PORT",
+                "VELORA_CONTROLLER_PORT",
+                self.broker_port,
+                self.controller_port,
+            ),
+        )
+        wildcard = {"0.0.0.0", "::"}  # noqa: S104 - compared, not bound
+        if self.node_host == self.ingest_host or {self.node_host, self.ingest_host} & wildcard:
+            clashes += (
+                ("VELORA_NODE_PORT", "VELORA_INGEST_PORT", self.node_port, self.ingest_port),
+            )
+        for a, b, pa, pb in clashes:
+            if pa and pa == pb:
+                raise ConfigError(f"{a} and {b} are both {pa}; each listener needs its own port")
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (used by the CLI and tests)."""
@@ -192,10 +232,10 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_KAFKA_BOOTSTRAP": ("kafka_bootstrap", _bootstrap),
     "VELORA_TOPIC_PREFIX": ("topic_prefix", _topic_prefix),
     "VELORA_AUDIT_PARTITIONS": ("audit_partitions", _int(1, 1000)),
-    "VELORA_STATE_DIR": ("state_dir", Path),
-    "VELORA_DUCKDB_PATH": ("duckdb_path", Path),
-    "VELORA_CACHE_DIR": ("cache_dir", Path),
-    "VELORA_KAFKA_VERSION": ("kafka_version", _host),
+    "VELORA_STATE_DIR": ("state_dir", _path),
+    "VELORA_DUCKDB_PATH": ("duckdb_path", _path),
+    "VELORA_CACHE_DIR": ("cache_dir", _path),
+    "VELORA_KAFKA_VERSION": ("kafka_version", _version),
     "VELORA_BROKER_PORT": ("broker_port", _int(0, 65535)),
     "VELORA_CONTROLLER_PORT": ("controller_port", _int(0, 65535)),
     "VELORA_BROKER_HEAP_MB": ("broker_heap_mb", _int(128, 16384)),

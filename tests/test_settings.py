@@ -1,0 +1,224 @@
+"""One frozen settings object from ``VELORA_*`` variables, validated at start.
+
+Every variable in ``ENV_VARS`` has a good and a bad value here (a new variable
+fails ``test_every_variable_is_covered`` until it is added). A bad value raises
+:class:`ConfigError` naming the variable; secrets never show in ``repr``, ``str``
+or error messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from velora.errors import ConfigError
+from velora.settings import ENV_VARS, Secret, Settings
+
+PEPPER = "pepper-0123456789-abcdef"
+CURSOR = "cursor-0123456789-abcdef"
+TOKEN_A = "token-a-0123456789abcdef"
+TOKEN_B = "token-b-0123456789abcdef"
+SECRETS = (PEPPER, CURSOR, TOKEN_A, TOKEN_B)
+
+# variable: (raw value, the parsed value it must give)
+GOOD: dict[str, tuple[str, Any]] = {
+    "VELORA_KAFKA_BOOTSTRAP": ("10.0.0.1:9092, kafka-2:19092", "10.0.0.1:9092, kafka-2:19092"),
+    "VELORA_TOPIC_PREFIX": ("acme.prod-1", "acme.prod-1"),
+    "VELORA_AUDIT_PARTITIONS": (" 12 ", 12),
+    "VELORA_STATE_DIR": ("/srv/velora", Path("/srv/velora")),
+    "VELORA_DUCKDB_PATH": ("/srv/velora/ledger.duckdb", Path("/srv/velora/ledger.duckdb")),
+    "VELORA_CACHE_DIR": ("~/.cache/velora", Path("~/.cache/velora")),
+    "VELORA_KAFKA_VERSION": ("4.1.0", "4.1.0"),
+    "VELORA_BROKER_PORT": ("0", 0),
+    "VELORA_CONTROLLER_PORT": ("19093", 19093),
+    "VELORA_BROKER_HEAP_MB": ("1024", 1024),
+    "VELORA_NODE_HOST": ("0.0.0.0", "0.0.0.0"),
+    "VELORA_NODE_PORT": ("18080", 18080),
+    "VELORA_INGEST_HOST": ("::1", "::1"),
+    "VELORA_INGEST_PORT": ("18081", 18081),
+    "VELORA_INGEST_TOKENS": (f"{TOKEN_A}, {TOKEN_B},", (Secret(TOKEN_A), Secret(TOKEN_B))),
+    "VELORA_KEY_PEPPER": (PEPPER, Secret(PEPPER)),
+    "VELORA_CURSOR_SECRET": (CURSOR, Secret(CURSOR)),
+    "VELORA_RATE_LIMIT_PER_SECOND": ("2.5", 2.5),
+    "VELORA_RATE_LIMIT_BURST": ("50", 50),
+    "VELORA_AUTH_FAILURE_LIMIT": ("5", 5),
+    "VELORA_KEY_ROTATION_GRACE_SECONDS": ("0", 0),
+    "VELORA_MATERIALIZER_MAX_BATCH": ("20000", 20000),
+    "VELORA_LOG_LEVEL": ("debug", "DEBUG"),
+}
+
+# variable: bad raw values, each of which must be rejected
+BAD: dict[str, tuple[str, ...]] = {
+    "VELORA_KAFKA_BOOTSTRAP": ("", "localhost", "host:port", ":9092", "h:0", "h:65536"),
+    "VELORA_TOPIC_PREFIX": ("", "a b", "a/b", "x" * 201),
+    "VELORA_AUDIT_PARTITIONS": ("0", "-1", "1001", "six", "6.0"),
+    "VELORA_STATE_DIR": ("",),
+    "VELORA_DUCKDB_PATH": ("",),
+    "VELORA_CACHE_DIR": ("",),
+    "VELORA_KAFKA_VERSION": ("latest", "4.0", "4.0.x", ""),
+    "VELORA_BROKER_PORT": ("-1", "65536", "http"),
+    "VELORA_CONTROLLER_PORT": ("70000", "x"),
+    "VELORA_BROKER_HEAP_MB": ("64", "100000", "1g"),
+    "VELORA_NODE_HOST": ("", "my host"),
+    "VELORA_NODE_PORT": ("65536", "eighty"),
+    "VELORA_INGEST_HOST": ("a\tb",),
+    "VELORA_INGEST_PORT": ("-5",),
+    "VELORA_INGEST_TOKENS": ("short", f"{TOKEN_A},tooshort"),
+    "VELORA_KEY_PEPPER": ("tooshort", ""),
+    "VELORA_CURSOR_SECRET": ("123",),
+    "VELORA_RATE_LIMIT_PER_SECOND": ("0", "nan", "inf", "fast"),
+    "VELORA_RATE_LIMIT_BURST": ("0", "1.5"),
+    "VELORA_AUTH_FAILURE_LIMIT": ("0",),
+    "VELORA_KEY_ROTATION_GRACE_SECONDS": ("-1", str(91 * 86_400)),
+    "VELORA_MATERIALIZER_MAX_BATCH": ("0", "100001"),
+    "VELORA_LOG_LEVEL": ("trace", "verbose", ""),
+}
+
+SECRET_VARS = {"VELORA_INGEST_TOKENS", "VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET"}
+
+
+def test_every_variable_is_covered():
+    assert set(GOOD) == set(ENV_VARS) == set(BAD)
+
+
+def test_every_variable_names_a_settings_field():
+    names = {f.name for f in dataclasses.fields(Settings)}
+    assert {name for name, _parse in ENV_VARS.values()} == names
+
+
+def test_defaults_without_environment():
+    s = Settings.from_env({})
+    assert s == Settings()
+    assert s.kafka_bootstrap == "127.0.0.1:9092"
+    assert s.audit_partitions == 6
+    assert s.kafka_version == "4.0.2"
+    assert (s.broker_port, s.controller_port) == (9092, 9093)
+    assert s.audit_topic == "velora.audit.v1"
+    assert s.control_topic == "velora.control.v1"
+    assert s.ingest_tokens == ()
+    assert s.key_pepper and s.cursor_secret  # development values, never empty
+
+
+@pytest.mark.parametrize("var", sorted(GOOD))
+def test_each_variable_parses(var):
+    raw, expected = GOOD[var]
+    name, _parse = ENV_VARS[var]
+    assert getattr(Settings.from_env({var: raw}), name) == expected
+
+
+def test_all_variables_at_once():
+    env = {var: raw for var, (raw, _) in GOOD.items()}
+    s = Settings.from_env(env)
+    for var, (_raw, expected) in GOOD.items():
+        assert getattr(s, ENV_VARS[var][0]) == expected, var
+
+
+@pytest.mark.parametrize(("var", "raw"), [(v, r) for v, raws in BAD.items() for r in raws])
+def test_bad_value_is_a_config_error_naming_the_variable(var, raw):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({var: raw})
+    message = str(info.value)
+    assert message.startswith(f"{var}=")
+    assert "is invalid: " in message and len(message.split("is invalid: ")[1]) > 5
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    if var in SECRET_VARS:
+        assert "<redacted>" in message
+        for part in raw.split(","):
+            assert not part or part not in message
+
+
+def test_unknown_velora_variable_is_rejected():
+    with pytest.raises(ConfigError, match="unknown setting VELORA_KAFKA_BOOSTRAP"):
+        Settings.from_env({"VELORA_KAFKA_BOOSTRAP": "h:1"})
+
+
+def test_unknown_variable_error_does_not_echo_its_value():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"VELORA_KEY_PEPER": PEPPER})
+    assert PEPPER not in str(info.value)
+
+
+def test_other_variables_are_ignored():
+    env = {"PATH": "/bin", "KAFKA_BOOTSTRAP": "x", "VELORA_TEST_KAFKA_BOOTSTRAP": "h:1"}
+    assert Settings.from_env(env) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        (
+            {"VELORA_BROKER_PORT": "9500", "VELORA_CONTROLLER_PORT": "9500"},
+            "VELORA_BROKER_PORT and VELORA_CONTROLLER_PORT are both 9500",
+        ),
+        ({"VELORA_NODE_PORT": "8081"}, "VELORA_NODE_PORT and VELORA_INGEST_PORT are both 8081"),
+        (
+            {"VELORA_NODE_HOST": "0.0.0.0", "VELORA_NODE_PORT": "8081"},
+            "are both 8081",
+        ),
+    ],
+)
+def test_listeners_sharing_a_fixed_port_are_rejected(env, words):
+    with pytest.raises(ConfigError, match=words):
+        Settings.from_env(env)
+
+
+def test_port_zero_means_free_and_never_clashes():
+    s = Settings.from_env(
+        {
+            "VELORA_BROKER_PORT": "0",
+            "VELORA_CONTROLLER_PORT": "0",
+            "VELORA_NODE_PORT": "0",
+            "VELORA_INGEST_PORT": "0",
+        }
+    )
+    assert (s.broker_port, s.controller_port, s.node_port, s.ingest_port) == (0, 0, 0, 0)
+
+
+def test_secrets_never_show_in_repr_or_str():
+    env = {var: GOOD[var][0] for var in SECRET_VARS}
+    s = Settings.from_env(env)
+    for text in (repr(s), str(s), repr(s.key_pepper), str(s.ingest_tokens), f"{s.cursor_secret}"):
+        for secret in SECRETS:
+            assert secret not in text
+    assert "Secret('**********')" in repr(s)
+    assert s.key_pepper.reveal() == PEPPER
+    assert [t.reveal() for t in s.ingest_tokens] == [TOKEN_A, TOKEN_B]
+
+
+def test_settings_are_frozen():
+    s = Settings.from_env({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.audit_partitions = 1  # type: ignore[misc]
+    changed = s.with_overrides(audit_partitions=3)
+    assert (changed.audit_partitions, s.audit_partitions) == (3, 6)
+    assert hash(s) == hash(Settings.from_env({}))
+
+
+def test_topic_names_follow_the_prefix():
+    s = Settings.from_env({"VELORA_TOPIC_PREFIX": "acme"})
+    assert (s.audit_topic, s.control_topic) == ("acme.audit.v1", "acme.control.v1")
+
+
+def test_the_cli_reports_a_bad_value_and_exits_2(tmp_path):
+    """Validated at start: the process stops with one clear line, no traceback."""
+    env = {"PATH": "/usr/bin:/bin", "VELORA_AUDIT_PARTITIONS": "many"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "velora.cli", "kafka", "status"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "velora: error: VELORA_AUDIT_PARTITIONS='many' is invalid: "
+        "must be an integer between 1 and 1000"
+    )
+    assert "Traceback" not in proc.stderr

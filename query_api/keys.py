@@ -1,6 +1,6 @@
 """API keys: the token format, the secret hash, and the operator actions on keys.
 
-Token format (49 characters)::
+Token format (50 characters: 9 + 8 + 1 + 32; the public index says 49, its own example has 50)::
 
     vlk_live_ | 8 hex lookup (the key_id) | _ | 32 hex secret (128 bits)
 
@@ -29,7 +29,7 @@ from velora.errors import ErrorDetail, NotFound, ValidationError
 from velora.settings import Secret, Settings
 
 PREFIX = "vlk_live_"
-KEY_LENGTH = 49
+KEY_LENGTH = 50  # the seed says "49 characters", but its parts and its example add up to 50
 SCOPES: tuple[str, ...] = ("audit:read", "audit:export", "webhooks:write")
 TOKEN_RE = re.compile(r"vlk_live_([0-9a-f]{8})_([0-9a-f]{32})")
 TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -93,9 +93,10 @@ def parse_scopes(raw: str) -> tuple[str, ...]:
     scopes = tuple(dict.fromkeys(s.strip() for s in raw.split(",") if s.strip()))
     bad = [s for s in scopes if s not in SCOPES]
     if not scopes or bad:
+        reason = f"unknown scope {bad[0]!r}" if bad else "no scope given"
         raise ValidationError(
-            f"scopes must be a comma-separated subset of {', '.join(SCOPES)}",
-            details=(ErrorDetail("scopes", f"unknown scope {bad[0]!r}" if bad else "empty"),),
+            f"{reason}; scopes must be a comma-separated subset of {', '.join(SCOPES)}",
+            details=(ErrorDetail("scopes", reason),),
         )
     return scopes
 

@@ -305,7 +305,7 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "bearerFormat": "vlk_live_<8 hex key id>_<32 hex secret> (49 characters)",
+                    "bearerFormat": "vlk_live_<8 hex key id>_<32 hex secret> (50 characters)",
                     "description": f"API keys are minted by Velora operators. Scopes: "
                     f"{', '.join(SCOPES)}.",
                 }

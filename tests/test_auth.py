@@ -59,8 +59,11 @@ def test_revoked_key_is_refused_within_two_seconds(api: Api):
     assert api.get(EVENTS, issued.token).status_code == 200
     _, offset = revoke_key(api.settings, issued.record.key_id)
     # The node follows the control topic on its own; no help from the test.
-    wait_for(lambda: api.get(EVENTS, issued.token).status_code == 401, timeout=2.0,
-             what="revocation applied")
+    wait_for(
+        lambda: api.get(EVENTS, issued.token).status_code == 401,
+        timeout=2.0,
+        what="revocation applied",
+    )
     _assert_401(api.get(EVENTS, issued.token))
     assert api.control.position > offset
 

@@ -1,0 +1,225 @@
+"""GET /api/v2/public/audit/events and /{event_id}: shape, order, paging, filters, read audit."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from schemas.codec import AvroCodec
+from schemas.events import Target
+from tests.api_support import BASE, Api, insert_events, make_event, running_api
+from tests.helpers import wait_for
+
+EVENTS = "/api/v2/public/audit/events"
+
+
+@pytest.fixture
+def api(settings):
+    with running_api(settings) as api:
+        yield api
+
+
+def _all_pages(api: Api, token: str, params: dict) -> list[dict]:
+    got: list[dict] = []
+    resp = api.get(EVENTS, token, params=params)
+    while True:
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        got.extend(body["events"])
+        if body["page"]["next_cursor"] is None:
+            assert "Link" not in resp.headers
+            return got
+        link = httpx.Response(200, headers={"Link": resp.headers["Link"]}).links["next"]["url"]
+        resp = api.get(link, token)
+
+
+def test_page_shape_order_and_timestamps(api: Api):
+    events = [make_event("acme", i) for i in range(7)]
+    insert_events(api.reader, events)
+    key = api.issue("acme")
+    resp = api.get(EVENTS, key.token, params={"limit": 3})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert set(body) == {"events", "page"}
+    assert body["page"]["limit"] == 3 and body["page"]["next_cursor"]
+    assert [e["event_id"] for e in body["events"]] == [e.event_id for e in events[::-1][:3]]
+    first = body["events"][0]
+    src = events[6]
+    assert first == {
+        "event_id": src.event_id,
+        "tenant_id": "acme",
+        "occurred_at": src.occurred_at.isoformat(),
+        "received_at": src.received_at.isoformat(),
+        "action": "claim.viewed",
+        "crud": "read",
+        "category": "claims",
+        "actor": {
+            "type": "user",
+            "id": src.actor.id,
+            "name": "Dana",
+            "email": None,
+            "ip": "10.0.0.1",
+            "user_agent": None,
+        },
+        "targets": [{"type": "claim", "id": "CLM-6", "name": None}],
+        "outcome": {"result": "success", "reason": None},
+        "request_id": "req-6",
+        "source": "claims-service",
+        "metadata": {"i": "6"},
+        "schema_version": 1,
+    }
+    assert first["occurred_at"].endswith("+00:00")
+    assert resp.headers["Link"].endswith('>; rel="next"')
+    assert "limit=3" in resp.headers["Link"]
+    # Default limit is 50.
+    assert api.get(EVENTS, key.token).json()["page"]["limit"] == 50
+    one = api.get(f"{EVENTS}/{src.event_id}", key.token)
+    assert one.status_code == 200 and one.json() == first
+
+
+def test_paging_visits_every_event_once_in_order(api: Api):
+    # Same occurred_at for many events: the event_id breaks ties.
+    events = [
+        make_event("acme", i, occurred_at=BASE + timedelta(seconds=i // 4)) for i in range(103)
+    ]
+    insert_events(api.reader, events)
+    insert_events(api.reader, [make_event("other", i) for i in range(20)], start_offset=1000)
+    key = api.issue("acme")
+    got = _all_pages(api, key.token, {"limit": 10})
+    expected = sorted(events, key=lambda e: (e.occurred_at, e.event_id), reverse=True)
+    assert [e["event_id"] for e in got] == [e.event_id for e in expected]
+
+
+def test_paging_while_new_events_arrive_neither_skips_nor_repeats(api: Api):
+    old = [make_event("acme", i) for i in range(30)]
+    insert_events(api.reader, old)
+    key = api.issue("acme")
+    resp = api.get(EVENTS, key.token, params={"limit": 10})
+    seen = [e["event_id"] for e in resp.json()["events"]]
+    cursor = resp.json()["page"]["next_cursor"]
+    newer = [make_event("acme", 1000 + i) for i in range(15)]
+    insert_events(api.reader, newer, start_offset=100)
+    while cursor:
+        body = api.get(EVENTS, key.token, params={"limit": 10, "cursor": cursor}).json()
+        seen.extend(e["event_id"] for e in body["events"])
+        cursor = body["page"]["next_cursor"]
+    assert len(seen) == len(set(seen)) == 30
+    assert set(seen) == {e.event_id for e in old}
+    fresh = api.get(EVENTS, key.token, params={"limit": 15}).json()["events"]
+    assert {e["event_id"] for e in fresh} == {e.event_id for e in newer}
+
+
+def test_filters(api: Api):
+    t = Target("member", "M-1", "Ann")
+    events = [
+        make_event("acme", 0, action="claim.viewed", actor_id="u1"),
+        make_event("acme", 1, action="claim.updated", actor_id="u2", outcome="failure"),
+        make_event("acme", 2, action="member.viewed", actor_id="u1", target=t),
+        make_event("acme", 3, action="claims.viewed", actor_type="service", source="batch"),
+        make_event("acme", 4, action="claim", actor_id="u3", outcome="denied"),
+    ]
+    insert_events(api.reader, events)
+    key = api.issue("acme")
+
+    def ids(**params):
+        resp = api.get(EVENTS, key.token, params=params)
+        assert resp.status_code == 200, resp.text
+        return {int(e["metadata"]["i"]) for e in resp.json()["events"]}
+
+    assert ids() == {0, 1, 2, 3, 4}
+    assert ids(action="claim.viewed") == {0}
+    assert ids(action="claim.*") == {0, 1}  # not "claims.viewed", not "claim"
+    assert ids(actor_id="u1") == {0, 2}
+    assert ids(actor_type="service") == {3}
+    assert ids(target_id="M-1") == {2}
+    assert ids(target_type="member") == {2}
+    assert ids(target_type="member", target_id="CLM-1") == set()  # must be the same target
+    assert ids(target_type="claim", target_id="CLM-1") == {1}
+    assert ids(outcome="failure") == {1}
+    assert ids(source="batch") == {3}
+    assert ids(actor_id="u1", action="member.*") == {2}
+    at = BASE + timedelta(seconds=2)
+    assert ids(since=at.isoformat()) == {2, 3, 4}  # inclusive
+    assert ids(until=at.isoformat()) == {0, 1}  # exclusive
+    assert ids(since=at.isoformat().replace("+00:00", "Z")) == {2, 3, 4}
+    plus_two = (at + timedelta(hours=2)).isoformat().replace("+00:00", "+02:00")
+    assert ids(since=plus_two, until=(at + timedelta(seconds=2)).isoformat()) == {2, 3}
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"since": "2025-03-01T12:00:00"}, "since"),
+        ({"until": "2025-03-01"}, "until"),
+        ({"since": "yesterday"}, "since"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"outcome": "maybe"}, "outcome"),
+        ({"action": "*"}, "action"),
+        ({"action": "claim*"}, "action"),
+        ({"colour": "blue"}, "colour"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+    ],
+)
+def test_invalid_parameters_are_422(api: Api, params, field):
+    key = api.issue("acme")
+    resp = api.get(EVENTS, key.token, params=params)
+    assert resp.status_code == 422, resp.text
+    err = resp.json()["error"]
+    assert err["type"] == "validation_error"
+    assert err["details"][0]["field"] == field
+
+
+def test_repeated_parameter_is_422(api: Api):
+    key = api.issue("acme")
+    resp = api.get(f"{EVENTS}?action=a&action=b", key.token)
+    assert resp.status_code == 422
+    assert resp.json()["error"]["details"][0] == {
+        "field": "action",
+        "reason": "given more than once",
+    }
+
+
+def test_reads_are_audited_in_the_tenants_trail(settings):
+    with running_api(settings) as api:
+        insert_events(api.reader, [make_event("acme", i) for i in range(3)])
+        key = api.issue("acme")
+        assert api.get(EVENTS, key.token, params={"action": "claim.*"}).status_code == 200
+        assert api.get(f"{EVENTS}/nope", key.token).status_code == 404
+    # The lifespan has flushed the producer; both reads are on the audit topic.
+    codec = AvroCodec()
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    tps = [TopicPartition(settings.audit_topic, p) for p in range(settings.audit_partitions)]
+    consumer.assign(tps)
+    found: list[dict] = []
+
+    def poll() -> bool:
+        for records in consumer.poll(timeout_ms=500).values():
+            found.extend(codec.decode(r.value)[1] for r in records)
+        return len(found) >= 2
+
+    try:
+        wait_for(poll, timeout=20, what="read audit events")
+    finally:
+        consumer.close()
+    by_target = {r["targets"][0]["type"]: r for r in found}
+    listing, single = by_target["audit_log"], by_target["audit_event"]
+    for rec in (listing, single):
+        assert rec["tenant_id"] == "acme"
+        assert rec["action"] == "audit_log.viewed"
+        assert rec["actor"]["type"] == "api_key"
+        assert rec["actor"]["id"] == key.record.key_id
+        assert key.token not in repr(rec)
+    assert listing["outcome"]["result"] == "success"
+    assert listing["metadata"]["action"] == "claim.*"
+    assert single["outcome"]["result"] == "failure"
+    assert single["metadata"]["status"] == "404"

@@ -65,8 +65,17 @@ class DuckDBReader:
         return cur
 
     async def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run ``fn(cursor)`` in a worker thread."""
-        return await asyncio.to_thread(lambda: fn(self.cursor()))
+        """Run ``fn(cursor)`` in a worker thread; DuckDB errors become Unavailable (503)."""
+
+        def call() -> T:
+            try:
+                return fn(self.cursor())
+            except duckdb.Error as exc:
+                raise Unavailable(
+                    f"ledger read failed: {type(exc).__name__}", retry_after=1
+                ) from exc
+
+        return await asyncio.to_thread(call)
 
     def readiness(self) -> dict[str, object]:
         """Always ready: the file is loaded before the reader is made."""

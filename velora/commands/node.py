@@ -1,9 +1,71 @@
-"""`velora node` subcommands (filled in by the area that owns them)."""
+"""``velora node [--host --port]``: one query node (ledger materializer + public API).
+
+Creates the topics if missing, opens the DuckDB ledger, starts the materializer
+and serves ``query_api.app.create_app(settings, node)`` with uvicorn. The socket is
+bound here, before uvicorn starts, so with ``--port 0`` (or ``VELORA_NODE_PORT=0``)
+the port the OS chose is logged as ``listening on http://HOST:PORT``. SIGTERM and
+SIGINT stop uvicorn, then the materializer (the batch in flight is committed) and
+DuckDB, cleanly.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import socket
+
+import uvicorn
+
+from ledger.node import QueryNode
+from ledger.progress import ReplayProgress
+from query_api.app import create_app
+from velora.settings import Settings
+from velora.topics import ensure_topics
+
+log = logging.getLogger("velora.node")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this area's commands (none yet)."""
+    """Add the ``node`` command."""
+    p = sub.add_parser("node", help="run a query node: ledger materializer + public API")
+    p.add_argument("--host", help="address to listen on (default VELORA_NODE_HOST)")
+    p.add_argument("--port", type=int, help="port to listen on, 0 = any (default VELORA_NODE_PORT)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT."""
+    host = args.host or settings.node_host
+    port = settings.node_port if args.port is None else args.port
+    settings = settings.with_overrides(node_host=host, node_port=port)
+    ensure_topics(settings)
+    fresh = not settings.duckdb_path.exists()
+    progress = ReplayProgress("replaying audit log into an empty ledger") if fresh else None
+    node = QueryNode(settings, on_batch=progress.on_batch if progress else None)
+    sock = _bind(host, port)
+    try:
+        node.start()
+        if progress is not None and node.materializer is not None:
+            progress.attach(node.materializer)
+        app = create_app(settings, node)
+        config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)
+        server = uvicorn.Server(config)
+        bound = sock.getsockname()[1]
+        log.info("listening on http://%s:%d", host, bound)
+        server.run(sockets=[sock])
+    finally:
+        if progress is not None:
+            progress.close()
+        node.stop()
+        sock.close()
+        log.info("query node stopped")
+    return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts
+    return sock

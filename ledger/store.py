@@ -1,0 +1,171 @@
+"""The ledger's DuckDB file: open it, apply the layout, and write batches exactly once.
+
+:meth:`LedgerStore.write_batch` is the exactly-once step. In ONE transaction it
+inserts an Arrow batch (``ON CONFLICT (event_id) DO NOTHING``) and upserts the
+offset of the *next* record to read for every partition the batch covers. Either
+both land or neither does, so after a crash the materializer resumes at the
+stored offsets and re-reads exactly the records whose rows were not committed;
+a record that is read twice (a re-sent duplicate, or an overlap) is absorbed by
+the primary key.
+
+DuckDB admits one writing process per file, and other processes cannot open it
+while it is held, so the query API reads through cursors of the same connection
+(:meth:`cursor`). Every ``duckdb.Error`` becomes :class:`~velora.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from ledger.tables import ALL_DDL, AUDIT_COLUMNS
+from velora.errors import Unavailable
+
+_COLUMNS = ", ".join(AUDIT_COLUMNS)
+# One round trip for the whole transaction body: every DuckDB call re-takes the GIL,
+# and the materializer's reader thread holds it most of the time.
+_WRITE = (
+    "BEGIN TRANSACTION; "  # noqa: S608 - built from constant column names only
+    f"INSERT INTO audit_events ({_COLUMNS}) SELECT {_COLUMNS} FROM _batch "
+    "ON CONFLICT (event_id) DO NOTHING; "
+    "INSERT INTO ledger_offsets (topic, partition, next_offset, updated_at) "
+    "SELECT topic, partition, next_offset, updated_at FROM _offsets "
+    "ON CONFLICT (topic, partition) DO UPDATE SET "
+    "next_offset = excluded.next_offset, updated_at = excluded.updated_at"
+)
+_OFFSETS_SCHEMA = pa.schema(
+    [
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("next_offset", pa.int64()),
+        ("updated_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@contextmanager
+def duckdb_errors(what: str) -> Iterator[None]:
+    """Translate DuckDB's errors at this boundary (the message names the operation only)."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise Unavailable(f"ledger {what} failed: {type(exc).__name__}", retry_after=1) from exc
+
+
+class LedgerStore:
+    """One open ledger DuckDB file, with the layout applied."""
+
+    def __init__(self, path: Path | str, *, memory_limit: str | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with duckdb_errors(f"open {self.path.name}"):
+            self._con = duckdb.connect(str(self.path))
+            if memory_limit:
+                self._con.execute(f"SET memory_limit = '{memory_limit}'")
+            for ddl in ALL_DDL:
+                self._con.execute(ddl)
+        self._writer = self._con.cursor()
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = [self._writer]
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- reads ------------------------------------------------------------------
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of the shared connection for the calling thread (made once per thread)."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            with self._lock:
+                if self._closed:
+                    raise Unavailable("the ledger is closed", retry_after=1)
+                cur = self._con.cursor()
+                self._cursors.append(cur)
+            self._local.cursor = cur
+        return cur
+
+    def stored_offsets(self, topic: str) -> dict[int, int]:
+        """Partition -> the next offset to read, as committed with the rows."""
+        with duckdb_errors("read offsets"):
+            rows = (
+                self.cursor()
+                .execute(
+                    "SELECT partition, next_offset FROM ledger_offsets WHERE topic = ?", [topic]
+                )
+                .fetchall()
+            )
+        return {int(p): int(o) for p, o in rows}
+
+    def count(self) -> int:
+        """Rows in ``audit_events``."""
+        with duckdb_errors("count"):
+            row = self.cursor().execute("SELECT count(*) FROM audit_events").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- the exactly-once write -------------------------------------------------
+    def write_batch(self, table: pa.Table, topic: str, offsets: Mapping[int, int]) -> None:
+        """Insert ``table`` and store ``offsets`` (partition -> next offset) in one transaction.
+
+        Called by the materializer thread only. On any failure the transaction is
+        rolled back (neither rows nor offsets remain) and :class:`Unavailable` raised.
+        """
+        cur = self._writer
+        parts = sorted(offsets)
+        now = datetime.now(UTC)
+        offsets_table = pa.Table.from_arrays(
+            [
+                pa.array([topic] * len(parts), pa.string()),
+                pa.array(parts, pa.int32()),
+                pa.array([offsets[p] for p in parts], pa.int64()),
+                pa.array([now] * len(parts), _OFFSETS_SCHEMA.field("updated_at").type),
+            ],
+            schema=_OFFSETS_SCHEMA,
+        )
+        with duckdb_errors("write batch"):
+            cur.register("_batch", table)
+            cur.register("_offsets", offsets_table)
+            try:
+                cur.execute(_WRITE)
+                self._commit(cur)
+            except BaseException:
+                _rollback(cur)
+                raise
+            finally:
+                cur.unregister("_batch")
+                cur.unregister("_offsets")
+
+    def _commit(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Commit the open transaction (the seam the fault-injection tests replace)."""
+        cur.execute("COMMIT")
+
+    # -- lifecycle --------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file."""
+        with duckdb_errors("checkpoint"):
+            self._writer.execute("CHECKPOINT")
+
+    def close(self) -> None:
+        """Close every cursor and the connection (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for cur in self._cursors:
+                try:
+                    cur.close()
+                except duckdb.Error:
+                    pass
+            self._cursors.clear()
+            self._con.close()
+
+
+def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
+    try:
+        cur.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # the failed statement may already have ended the transaction

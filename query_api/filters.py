@@ -8,7 +8,7 @@ Rules (every violation is a 422 naming the parameter):
   offset; a naive value is refused; both are normalised to UTC;
 - ``action`` is exact (``claim.viewed``) or a prefix ending in ``.*`` (``claim.*``);
 - ``outcome`` is one of ``success``, ``failure``, ``denied``, ``unknown``;
-- text values are 1..256 characters with no control characters (so no NUL bytes).
+- text values are 1..256 characters with no C0/C1 control characters (so no NUL bytes).
 
 Values never reach SQL as text: :mod:`query_api.queries` binds them as parameters.
 """
@@ -30,7 +30,7 @@ MAX_LIMIT = 1000
 MAX_TEXT = 256
 TEXT_FILTERS = ("actor_id", "actor_type", "target_id", "target_type", "source")
 PARAMETERS = ("limit", "cursor", "since", "until", "action", "outcome", *TEXT_FILTERS)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ACTION = re.compile(r"[^*]+(\.\*)?")
 
 

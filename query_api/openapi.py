@@ -16,7 +16,7 @@ _TEXT = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_TEXT,
-    "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+    "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$",
 }
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
@@ -96,7 +96,7 @@ _LIST_PARAMETERS = [
     _param(
         "action",
         "Exact action (`claim.viewed`) or a prefix ending in `.*` (`claim.*`).",
-        {**_TEXT, "pattern": "^[^*\\x00-\\x1f\\x7f]+(\\.\\*)?$"},
+        {**_TEXT, "pattern": "^[^*\\x00-\\x1f\\x7f-\\x9f]+(\\.\\*)?$"},
     ),
     _param("actor_id", "Exact actor id.", _TEXT),
     _param("actor_type", "Exact actor type (`user`, `service`, `api_key`, `system`).", _TEXT),

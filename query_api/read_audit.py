@@ -10,8 +10,10 @@ counted in :attr:`ReadAuditor.stats`.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import queue
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +30,26 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 10_000
 SOURCE = "velora.query_api"
 _STOP = object()
+_FORBIDDEN_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _ident(value: str, limit: int = 256) -> str:
+    """An identifier that ingest accepts: printable, clipped (odd input is escaped)."""
+    if not value.isprintable():
+        value = value.encode("unicode_escape").decode("ascii")
+    return value[:limit] or "-"
+
+
+def _text(value: str, limit: int = 500) -> str:
+    """Free text that ingest accepts: no control characters, clipped."""
+    return _FORBIDDEN_TEXT.sub("\ufffd", value)[:limit]
+
+
+def _ip(value: str | None) -> str | None:
+    try:
+        return None if value is None else str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
 
 
 class AuditSink(Protocol):
@@ -77,14 +99,14 @@ def read_event(
             type="api_key",
             id=principal.key_id,
             name=principal.name,
-            ip=client_ip,
-            user_agent=(user_agent or None) and user_agent[:256],
+            ip=_ip(client_ip),
+            user_agent=_text(user_agent, 1024) if user_agent else None,
         ),
-        targets=(target,),
+        targets=(Target(_ident(target.type, 64), _ident(target.id), target.name),),
         outcome=Outcome(result=result, reason=None if status < 400 else f"HTTP {status}"),
         request_id=request_id,
         source=SOURCE,
-        metadata={**metadata, "status": str(status)},
+        metadata={**{k: _text(v) for k, v in metadata.items()}, "status": str(status)},
     )
 
 

@@ -5,19 +5,31 @@
 - control topic ``<prefix>.control.v1``: ``cleanup.policy=compact``, one partition,
   key = ``<kind>:<id>`` (``api_key:<key_id>``, ``tenant:<tenant_id>``, ...), value =
   the entity's full current state as a single-object Avro record.
+
+:func:`ensure_topics` creates what is missing (replication factor: the broker's
+default) and waits until every partition has a leader. For topics that already
+exist it checks the settings that protect data (``retention.*``,
+``cleanup.policy``) and refuses to run against an audit topic that would delete
+or compact history.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaConsumer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
-from velora.errors import Unavailable
+from velora.errors import ConfigError, Unavailable
 from velora.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Topic configs that, if different on an existing topic, would lose or rewrite data.
+GUARDED_CONFIGS = ("retention.ms", "retention.bytes", "cleanup.policy")
 
 
 @dataclass(frozen=True)
@@ -46,21 +58,34 @@ def required_topics(settings: Settings) -> list[TopicSpec]:
 
 
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create missing topics; return the names that were created."""
+    """Create missing topics and check existing ones; return the names created.
+
+    Raises :class:`ConfigError` when an existing topic has a guarded config that
+    differs from its spec (e.g. an audit topic with a finite ``retention.ms``).
+    """
     admin = _admin(settings)
     created: list[str] = []
+    specs = required_topics(settings)
     try:
         existing = set(admin.list_topics())
-        for spec in required_topics(settings):
+        for spec in specs:
             if spec.name in existing:
                 continue
             try:
                 admin.create_topics(
-                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.configs)]
+                    {
+                        spec.name: {
+                            "num_partitions": spec.partitions,
+                            "replication_factor": -1,
+                            "configs": spec.configs,
+                        }
+                    },
+                    wait_for_metadata=True,
                 )
                 created.append(spec.name)
             except TopicAlreadyExistsError:
                 pass
+        _check_existing(admin, [s for s in specs if s.name not in created])
     except KafkaError as exc:
         raise Unavailable(f"kafka at {settings.kafka_bootstrap}: {exc}", retry_after=5) from exc
     finally:
@@ -68,14 +93,53 @@ def ensure_topics(settings: Settings) -> list[str]:
     return created
 
 
+def _check_existing(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
+    """Compare the guarded configs and partition counts of topics that already existed."""
+    if not specs:
+        return
+    resources = [
+        ConfigResource(
+            ConfigResourceType.TOPIC, s.name, [k for k in GUARDED_CONFIGS if k in s.configs]
+        )
+        for s in specs
+    ]
+    described = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    for spec in specs:
+        actual = described.get(spec.name, {})
+        wrong = [
+            f"{key}={(actual.get(key) or {}).get('value')} (must be {spec.configs[key]})"
+            for key in GUARDED_CONFIGS
+            if key in spec.configs and (actual.get(key) or {}).get("value") != spec.configs[key]
+        ]
+        if wrong:
+            raise ConfigError(
+                f"topic {spec.name} exists with {', '.join(wrong)}; fix the topic "
+                "(kafka-configs.sh --alter) or choose another VELORA_TOPIC_PREFIX"
+            )
+    partitions = {
+        t["name"]: len(t["partitions"]) for t in admin.describe_topics([s.name for s in specs])
+    }
+    for spec in specs:
+        if partitions.get(spec.name, spec.partitions) != spec.partitions:
+            log.warning(
+                "topic %s has %d partitions, not the configured %d; the topic wins",
+                spec.name,
+                partitions[spec.name],
+                spec.partitions,
+            )
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """The current log-end offset of every partition of ``topic``."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        client_id="velora-offsets",
-    )
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            client_id="velora-offsets",
+        )
+    except KafkaError as exc:
+        raise Unavailable(f"kafka at {settings.kafka_bootstrap}: {exc}", retry_after=5) from exc
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

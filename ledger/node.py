@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import duckdb
@@ -32,9 +33,17 @@ READ_THREADS = 4
 class QueryNode:
     """A DuckDB ledger kept up to date from the audit topic, readable from many threads."""
 
-    def __init__(self, settings: Settings, *, on_batch: BatchCallback | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_batch: BatchCallback | None = None,
+        store_factory: Callable[[Path], LedgerStore] = LedgerStore,
+    ) -> None:
+        """``store_factory`` opens the DuckDB file (a seam for fault-injection tests)."""
         self.settings = settings
         self._on_batch = on_batch
+        self._store_factory = store_factory
         self.store: LedgerStore | None = None
         self.materializer: Materializer | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -46,7 +55,7 @@ class QueryNode:
         with self._lock:
             if self.store is not None:
                 return
-            self.store = LedgerStore(self.settings.duckdb_path)
+            self.store = self._store_factory(self.settings.duckdb_path)
             self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ledger-read")
             self.materializer = Materializer(self.settings, self.store, on_batch=self._on_batch)
             self.materializer.start()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
+import threading
 
 import uvicorn
 
@@ -43,6 +45,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     progress = ReplayProgress("replaying audit log into an empty ledger") if fresh else None
     node = QueryNode(settings, on_batch=progress.on_batch if progress else None)
     sock = _bind(host, port)
+    server: uvicorn.Server | None = None
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # uvicorn installs its own handlers while it serves and re-raises the signal
+        # after its shutdown; this handler then lets the node stop cleanly (exit 0).
+        stopping.set()
+        if server is not None:
+            server.should_exit = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         node.start()
         if progress is not None and node.materializer is not None:
@@ -50,10 +63,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         app = create_app(settings, node)
         config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)
         server = uvicorn.Server(config)
-        bound = sock.getsockname()[1]
-        log.info("listening on http://%s:%d", host, bound)
-        server.run(sockets=[sock])
+        log.info("listening on http://%s:%d", host, sock.getsockname()[1])
+        if not stopping.is_set():
+            server.run(sockets=[sock])
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if progress is not None:
             progress.close()
         node.stop()

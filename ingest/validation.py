@@ -1,0 +1,462 @@
+"""Validate one raw audit event and build the typed :class:`~schemas.AuditEvent`.
+
+Shared by the library (:class:`ingest.AuditProducer`) and HTTP ingest. Every rule
+that fails is reported, each as an :class:`~velora.errors.ErrorDetail` naming the
+field (``actor.ip``, ``targets[2].id``, ``metadata.k``); reasons never echo the
+value, so no PHI reaches logs or error bodies.
+
+Two classes of strings, decided per field:
+
+- **identifiers** (``tenant_id``, ``event_id``, ``source``, ``request_id``,
+  ``category``, ``actor.type``, ``actor.id``, ``actor.email``, ``target.type``,
+  ``target.id``): must be :meth:`str.isprintable` - no control (Cc), format (Cf:
+  zero-width, bidi marks and overrides, BOM), surrogate, private-use, unassigned
+  or separator characters other than the ASCII space. Some have a stricter
+  pattern (tenant_id, action, event_id, metadata keys).
+- **free text** (``actor.name``, ``actor.user_agent``, ``target.name``,
+  ``outcome.reason``, metadata values): any Unicode, including emoji, ZWJ
+  sequences, combining marks and RTL marks, but no C0/C1 control characters
+  (NUL, newline, tab, ESC...) and no lone surrogates.
+
+Timestamps are ISO-8601 strings (or aware ``datetime`` objects from library
+callers) that carry a UTC offset; they are normalised to UTC, must not be more
+than 24 h ahead of ``now`` and not before 1970.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from uuid_utils import uuid7
+
+from schemas import Actor, AuditEvent, Outcome, Target
+from schemas.events import CRUD, OUTCOME_RESULTS
+from velora.errors import ErrorDetail, ValidationError
+
+MAX_EVENT_BYTES = 32 * 1024
+MAX_FUTURE = timedelta(hours=24)
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY_LEN = 40
+MAX_METADATA_VALUE_LEN = 500
+MAX_TARGETS = 50
+
+ACTION_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
+TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+METADATA_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,39}")
+_TEXT_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+# Maximum lengths, in characters.
+LIMITS = {
+    "action": 128,
+    "source": 128,
+    "request_id": 128,
+    "category": 64,
+    "actor.type": 32,
+    "actor.id": 256,
+    "actor.name": 256,
+    "actor.email": 320,
+    "actor.ip": 64,
+    "actor.user_agent": 1024,
+    "target.type": 64,
+    "target.id": 256,
+    "target.name": 256,
+    "outcome.reason": 1024,
+    "timestamp": 64,
+}
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EVENT_FIELDS = frozenset(f.name for f in fields(AuditEvent))
+_ACTOR_FIELDS = frozenset(f.name for f in fields(Actor))
+_TARGET_FIELDS = frozenset(f.name for f in fields(Target))
+_OUTCOME_FIELDS = frozenset(f.name for f in fields(Outcome))
+_EMPTY: Mapping[str, Any] = {}
+
+Errors = list[ErrorDetail]
+
+# Values that passed their pattern before: tenants and actions repeat in nearly
+# every event, so a set lookup replaces the regex. Bounded; cleared when full.
+_good_tenants: set[str] = set()
+_good_actions: set[str] = set()
+_MAX_REMEMBERED = 10_000
+
+
+def _remember(seen: set[str], value: str) -> None:
+    if len(seen) >= _MAX_REMEMBERED:
+        seen.clear()
+    seen.add(value)
+
+
+def validate_event(raw: Mapping[str, Any], now: datetime) -> AuditEvent:
+    """Check ``raw`` against every rule and return the typed event.
+
+    ``now`` (aware UTC) bounds future timestamps and is the default
+    ``received_at``. A missing ``event_id`` becomes a new UUIDv7; a given one is
+    kept as is, so a resend dedups in the ledger. Raises
+    :class:`~velora.errors.ValidationError` listing every failed rule.
+    """
+    return AuditEvent.from_avro(to_record(raw, now))
+
+
+def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """Like :func:`validate_event`, but return the Avro record the codec writes.
+
+    This is the hot path of ingest: one pass over the input building the record
+    (timestamps as epoch microseconds) without intermediate dataclasses.
+    """
+    errors: Errors = []
+    if not isinstance(raw, dict | Mapping):
+        _fail([ErrorDetail("event", "must be an object")])
+    if not _EVENT_FIELDS.issuperset(raw):
+        for key in sorted(str(k) for k in raw if k not in _EVENT_FIELDS)[:5]:
+            errors.append(ErrorDetail(_clip(key), "unknown field"))
+    get = raw.get
+
+    event_id = get("event_id")
+    if event_id is None:
+        event_id = str(uuid7())
+    elif type(event_id) is not str or not UUID_RE.fullmatch(event_id):
+        errors.append(ErrorDetail("event_id", "must be a UUID in canonical lowercase text form"))
+
+    tenant_id = get("tenant_id")
+    if tenant_id is None:
+        errors.append(ErrorDetail("tenant_id", "is required"))
+    elif type(tenant_id) is str and tenant_id in _good_tenants:
+        pass
+    elif type(tenant_id) is str and TENANT_RE.fullmatch(tenant_id):
+        _remember(_good_tenants, tenant_id)
+    else:
+        errors.append(
+            ErrorDetail("tenant_id", "must be 1-64 characters of [A-Za-z0-9_.:-], alnum first")
+        )
+
+    action = get("action")
+    if action is None:
+        errors.append(ErrorDetail("action", "is required"))
+    elif type(action) is str and action in _good_actions:
+        pass
+    elif type(action) is str and len(action) <= 128 and ACTION_RE.fullmatch(action):
+        _remember(_good_actions, action)
+    else:
+        errors.append(
+            ErrorDetail("action", "must match ^[a-z][a-z0-9_]*(\\.[a-z0-9_]+)+$ (at most 128)")
+        )
+
+    occurred_at = _timestamp(errors, get("occurred_at"), "occurred_at", now, required=True)
+    received_at = _timestamp(errors, get("received_at"), "received_at", now, required=False)
+
+    crud = get("crud")
+    if crud is None:
+        crud = "other"
+    elif crud not in CRUD:
+        errors.append(ErrorDetail("crud", f"must be one of {', '.join(CRUD)}"))
+
+    source = _ident(errors, get("source"), "source", LIMITS["source"], required=True)
+    category = _ident(errors, get("category"), "category", LIMITS["category"])
+    request_id = _ident(errors, get("request_id"), "request_id", LIMITS["request_id"])
+    actor = _actor(errors, get("actor"))
+    targets = _targets(errors, get("targets"))
+    outcome = _outcome(errors, get("outcome"))
+    metadata = _metadata(errors, get("metadata"))
+
+    version = get("schema_version")
+    if version is not None and (type(version) is not int or version != 1):
+        errors.append(ErrorDetail("schema_version", "must be 1"))
+
+    if errors:
+        _fail(errors)
+    return {
+        "event_id": event_id,
+        "tenant_id": tenant_id,
+        "occurred_at": occurred_at,
+        "received_at": _now_micros(now) if received_at is None else received_at,
+        "action": action,
+        "crud": crud,
+        "category": category,
+        "actor": actor,
+        "targets": targets,
+        "outcome": outcome,
+        "request_id": request_id,
+        "source": source,
+        "metadata": metadata,
+        "schema_version": 1,
+    }
+
+
+def event_as_mapping(event: AuditEvent) -> dict[str, Any]:
+    """A typed event as the raw mapping :func:`validate_event` takes.
+
+    Library callers that build :class:`AuditEvent` objects go through the same
+    rules as JSON callers; an empty ``event_id`` means "fill one in".
+    """
+    a, o = event.actor, event.outcome
+    return {
+        "event_id": event.event_id or None,
+        "tenant_id": event.tenant_id,
+        "occurred_at": event.occurred_at,
+        "received_at": event.received_at,
+        "action": event.action,
+        "crud": event.crud,
+        "category": event.category,
+        "actor": {
+            "type": a.type,
+            "id": a.id,
+            "name": a.name,
+            "email": a.email,
+            "ip": a.ip,
+            "user_agent": a.user_agent,
+        },
+        "targets": [{"type": t.type, "id": t.id, "name": t.name} for t in event.targets],
+        "outcome": {"result": o.result, "reason": o.reason},
+        "request_id": event.request_id,
+        "source": event.source,
+        "metadata": event.metadata,
+        "schema_version": event.schema_version,
+    }
+
+
+def check_encoded_size(encoded: bytes) -> None:
+    """Reject an event whose encoded form exceeds :data:`MAX_EVENT_BYTES`."""
+    if len(encoded) > MAX_EVENT_BYTES:
+        _fail(
+            [
+                ErrorDetail(
+                    "event",
+                    f"encoded event is {len(encoded)} bytes; the limit is {MAX_EVENT_BYTES}",
+                )
+            ]
+        )
+
+
+# -- field checkers: append to ``errors`` and return the cleaned value -----------------
+
+
+def _fail(errors: Errors) -> None:
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise ValidationError(f"invalid event: {first.field} {first.reason}{more}", details=errors)
+
+
+def _ident(
+    errors: Errors, value: Any, name: str, max_len: int, *, required: bool = False
+) -> str | None:
+    """An identifier: a printable string without control, format or separator characters."""
+    if value is None:
+        if required:
+            errors.append(ErrorDetail(name, "is required"))
+        return None
+    if type(value) is not str:
+        errors.append(ErrorDetail(name, "must be a string"))
+    elif not value:
+        errors.append(ErrorDetail(name, "must not be empty"))
+    elif len(value) > max_len:
+        errors.append(ErrorDetail(name, f"must be at most {max_len} characters"))
+    elif not value.isprintable():
+        errors.append(ErrorDetail(name, "must not contain control, format or separator characters"))
+    else:
+        return value
+    return None
+
+
+def _text(errors: Errors, value: Any, name: str, max_len: int) -> str | None:
+    """Free text: any Unicode except C0/C1 control characters and lone surrogates."""
+    if value is None:
+        return None
+    if type(value) is not str:
+        errors.append(ErrorDetail(name, "must be a string"))
+    elif len(value) > max_len:
+        errors.append(ErrorDetail(name, f"must be at most {max_len} characters"))
+    elif not value.isprintable() and _TEXT_FORBIDDEN.search(value):
+        errors.append(ErrorDetail(name, "must not contain control characters or lone surrogates"))
+    else:
+        return value
+    return None
+
+
+def _timestamp(
+    errors: Errors, value: Any, name: str, now: datetime, *, required: bool
+) -> int | None:
+    """An aware timestamp as epoch microseconds; not over 24 h ahead, not before 1970."""
+    if value is None:
+        if required:
+            errors.append(ErrorDetail(name, "is required"))
+        return None
+    if type(value) is str:
+        if len(value) > LIMITS["timestamp"]:
+            errors.append(ErrorDetail(name, "must be an ISO-8601 timestamp"))
+            return None
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            errors.append(ErrorDetail(name, "must be an ISO-8601 timestamp with a UTC offset"))
+            return None
+    elif not isinstance(value, datetime):
+        errors.append(ErrorDetail(name, "must be an ISO-8601 timestamp string"))
+        return None
+    if value.utcoffset() is None:
+        errors.append(
+            ErrorDetail(name, "must carry a UTC offset, e.g. 2025-01-31T12:00:00Z or +01:00")
+        )
+        return None
+    try:
+        ahead = value - now
+        micros = _micros(value)
+    except OverflowError:
+        errors.append(ErrorDetail(name, "is out of range"))
+        return None
+    if ahead > MAX_FUTURE:
+        errors.append(ErrorDetail(name, "must be at most 24 hours in the future"))
+        return None
+    if micros < 0:
+        errors.append(ErrorDetail(name, "must not be before 1970-01-01T00:00:00Z"))
+        return None
+    return micros
+
+
+@functools.lru_cache(maxsize=4)
+def _now_micros(now: datetime) -> int:
+    """``_micros(now)``, computed once per batch (every event of a batch shares ``now``)."""
+    return _micros(now)
+
+
+def _micros(value: datetime) -> int:
+    """Aware datetime -> microseconds since the Unix epoch."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _object(errors: Errors, value: Any, name: str, known: frozenset[str]) -> Mapping[str, Any]:
+    if not isinstance(value, dict | Mapping):
+        errors.append(ErrorDetail(name, "must be an object"))
+        return _EMPTY
+    if not known.issuperset(value):
+        for key in sorted(str(k) for k in value if k not in known)[:5]:
+            errors.append(ErrorDetail(f"{name}.{_clip(key)}", "unknown field"))
+    return value
+
+
+def _actor(errors: Errors, value: Any) -> dict[str, Any] | None:
+    if value is None:
+        errors.append(ErrorDetail("actor", "is required"))
+        return None
+    n = len(errors)
+    raw = _object(errors, value, "actor", _ACTOR_FIELDS)
+    if len(errors) > n and raw is _EMPTY:
+        return None
+    g = raw.get
+    actor_type = _ident(errors, g("type"), "actor.type", 32, required=True)
+    actor_id = _ident(errors, g("id"), "actor.id", 256, required=True)
+    name = _text(errors, g("name"), "actor.name", 256)
+    email = _ident(errors, g("email"), "actor.email", 320)
+    if email is not None and ("@" not in email or " " in email):
+        errors.append(ErrorDetail("actor.email", "must be an e-mail address"))
+    ip = _ident(errors, g("ip"), "actor.ip", 64)
+    if ip is not None:
+        ip = _normal_ip(ip)
+        if ip is None:
+            errors.append(ErrorDetail("actor.ip", "must be an IPv4 or IPv6 address"))
+    user_agent = _text(errors, g("user_agent"), "actor.user_agent", 1024)
+    if len(errors) > n:
+        return None
+    return {
+        "type": actor_type,
+        "id": actor_id,
+        "name": name,
+        "email": email,
+        "ip": ip,
+        "user_agent": user_agent,
+    }
+
+
+@functools.lru_cache(maxsize=8192)
+def _normal_ip(text: str) -> str | None:
+    """The canonical form of an IP address, or None (cached: addresses repeat)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _targets(errors: Errors, value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        errors.append(ErrorDetail("targets", "must be an array"))
+        return []
+    if len(value) > MAX_TARGETS:
+        errors.append(ErrorDetail("targets", f"must have at most {MAX_TARGETS} items"))
+        return []
+    out = []
+    for i, item in enumerate(value):
+        name = f"targets[{i}]"
+        n = len(errors)
+        raw = _object(errors, item, name, _TARGET_FIELDS)
+        if raw is _EMPTY and len(errors) > n:
+            continue
+        t_type = _ident(errors, raw.get("type"), f"{name}.type", 64, required=True)
+        t_id = _ident(errors, raw.get("id"), f"{name}.id", 256, required=True)
+        t_name = _text(errors, raw.get("name"), f"{name}.name", 256)
+        if len(errors) == n:
+            out.append({"type": t_type, "id": t_id, "name": t_name})
+    return out
+
+
+def _outcome(errors: Errors, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {"result": "unknown", "reason": None}
+    n = len(errors)
+    raw = _object(errors, value, "outcome", _OUTCOME_FIELDS)
+    result = raw.get("result")
+    if result is None:
+        result = "unknown"
+    elif result not in OUTCOME_RESULTS:
+        errors.append(ErrorDetail("outcome.result", f"must be one of {', '.join(OUTCOME_RESULTS)}"))
+    reason = _text(errors, raw.get("reason"), "outcome.reason", 1024)
+    if len(errors) > n:
+        return {}
+    return {"result": result, "reason": reason}
+
+
+def _metadata(errors: Errors, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict | Mapping):
+        errors.append(ErrorDetail("metadata", "must be an object of strings"))
+        return {}
+    if len(value) > MAX_METADATA_KEYS:
+        errors.append(ErrorDetail("metadata", f"must have at most {MAX_METADATA_KEYS} keys"))
+        return {}
+    for key, item in value.items():
+        if type(key) is not str or not METADATA_KEY_RE.fullmatch(key):
+            where = f"metadata.{_clip(key)}" if type(key) is str else "metadata"
+            errors.append(
+                ErrorDetail(where, f"keys must be 1-{MAX_METADATA_KEY_LEN} of [A-Za-z0-9_.:-]")
+            )
+            continue
+        if type(item) is not str:
+            errors.append(ErrorDetail(f"metadata.{key}", "must be a string"))
+        elif len(item) > MAX_METADATA_VALUE_LEN:
+            errors.append(
+                ErrorDetail(
+                    f"metadata.{key}", f"must be at most {MAX_METADATA_VALUE_LEN} characters"
+                )
+            )
+        elif not item.isprintable() and _TEXT_FORBIDDEN.search(item):
+            errors.append(
+                ErrorDetail(
+                    f"metadata.{key}", "must not contain control characters or lone surrogates"
+                )
+            )
+    return dict(value)
+
+
+def _clip(name: str) -> str:
+    """A field name safe to echo: printable and short."""
+    name = name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+    return name if len(name) <= 40 else name[:37] + "..."

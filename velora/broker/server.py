@@ -6,7 +6,8 @@ State folder layout::
     STATE/server.properties  the broker's configuration, written on every start
     STATE/data/              KRaft metadata and topic logs (log.dirs)
     STATE/broker.log         everything the JVM printed
-    STATE/broker.pid         the JVM's pid while it runs
+    STATE/broker.pid         the JVM's pid while it runs (a stale pid whose
+                             /proc/<pid>/cmdline is not this broker is ignored)
 
 Ports set to 0 are chosen free by the OS at format time, so two test runs on one
 machine never collide. Stopping sends SIGTERM and waits for a clean shutdown.
@@ -85,6 +86,19 @@ class LocalBroker:
         if "port" not in meta:
             raise BrokerError(f"broker state in {self.state_dir} is not formatted yet")
         return int(str(meta["port"]))
+
+    @property
+    def controller_port(self) -> int:
+        """The KRaft controller port, once formatted."""
+        meta = self._meta()
+        if "controller_port" not in meta:
+            raise BrokerError(f"broker state in {self.state_dir} is not formatted yet")
+        return int(str(meta["controller_port"]))
+
+    @property
+    def formatted(self) -> bool:
+        """True once :meth:`format` has chosen ports and formatted the storage."""
+        return self._meta_path.exists()
 
     @property
     def bootstrap(self) -> str:
@@ -176,7 +190,10 @@ class LocalBroker:
             print(f"kafka: pid {pid} ignored SIGTERM for {timeout:.0f}s; killing", file=sys.stderr)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            killed_by = time.monotonic() + 10
             while self._alive(pid):
+                if time.monotonic() > killed_by:
+                    raise BrokerError(f"kafka pid {pid} survived SIGKILL")
                 time.sleep(0.05)
         self._pid_path.unlink(missing_ok=True)
         self._proc = None
@@ -201,7 +218,20 @@ class LocalBroker:
             pid = int(self._pid_path.read_text().strip())
         except ValueError:
             return None
-        return pid if self._alive(pid) else None
+        return pid if self._alive(pid) and self._is_ours(pid) else None
+
+    def _is_ours(self, pid: int) -> bool:
+        """Guard against a stale pid file whose pid now belongs to another process."""
+        if self._proc is not None and self._proc.pid == pid:
+            return True  # our own child, possibly not yet exec'ed into java
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            return not Path("/proc/self").exists()  # gone on Linux; no /proc elsewhere
+        except OSError:
+            return True
+        props = str(self.state_dir / "server.properties").encode()
+        return b"kafka.Kafka" in cmdline and props in cmdline
 
     def _alive(self, pid: int) -> bool:
         if self._proc is not None and self._proc.pid == pid:
@@ -212,10 +242,16 @@ class LocalBroker:
             return False
         except PermissionError:
             return True
-        # A zombie child counts as dead.
+        # A zombie child counts as dead (and is reaped here).
         with contextlib.suppress(ChildProcessError):
             done, _ = os.waitpid(pid, os.WNOHANG)
             if done == pid:
+                return False
+        # So does another parent's zombie: after `velora kafka start` exits, the JVM's
+        # parent is init, and an init that does not reap would make stop() wait forever.
+        with contextlib.suppress(OSError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":
                 return False
         return True
 

@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ks.add_parser("stop", help="stop the broker cleanly (SIGTERM, then wait)").set_defaults(
         func=_stop
     )
-    ks.add_parser("status", help="print the broker's state as JSON").set_defaults(func=_status)
+    ks.add_parser(
+        "status", help="print the broker's state as JSON; exit 0 if it runs, 1 if not"
+    ).set_defaults(func=_status)
     ks.add_parser("topics", help="create the project's topics if missing").set_defaults(
         func=_topics
     )
@@ -76,6 +78,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     state = {
         "running": running,
         "bootstrap": broker.bootstrap if running else None,
+        "port": broker.port if broker.formatted else None,
+        "controller_port": broker.controller_port if broker.formatted else None,
         "version": broker.version_from_log() if running else None,
         "jars_cached": is_fetched(settings.cache_dir, settings.kafka_version),
         "state_dir": str(broker.state_dir),

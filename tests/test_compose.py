@@ -1,0 +1,223 @@
+"""``compose.yaml`` and the ``Dockerfile`` stay in step with the CLI and the settings.
+
+Docker does not run here, so the files are parsed: every velora service runs a real
+``velora`` subcommand, every ``VELORA_*`` variable is one :data:`ENV_VARS` knows and
+its value (with compose's ``${VAR:-default}`` resolved) passes
+:meth:`Settings.from_env`; the Kafka service is a consistent single-node KRaft setup
+of the same Kafka version the local runtime uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import tomllib
+from functools import cache
+from typing import Any
+
+import pytest
+import yaml
+
+from ingest.http import create_ingest_app
+from query_api.health import health_routes
+from tests.helpers import REPO
+from velora.cli import subcommand_names
+from velora.settings import ENV_VARS, Settings
+
+COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text(encoding="utf-8"))
+DOCKERFILE = (REPO / "Dockerfile").read_text(encoding="utf-8")
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+VELORA_SERVICES = sorted(name for name, svc in SERVICES.items() if "build" in svc)
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
+
+
+def interpolate(value: object) -> str:
+    """Resolve compose's ``${VAR:-default}`` as ``docker compose up`` does with no .env."""
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+
+    def sub(m: re.Match[str]) -> str:
+        assert m["op"] is not None, f"${{{m['name']}}} has no default: compose up would fail"
+        return m["default"]
+
+    return _VAR.sub(sub, text).replace("$$", "$")
+
+
+def environment(service: str) -> dict[str, str]:
+    env = SERVICES[service].get("environment") or {}
+    assert isinstance(env, dict), f"{service}: use the mapping form of environment"
+    return {k: interpolate(v) for k, v in env.items()}
+
+
+def command(service: str) -> list[str]:
+    cmd = SERVICES[service]["command"]
+    assert isinstance(cmd, list), f"{service}: use the exec (list) form of command"
+    return [str(c) for c in cmd]
+
+
+@cache
+def cli_paths() -> set[tuple[str, ...]]:
+    return subcommand_names()
+
+
+def test_the_expected_services_exist():
+    assert {"kafka", "topics", "node", "ingest"} <= set(SERVICES)
+    assert VELORA_SERVICES == ["ingest", "node", "topics"]
+
+
+@pytest.mark.parametrize("service", VELORA_SERVICES)
+def test_command_is_a_real_velora_subcommand(service):
+    cmd = command(service)
+    assert cmd[0] == "velora"
+    path = tuple(arg for arg in cmd[1:] if not arg.startswith("-"))
+    assert path in cli_paths(), f"{service}: `{' '.join(cmd)}` is not a velora command"
+
+
+def test_the_services_run_node_ingest_and_topics():
+    commands = {service: tuple(command(service)[1:]) for service in VELORA_SERVICES}
+    assert commands == {
+        "node": ("node",),
+        "ingest": ("ingest", "serve"),
+        "topics": ("kafka", "topics"),
+    }
+
+
+@pytest.mark.parametrize("service", VELORA_SERVICES)
+def test_every_variable_is_a_known_setting_with_a_valid_value(service):
+    env = environment(service)
+    unknown = sorted(k for k in env if k not in ENV_VARS)
+    assert not unknown, f"{service}: unknown variables {unknown}"
+    settings = Settings.from_env(env)
+    assert settings.kafka_bootstrap == "kafka:9092"
+    assert settings.audit_partitions == Settings().audit_partitions
+
+
+def test_published_services_listen_on_all_interfaces_of_their_container():
+    for service, var_host, var_port in (
+        ("node", "VELORA_NODE_HOST", "VELORA_NODE_PORT"),
+        ("ingest", "VELORA_INGEST_HOST", "VELORA_INGEST_PORT"),
+    ):
+        env = environment(service)
+        assert env[var_host] == "0.0.0.0"
+        published = [str(p).rsplit(":", 1)[-1] for p in SERVICES[service]["ports"]]
+        assert env[var_port] in published
+        probe = " ".join(SERVICES[service]["healthcheck"]["test"])
+        assert f"127.0.0.1:{env[var_port]}/healthz" in probe
+
+
+def test_health_probes_hit_routes_that_exist():
+    assert "/healthz" in [r.path for r in health_routes(None)]
+    ingest_settings = Settings.from_env(environment("ingest"))
+    app = create_ingest_app(ingest_settings, producer=object())  # type: ignore[arg-type]
+    assert "/healthz" in [getattr(r, "path", None) for r in app.routes]
+
+
+def test_ingest_has_service_tokens_and_node_has_secrets():
+    assert Settings.from_env(environment("ingest")).ingest_tokens
+    node = Settings.from_env(environment("node"))
+    assert node.key_pepper and node.cursor_secret
+    assert str(node.duckdb_path).startswith("/var/lib/velora/")
+    volumes = [v.split(":")[1] for v in SERVICES["node"]["volumes"]]
+    assert "/var/lib/velora" in volumes
+
+
+def test_start_order():
+    assert SERVICES["topics"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    for service in ("node", "ingest"):
+        assert SERVICES[service]["depends_on"] == {
+            "topics": {"condition": "service_completed_successfully"}
+        }
+
+
+# -- the Kafka service ---------------------------------------------------------------
+
+
+def kafka_env() -> dict[str, str]:
+    return environment("kafka")
+
+
+def listeners(value: str) -> dict[str, tuple[str, int]]:
+    out = {}
+    for item in value.split(","):
+        name, _, address = item.partition("://")
+        host, _, port = address.rpartition(":")
+        out[name] = (host, int(port))
+    return out
+
+
+def test_kafka_is_the_official_image_of_the_local_version():
+    assert SERVICES["kafka"]["image"] == f"apache/kafka:{Settings().kafka_version}"
+
+
+def test_kafka_is_a_single_kraft_node():
+    env = kafka_env()
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    node_id = env["KAFKA_NODE_ID"]
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    own = listeners(env["KAFKA_LISTENERS"])
+    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert voters == [f"{node_id}@{SERVICES['kafka']['hostname']}:{own[controller][1]}"]
+    protocol = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(own) == set(protocol)
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in own
+    assert len(base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")) == 16
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+    ):
+        assert env[key] == "1", key
+
+
+def test_services_reach_an_advertised_kafka_listener():
+    env = kafka_env()
+    own = listeners(env["KAFKA_LISTENERS"])
+    advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    assert set(advertised) <= set(own)
+    addresses = {f"{host}:{port}" for host, port in advertised.values()}
+    for service in VELORA_SERVICES:
+        assert environment(service)["VELORA_KAFKA_BOOTSTRAP"] in addresses
+    # The host listener is published on the port it advertises.
+    host, port = advertised["HOST"]
+    assert host == "localhost"
+    assert f"127.0.0.1:{port}:{port}" in SERVICES["kafka"]["ports"]
+
+
+def test_kafka_data_lives_in_a_named_volume():
+    log_dir = kafka_env()["KAFKA_LOG_DIRS"]
+    assert f"kafka-data:{log_dir}" in SERVICES["kafka"]["volumes"]
+    assert "kafka-data" in COMPOSE["volumes"]
+
+
+# -- the Dockerfile -------------------------------------------------------------------
+
+
+def test_dockerfile_copies_every_package_it_installs():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    roots = {p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]}
+    copied = set(re.findall(r"^COPY (\S+) \./\1$", DOCKERFILE, flags=re.M))
+    assert roots <= copied, f"not copied into the image: {sorted(roots - copied)}"
+    assert re.search(r"^COPY pyproject\.toml README\.md \./$", DOCKERFILE, flags=re.M)
+    assert re.search(r"^RUN pip install \.", DOCKERFILE, flags=re.M)
+
+
+def test_dockerfile_python_matches_the_project():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    (base,) = re.findall(r"^FROM (\S+)", DOCKERFILE, flags=re.M)
+    assert base == "python:3.11-slim"
+    assert project["project"]["requires-python"] == ">=3.11"
+
+
+def test_dockerfile_sets_only_known_settings():
+    names = re.findall(r"\b(VELORA_[A-Z_]+)=", DOCKERFILE)
+    assert names and set(names) <= set(ENV_VARS)
+    assert re.search(r"^USER velora$", DOCKERFILE, flags=re.M)
+
+
+def test_interpolation_helper():
+    assert interpolate("${A:-x}") == "x"
+    assert interpolate("${A-y}/$$HOME") == "y/$HOME"
+    assert interpolate(8080) == "8080"
+    with pytest.raises(AssertionError, match="has no default"):
+        interpolate("${A}")

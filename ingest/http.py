@@ -1,0 +1,171 @@
+"""The internal HTTP ingest service: ``POST /internal/v1/events`` (and ``GET /healthz``).
+
+Request handling, in order (the first failure answers):
+
+1. ``Authorization: Bearer <service token>`` matching one of
+   ``settings.ingest_tokens`` (constant-time compare) - else 401;
+2. ``Content-Type`` ``application/json`` (an array of events) or
+   ``application/x-ndjson`` (one event per line) - else 415;
+3. body at most 5 MiB (``Content-Length`` first, then while streaming) and at
+   most 1,000 events - else 413; well-formed and non-empty - else 422;
+4. each item through the pipeline (:meth:`ingest.AuditProducer.send_many`) in a
+   worker thread, so parsing, validation and the wait for Kafka's acks never
+   block the event loop.
+
+Answers: 200 ``{"accepted", "rejected", "items": [...]}`` once Kafka acknowledged
+every accepted item, with per-item ``status`` (``accepted`` + ``event_id``, or
+``rejected`` + ``errors``); 422 in the common error shape (every detail with its
+``index``) when *every* item was rejected, since nothing was written; 503 with
+``Retry-After`` when Kafka did not acknowledge in time (nothing acknowledged).
+All errors use :func:`velora.errors.error_body`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ingest.body import UnsupportedMediaType, media_type, parse_events, read_limited
+from ingest.producer import AuditProducer
+from ingest.results import Accepted, SendResult
+from velora.errors import (
+    AuthenticationError,
+    ErrorDetail,
+    NotFound,
+    ValidationError,
+    VeloraError,
+    error_body,
+    status_for,
+)
+from velora.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REQUEST_DEADLINE_S = 5.0
+"""How long a request may wait for Kafka (connect, buffer space, acks) before a 503."""
+
+EVENTS_PATH = "/internal/v1/events"
+
+
+def create_ingest_app(settings: Settings, producer: AuditProducer | None = None) -> Starlette:
+    """The ingest ASGI app. Without ``producer`` it makes one and closes it at shutdown."""
+    owned = producer is None
+    sink = producer if producer is not None else AuditProducer(settings, timeout=REQUEST_DEADLINE_S)
+    tokens = tuple(t.reveal().encode() for t in settings.ingest_tokens)
+
+    async def post_events(request: Request) -> Response:
+        _authenticate(request.headers.get("authorization"), tokens)
+        kind = media_type(request.headers.get("content-type"))
+        try:
+            body = await read_limited(request.stream(), request.headers.get("content-length"))
+        except ClientDisconnect:
+            raise ValidationError("client disconnected before the body was read") from None
+        results = await run_in_threadpool(_ingest, sink, body, kind)
+        return _answer(results)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owned:
+                await run_in_threadpool(sink.close)
+
+    return Starlette(
+        routes=[Route(EVENTS_PATH, post_events, methods=["POST"]), Route("/healthz", healthz)],
+        exception_handlers={
+            VeloraError: _velora_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+def _authenticate(header: str | None, tokens: Sequence[bytes]) -> None:
+    """Accept ``Bearer <token>`` for any configured token, comparing in constant time."""
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise AuthenticationError("missing bearer token: send Authorization: Bearer <token>")
+    candidate = given.strip().encode("utf-8", "replace")
+    matched = False
+    for token in tokens:  # no early exit: the time taken does not depend on which matched
+        matched |= hmac.compare_digest(candidate, token)
+    if not matched:
+        raise AuthenticationError("invalid service token")
+
+
+def _ingest(producer: AuditProducer, body: bytes, kind: str) -> list[SendResult]:
+    """Parse and send one request's events (runs in a worker thread)."""
+    return producer.send_many(parse_events(body, kind))
+
+
+def _answer(results: list[SendResult]) -> Response:
+    accepted = sum(1 for r in results if isinstance(r, Accepted))
+    if accepted == 0:
+        details = [
+            ErrorDetail(e.field, e.reason, r.index)
+            for r in results
+            if not isinstance(r, Accepted)
+            for e in r.errors
+        ]
+        raise ValidationError(f"all {len(results)} events were rejected", details=details)
+    return JSONResponse(
+        {
+            "accepted": accepted,
+            "rejected": len(results) - accepted,
+            "items": [r.to_json() for r in results],
+        }
+    )
+
+
+def _error_response(exc: VeloraError) -> JSONResponse:
+    status = 415 if isinstance(exc, UnsupportedMediaType) else status_for(exc)
+    headers: dict[str, str] = {}
+    if status in (429, 503) and exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(exc), status_code=status, headers=headers)
+
+
+async def _velora_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, VeloraError):  # registered for VeloraError only
+        return await _unexpected_error(request, exc)
+    if status_for(exc) >= 500:
+        log.error("%s on %s %s: %s", exc.type_name, request.method, request.url.path, exc)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status == 404:
+        return _error_response(NotFound(f"no route {request.url.path}"))
+    body: dict[str, Any] = error_body(VeloraError(f"{request.method} {request.url.path} failed"))
+    body["error"]["type"] = "method_not_allowed" if status == 405 else "http_error"
+    return JSONResponse(body, status_code=status, headers=dict(getattr(exc, "headers", None) or {}))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error(
+        "unhandled %s on %s %s",
+        type(exc).__name__,
+        request.method,
+        request.url.path,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    return _error_response(VeloraError("internal error; the incident has been logged"))

@@ -8,11 +8,13 @@ min/max statistics (zone maps) can skip every row group outside a time range. A
 plain ``WHERE tenant_id = ? ORDER BY occurred_at DESC LIMIT 51`` cannot use them
 and scans the tenant's whole history (millions of rows for a big tenant). So the
 query first asks only for ``occurred_at >= anchor - window``, where the anchor is
-the cursor's position (or ``until``, or now), for a window of 15 min, then 6 h,
-3 d, 30 d, 1 y, and finally without bound. As soon as a window holds ``limit + 1``
-matching rows, those are exactly the newest ``limit + 1`` rows (every row outside
-the window is older), so the answer is the same as the unbounded query's; only
-the amount scanned differs.
+the cursor's position (or ``until``, or now), for a window of 15 minutes, then
+wider by the density it found (x4 to x64; x16 when nothing matched), and finally,
+past ~400 days, without bound. As soon as a window holds ``limit`` matching rows,
+those are exactly the newest ``limit`` rows (every row outside the window is
+older), so the answer is the same as the unbounded query's; only the amount
+scanned differs. Rows arriving late with an old ``occurred_at`` widen a row
+group's min/max and cost pruning, never correctness.
 """
 
 from __future__ import annotations
@@ -28,14 +30,9 @@ from query_api.filters import Filters
 from schemas.events import from_micros
 from velora.errors import Unavailable
 
-WINDOWS: tuple[timedelta | None, ...] = (
-    timedelta(minutes=15),
-    timedelta(hours=6),
-    timedelta(days=3),
-    timedelta(days=30),
-    timedelta(days=365),
-    None,
-)
+FIRST_WINDOW = timedelta(minutes=15)
+MAX_WINDOW = timedelta(days=400)
+MIN_GROWTH, EMPTY_GROWTH, MAX_GROWTH = 4.0, 16.0, 64.0
 
 COLUMN_NAMES: tuple[str, ...] = (
     "event_id", "tenant_id", "occurred_us", "received_us", "action", "crud", "category",
@@ -112,16 +109,23 @@ def list_events(
         anchor = now or datetime.now(UTC)
     # Only constant clauses are joined here; every value is a bound parameter.
     base = f"SELECT {COLUMNS} FROM audit_events WHERE {' AND '.join(where)}"  # noqa: S608
-    for window in WINDOWS:
+    window = FIRST_WINDOW
+    while window <= MAX_WINDOW:
         lower = _lower_bound(anchor, window)
-        if lower is not None and filters.since is not None and lower <= filters.since:
-            lower = None  # the since bound is already narrower: this is the last probe
-        if lower is None:
-            return _rows(cur, f"{base} {ORDER} LIMIT ?", [*params, limit])
+        if lower is None or (filters.since is not None and lower <= filters.since):
+            break  # the since bound is already narrower: the final query covers it
         rows = _rows(cur, f"{base} AND occurred_at >= ? {ORDER} LIMIT ?", [*params, lower, limit])
         if len(rows) >= limit:
             return rows
-    return []  # unreachable: the last window is unbounded
+        window *= _growth(len(rows), limit)
+    return _rows(cur, f"{base} {ORDER} LIMIT ?", [*params, limit])
+
+
+def _growth(found: int, limit: int) -> float:
+    """How much to widen: by the density seen so far (x4..x64), x16 when nothing matched."""
+    if found == 0:
+        return EMPTY_GROWTH
+    return min(MAX_GROWTH, max(MIN_GROWTH, 1.5 * limit / found))
 
 
 def _lower_bound(anchor: datetime, window: timedelta | None) -> datetime | None:

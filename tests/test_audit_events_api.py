@@ -223,3 +223,60 @@ def test_reads_are_audited_in_the_tenants_trail(settings):
     assert listing["metadata"]["action"] == "claim.*"
     assert single["outcome"]["result"] == "failure"
     assert single["metadata"]["status"] == "404"
+
+
+def test_window_probes_answer_exactly_like_a_full_scan(tmp_path):
+    """The widening occurred_at windows are an optimisation only: same rows as a full scan."""
+    from datetime import UTC, datetime
+
+    from query_api import queries
+    from query_api.cursor import Position
+    from query_api.db import DuckDBReader
+    from query_api.filters import Filters
+
+    reader = DuckDBReader(tmp_path / "w.duckdb")
+    now = datetime(2025, 6, 1, tzinfo=UTC)
+    events = []
+    for i in range(600):  # two years, sparse and dense tenants, some late arrivals
+        tenant = "dense" if i % 5 else "sparse"
+        at = now - timedelta(hours=(600 - i) * 29)
+        if i % 97 == 0:
+            at -= timedelta(days=300)  # a late event with an old occurred_at
+        events.append(make_event(tenant, i, occurred_at=at, actor_id=f"u{i % 7}"))
+    insert_events(reader, events)
+    cur = reader.cursor()
+    try:
+        for tenant in ("dense", "sparse", "nobody"):
+            for f in (
+                Filters(),
+                Filters(actor_id="u3"),
+                Filters(action_prefix="claim."),
+                Filters(since=now - timedelta(days=40)),
+                Filters(until=now - timedelta(days=9)),
+            ):
+                for after in (
+                    None,
+                    Position(int((now - timedelta(days=200)).timestamp() * 1e6), "z"),
+                ):
+                    got = queries.list_events(cur, tenant, f, after, 21, now=now)
+                    mine = [
+                        e
+                        for e in events
+                        if e.tenant_id == tenant
+                        and (f.actor_id is None or e.actor.id == f.actor_id)
+                        and (f.since is None or e.occurred_at >= f.since)
+                        and (f.until is None or e.occurred_at < f.until)
+                        and (
+                            after is None
+                            or (e.occurred_at.timestamp() * 1e6, e.event_id)
+                            < (after.occurred_us, after.event_id)
+                        )
+                    ]
+                    mine.sort(key=lambda e: (e.occurred_at, e.event_id), reverse=True)
+                    assert [r["event_id"] for r in got] == [e.event_id for e in mine[:21]], (
+                        tenant,
+                        f,
+                        after,
+                    )
+    finally:
+        reader.close()

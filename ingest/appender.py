@@ -88,7 +88,15 @@ class Appender:
         self._topic = topic
         self._partitioner = partitioner
         self.fast = fast and fast_path_supported(producer)
-        self._tps: dict[int, TopicPartition] = {}
+        self._tps: dict[bytes, TopicPartition] = {}
+        self._partition_count = 0
+
+    def _place(self, key: bytes, partitions: set[int]) -> TopicPartition:
+        if len(self._tps) >= _MAX_CACHED_KEYS:
+            self._tps.clear()
+        tp = TopicPartition(self._topic, self._partitioner.for_key(key, partitions))
+        self._tps[key] = tp
+        return tp
 
     def append_all(self, records: Sequence[tuple[bytes, bytes]], out: list[Any]) -> None:
         """Append every record, adding its future to ``out`` as soon as it is queued.
@@ -104,15 +112,17 @@ class Appender:
                 out.append(send(topic, value, key))
             return
         partitions = producer.partitions_for(topic)  # public; waits for metadata if needed
-        for_key, tps = self._partitioner.for_key, self._tps
+        if len(partitions) != self._partition_count:  # partitions were added: re-place keys
+            self._tps.clear()
+            self._partition_count = len(partitions)
+        tps = self._tps
         append = producer._accumulator.append
         wakeup = producer._sender.wakeup
         headers: list[tuple[str, bytes]] = []
         for key, value in records:
-            partition = for_key(key, partitions)
-            tp = tps.get(partition)
+            tp = tps.get(key)
             if tp is None:
-                tp = tps[partition] = TopicPartition(topic, partition)
+                tp = self._place(key, partitions)
             future, batch_full, new_batch, _ = append(tp, None, key, value, headers)
             if batch_full or new_batch:
                 wakeup()

@@ -47,10 +47,20 @@ def _size(n: int) -> bytes:
     return _SMALL[n] if n < 4096 else _varint(n << 1)
 
 
+# The last long written and its encoding, as one tuple (swapped atomically between
+# threads): every event of a batch shares received_at.
+_last_long: list[tuple[Any, bytes]] = [(None, b"")]
+
+
 def _long(n: int) -> bytes:
+    value, encoded = _last_long[0]
+    if n == value and type(n) is int:
+        return encoded
     if type(n) is not int or not _LONG_MIN <= n <= _LONG_MAX:
         raise TypeError("not a 64-bit integer")
-    return _varint(((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF)
+    out = _varint(((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF)
+    _last_long[0] = (n, out)
+    return out
 
 
 def _int(n: int) -> bytes:
@@ -90,9 +100,10 @@ class _Gen:
         if kind == "null":
             self.emit(indent, f"if {expr} is not None: raise TypeError('not null')")
         elif kind == "string":
-            b = self.var("b")
+            b, n = self.var("b"), self.var("n")
             self.emit(indent, f"{b} = {expr}.encode()")
-            self.emit(indent, f"a(_size(len({b}))); a({b})")
+            self.emit(indent, f"{n} = len({b})")
+            self.emit(indent, f"a(_SMALL[{n}] if {n} < 4096 else _size({n})); a({b})")
         elif kind == "long":
             self.emit(indent, f"a(_long({expr}))")
         elif kind == "int":
@@ -154,6 +165,7 @@ def compile_writer(schema: Mapping[str, Any]) -> Writer | None:
     gen.emit(1, "return b''.join(parts)")
     namespace: dict[str, Any] = {
         "_size": _size,
+        "_SMALL": _SMALL,
         "_long": _long,
         "_int": _int,
         "_bool": _bool,

@@ -80,10 +80,11 @@ _EMPTY: Mapping[str, Any] = {}
 
 Errors = list[ErrorDetail]
 
-# Values that passed their pattern before: tenants and actions repeat in nearly
-# every event, so a set lookup replaces the regex. Bounded; cleared when full.
+# Values that passed their pattern before: tenants, actions and metadata keys repeat in
+# nearly every event, so a set lookup replaces the regex. Bounded; cleared when full.
 _good_tenants: set[str] = set()
 _good_actions: set[str] = set()
+_good_keys: set[str] = set()
 _MAX_REMEMBERED = 10_000
 
 
@@ -342,6 +343,9 @@ def _object(errors: Errors, value: Any, name: str, known: frozenset[str]) -> Map
 
 
 def _actor(errors: Errors, value: Any) -> dict[str, Any] | None:
+    fast = _actor_fast(value)
+    if fast is not None:
+        return fast
     if value is None:
         errors.append(ErrorDetail("actor", "is required"))
         return None
@@ -374,6 +378,40 @@ def _actor(errors: Errors, value: Any) -> dict[str, Any] | None:
     }
 
 
+def _actor_fast(value: Any) -> dict[str, Any] | None:
+    """The actor when every field passes the strictest form of its rule, else None.
+
+    The hot path: plain printable strings within bounds. Anything else (free
+    text with RTL marks or emoji ZWJ sequences, a bad field...) returns None and
+    goes through the detailed checks of :func:`_actor`, which accept or name
+    the problem. Never accepts what :func:`_actor` would reject.
+    """
+    if type(value) is not dict or not _ACTOR_FIELDS.issuperset(value):
+        return None
+    g = value.get
+    kind, ident, name, email, ip, agent = (
+        g("type"), g("id"), g("name"), g("email"), g("ip"), g("user_agent")
+    )  # fmt: skip
+    if not (
+        type(kind) is str and 0 < len(kind) <= 32 and kind.isprintable()
+        and type(ident) is str and 0 < len(ident) <= 256 and ident.isprintable()
+        and (name is None or (type(name) is str and len(name) <= 256 and name.isprintable()))
+        and (agent is None or (type(agent) is str and len(agent) <= 1024 and agent.isprintable()))
+        and (email is None or (
+            type(email) is str and 0 < len(email) <= 320 and email.isprintable()
+            and "@" in email and " " not in email
+        ))
+    ):  # fmt: skip
+        return None
+    if ip is not None:
+        if type(ip) is not str or not 0 < len(ip) <= 64 or not ip.isprintable():
+            return None
+        ip = _normal_ip(ip)
+        if ip is None:
+            return None
+    return {"type": kind, "id": ident, "name": name, "email": email, "ip": ip, "user_agent": agent}
+
+
 @functools.lru_cache(maxsize=8192)
 def _normal_ip(text: str) -> str | None:
     """The canonical form of an IP address, or None (cached: addresses repeat)."""
@@ -394,6 +432,17 @@ def _targets(errors: Errors, value: Any) -> list[dict[str, Any]]:
         return []
     out = []
     for i, item in enumerate(value):
+        if type(item) is dict and _TARGET_FIELDS.issuperset(item):  # fast path, as in _actor
+            t_type, t_id, t_name = item.get("type"), item.get("id"), item.get("name")
+            if (
+                type(t_type) is str and 0 < len(t_type) <= 64 and t_type.isprintable()
+                and type(t_id) is str and 0 < len(t_id) <= 256 and t_id.isprintable()
+                and (t_name is None or (
+                    type(t_name) is str and len(t_name) <= 256 and t_name.isprintable()
+                ))
+            ):  # fmt: skip
+                out.append({"type": t_type, "id": t_id, "name": t_name})
+                continue
         name = f"targets[{i}]"
         n = len(errors)
         raw = _object(errors, item, name, _TARGET_FIELDS)
@@ -433,11 +482,17 @@ def _metadata(errors: Errors, value: Any) -> dict[str, str]:
         errors.append(ErrorDetail("metadata", f"must have at most {MAX_METADATA_KEYS} keys"))
         return {}
     for key, item in value.items():
-        if type(key) is not str or not METADATA_KEY_RE.fullmatch(key):
+        if type(key) is str and key in _good_keys:
+            pass
+        elif type(key) is str and METADATA_KEY_RE.fullmatch(key):
+            _remember(_good_keys, key)
+        else:
             where = f"metadata.{_clip(key)}" if type(key) is str else "metadata"
             errors.append(
                 ErrorDetail(where, f"keys must be 1-{MAX_METADATA_KEY_LEN} of [A-Za-z0-9_.:-]")
             )
+            continue
+        if type(item) is str and len(item) <= MAX_METADATA_VALUE_LEN and item.isprintable():
             continue
         if type(item) is not str:
             errors.append(ErrorDetail(f"metadata.{key}", "must be a string"))

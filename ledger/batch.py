@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from ledger.columnar import Corrupt, Node, decode_batch, plan_for
 from ledger.tables import AUDIT_COLUMNS
-from schemas.codec import HEADER_LEN, MAGIC, AvroCodec, SchemaVersion
+from schemas.codec import MAGIC, AvroCodec, SchemaVersion
 from schemas.events import AUDIT_EVENT
 from velora.errors import DecodeError, SchemaError
 
@@ -87,16 +87,12 @@ class EventDecoder:
         n = len(values)
         if n == 0:
             return Decoded(LEDGER_SCHEMA.empty_table())
-        header = self._header
-        fast = np.fromiter(
-            (v is not None and v[:HEADER_LEN] == header for v in values), dtype=bool, count=n
-        )
-        if self._plan is not None and fast.all():
+        if self._plan is not None and None not in values:
             try:
-                events = decode_batch(self._plan, [v[HEADER_LEN:] for v in values])  # type: ignore[index]
+                events = decode_batch(self._plan, values, self._header)  # type: ignore[arg-type]
                 return Decoded(_dedup(_ledger_table(events, partitions, offsets)))
             except Corrupt:
-                log.warning("fast decode rejected a batch of %d; decoding one by one", n)
+                log.info("batch of %d needs the per-record decoder", n)
         return self._slow(values, partitions, offsets)
 
     def _slow(

@@ -122,12 +122,22 @@ def _compile(s: Any, named: dict[str, Node], ns: str) -> Node:
     raise _Unsupported(str(t))
 
 
-def decode_batch(plan: Node, bodies: Sequence[bytes]) -> pa.StructArray:
-    """Decode Avro bodies (no single-object header) of one writer schema, in order."""
-    lengths = np.fromiter((len(b) for b in bodies), dtype=np.int64, count=len(bodies))
+def decode_batch(plan: Node, messages: Sequence[bytes], header: bytes = b"") -> pa.StructArray:
+    """Decode messages of one writer schema, in order; each starts with ``header``.
+
+    The header (e.g. the single-object marker and fingerprint) is checked, not decoded.
+    """
+    lengths = np.fromiter(map(len, messages), dtype=np.int64, count=len(messages))
     ends = np.cumsum(lengths)
     starts = ends - lengths
-    buf = np.frombuffer(b"".join(bodies) + bytes(_PAD), dtype=np.uint8)
+    buf = np.frombuffer(b"".join(messages) + bytes(_PAD), dtype=np.uint8)
+    if header:
+        if len(lengths) and lengths.min() < len(header):
+            raise Corrupt("message shorter than its header")
+        expected = np.frombuffer(header, dtype=np.uint8)
+        if not (buf[starts[:, None] + np.arange(len(header))] == expected).all():
+            raise Corrupt("message header differs")
+        starts = starts + len(header)
     reader = _Reader(buf, int(ends[-1]) if len(ends) else 0)
     try:
         array, pos = reader.read(plan, starts)
@@ -213,8 +223,17 @@ class _Reader:
         self._check(end, 0)
         return signed, end
 
-    def _bytes(self, pos: np.ndarray, arrow: pa.DataType) -> tuple[pa.Array, np.ndarray]:
-        lengths, pos = self.long(pos)
+    def _bytes(
+        self, pos: np.ndarray, arrow: pa.DataType, present: np.ndarray | None = None
+    ) -> tuple[pa.Array, np.ndarray]:
+        """Strings or bytes; with ``present``, only those slots hold one (the rest are null)."""
+        if present is None:
+            lengths, pos = self.long(pos)
+        else:
+            sel = np.flatnonzero(present)
+            lengths = np.zeros(len(pos), dtype=np.int64)
+            pos = pos.copy()
+            lengths[sel], pos[sel] = self.long(pos[sel])
         if len(lengths) and lengths.min() < 0:
             raise Corrupt("negative length")
         end = pos + lengths
@@ -229,10 +248,16 @@ class _Reader:
             data = self.buf[gather]
         else:
             data = np.zeros(0, dtype=np.uint8)
+        validity = None
+        nulls = 0
+        if present is not None and not present.all():
+            validity = pa.py_buffer(np.packbits(present, bitorder="little"))
+            nulls = len(present) - int(present.sum())
         array = pa.Array.from_buffers(
             arrow,
             len(pos),
-            [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)],
+            [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)],
+            null_count=nulls,
         )
         if arrow == pa.string():
             array.validate(full=True)  # invalid UTF-8 raises ArrowInvalid -> Corrupt
@@ -243,6 +268,8 @@ class _Reader:
         if len(branch) and (branch.min() < 0 or branch.max() > 1):
             raise Corrupt("union branch out of range")
         present = branch != node.null_branch
+        if node.children[0].kind in ("string", "bytes"):
+            return self._bytes(pos, node.children[0].arrow, present)
         sel = np.flatnonzero(present)
         inner, sub_pos = self.read(node.children[0], pos[sel])
         pos = pos.copy()

@@ -71,7 +71,10 @@ class QueryNode:
         if pool is not None:
             pool.shutdown(wait=True)
         if store is not None:
-            store.checkpoint()
+            try:
+                store.checkpoint()
+            except Unavailable as exc:  # the WAL is replayed on the next open instead
+                log.warning("checkpoint on stop failed: %s", exc)
             store.close()
 
     # -- readiness ----------------------------------------------------------------

@@ -25,22 +25,33 @@ than 24 h ahead of ``now`` and not before 1970.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from uuid_utils import uuid7
 
+from ingest.fields import (
+    EMPTY,
+    TEXT_FORBIDDEN,
+    Errors,
+    clip,
+    fail,
+    ident,
+    normal_ip,
+    now_micros,
+    obj,
+    remember,
+    text,
+    timestamp,
+)
 from schemas import Actor, AuditEvent, Outcome, Target
 from schemas.events import CRUD, OUTCOME_RESULTS
-from velora.errors import ErrorDetail, ValidationError
+from velora.errors import ErrorDetail
 
 MAX_EVENT_BYTES = 32 * 1024
-MAX_FUTURE = timedelta(hours=24)
 MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY_LEN = 40
 MAX_METADATA_VALUE_LEN = 500
@@ -50,9 +61,8 @@ ACTION_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 METADATA_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,39}")
-_TEXT_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
-# Maximum lengths, in characters.
+# Maximum lengths, in characters (the fast paths below inline the same numbers).
 LIMITS = {
     "action": 128,
     "source": 128,
@@ -68,30 +78,17 @@ LIMITS = {
     "target.id": 256,
     "target.name": 256,
     "outcome.reason": 1024,
-    "timestamp": 64,
 }
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EVENT_FIELDS = frozenset(f.name for f in fields(AuditEvent))
 _ACTOR_FIELDS = frozenset(f.name for f in fields(Actor))
 _TARGET_FIELDS = frozenset(f.name for f in fields(Target))
 _OUTCOME_FIELDS = frozenset(f.name for f in fields(Outcome))
-_EMPTY: Mapping[str, Any] = {}
-
-Errors = list[ErrorDetail]
-
 # Values that passed their pattern before: tenants, actions and metadata keys repeat in
 # nearly every event, so a set lookup replaces the regex. Bounded; cleared when full.
 _good_tenants: set[str] = set()
 _good_actions: set[str] = set()
 _good_keys: set[str] = set()
-_MAX_REMEMBERED = 10_000
-
-
-def _remember(seen: set[str], value: str) -> None:
-    if len(seen) >= _MAX_REMEMBERED:
-        seen.clear()
-    seen.add(value)
 
 
 def validate_event(raw: Mapping[str, Any], now: datetime) -> AuditEvent:
@@ -113,10 +110,10 @@ def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """
     errors: Errors = []
     if not isinstance(raw, dict | Mapping):
-        _fail([ErrorDetail("event", "must be an object")])
+        fail([ErrorDetail("event", "must be an object")])
     if not _EVENT_FIELDS.issuperset(raw):
         for key in sorted(str(k) for k in raw if k not in _EVENT_FIELDS)[:5]:
-            errors.append(ErrorDetail(_clip(key), "unknown field"))
+            errors.append(ErrorDetail(clip(key), "unknown field"))
     get = raw.get
 
     event_id = get("event_id")
@@ -131,7 +128,7 @@ def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     elif type(tenant_id) is str and tenant_id in _good_tenants:
         pass
     elif type(tenant_id) is str and TENANT_RE.fullmatch(tenant_id):
-        _remember(_good_tenants, tenant_id)
+        remember(_good_tenants, tenant_id)
     else:
         errors.append(
             ErrorDetail("tenant_id", "must be 1-64 characters of [A-Za-z0-9_.:-], alnum first")
@@ -143,14 +140,14 @@ def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     elif type(action) is str and action in _good_actions:
         pass
     elif type(action) is str and len(action) <= 128 and ACTION_RE.fullmatch(action):
-        _remember(_good_actions, action)
+        remember(_good_actions, action)
     else:
         errors.append(
             ErrorDetail("action", "must match ^[a-z][a-z0-9_]*(\\.[a-z0-9_]+)+$ (at most 128)")
         )
 
-    occurred_at = _timestamp(errors, get("occurred_at"), "occurred_at", now, required=True)
-    received_at = _timestamp(errors, get("received_at"), "received_at", now, required=False)
+    occurred_at = timestamp(errors, get("occurred_at"), "occurred_at", now, required=True)
+    received_at = timestamp(errors, get("received_at"), "received_at", now, required=False)
 
     crud = get("crud")
     if crud is None:
@@ -158,9 +155,9 @@ def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     elif crud not in CRUD:
         errors.append(ErrorDetail("crud", f"must be one of {', '.join(CRUD)}"))
 
-    source = _ident(errors, get("source"), "source", LIMITS["source"], required=True)
-    category = _ident(errors, get("category"), "category", LIMITS["category"])
-    request_id = _ident(errors, get("request_id"), "request_id", LIMITS["request_id"])
+    source = ident(errors, get("source"), "source", LIMITS["source"], required=True)
+    category = ident(errors, get("category"), "category", LIMITS["category"])
+    request_id = ident(errors, get("request_id"), "request_id", LIMITS["request_id"])
     actor = _actor(errors, get("actor"))
     targets = _targets(errors, get("targets"))
     outcome = _outcome(errors, get("outcome"))
@@ -171,12 +168,12 @@ def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         errors.append(ErrorDetail("schema_version", "must be 1"))
 
     if errors:
-        _fail(errors)
+        fail(errors)
     return {
         "event_id": event_id,
         "tenant_id": tenant_id,
         "occurred_at": occurred_at,
-        "received_at": _now_micros(now) if received_at is None else received_at,
+        "received_at": now_micros(now) if received_at is None else received_at,
         "action": action,
         "crud": crud,
         "category": category,
@@ -225,7 +222,7 @@ def event_as_mapping(event: AuditEvent) -> dict[str, Any]:
 def check_encoded_size(encoded: bytes) -> None:
     """Reject an event whose encoded form exceeds :data:`MAX_EVENT_BYTES`."""
     if len(encoded) > MAX_EVENT_BYTES:
-        _fail(
+        fail(
             [
                 ErrorDetail(
                     "event",
@@ -235,111 +232,7 @@ def check_encoded_size(encoded: bytes) -> None:
         )
 
 
-# -- field checkers: append to ``errors`` and return the cleaned value -----------------
-
-
-def _fail(errors: Errors) -> None:
-    first = errors[0]
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    raise ValidationError(f"invalid event: {first.field} {first.reason}{more}", details=errors)
-
-
-def _ident(
-    errors: Errors, value: Any, name: str, max_len: int, *, required: bool = False
-) -> str | None:
-    """An identifier: a printable string without control, format or separator characters."""
-    if value is None:
-        if required:
-            errors.append(ErrorDetail(name, "is required"))
-        return None
-    if type(value) is not str:
-        errors.append(ErrorDetail(name, "must be a string"))
-    elif not value:
-        errors.append(ErrorDetail(name, "must not be empty"))
-    elif len(value) > max_len:
-        errors.append(ErrorDetail(name, f"must be at most {max_len} characters"))
-    elif not value.isprintable():
-        errors.append(ErrorDetail(name, "must not contain control, format or separator characters"))
-    else:
-        return value
-    return None
-
-
-def _text(errors: Errors, value: Any, name: str, max_len: int) -> str | None:
-    """Free text: any Unicode except C0/C1 control characters and lone surrogates."""
-    if value is None:
-        return None
-    if type(value) is not str:
-        errors.append(ErrorDetail(name, "must be a string"))
-    elif len(value) > max_len:
-        errors.append(ErrorDetail(name, f"must be at most {max_len} characters"))
-    elif not value.isprintable() and _TEXT_FORBIDDEN.search(value):
-        errors.append(ErrorDetail(name, "must not contain control characters or lone surrogates"))
-    else:
-        return value
-    return None
-
-
-def _timestamp(
-    errors: Errors, value: Any, name: str, now: datetime, *, required: bool
-) -> int | None:
-    """An aware timestamp as epoch microseconds; not over 24 h ahead, not before 1970."""
-    if value is None:
-        if required:
-            errors.append(ErrorDetail(name, "is required"))
-        return None
-    if type(value) is str:
-        if len(value) > LIMITS["timestamp"]:
-            errors.append(ErrorDetail(name, "must be an ISO-8601 timestamp"))
-            return None
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            errors.append(ErrorDetail(name, "must be an ISO-8601 timestamp with a UTC offset"))
-            return None
-    elif not isinstance(value, datetime):
-        errors.append(ErrorDetail(name, "must be an ISO-8601 timestamp string"))
-        return None
-    if value.utcoffset() is None:
-        errors.append(
-            ErrorDetail(name, "must carry a UTC offset, e.g. 2025-01-31T12:00:00Z or +01:00")
-        )
-        return None
-    try:
-        ahead = value - now
-        micros = _micros(value)
-    except OverflowError:
-        errors.append(ErrorDetail(name, "is out of range"))
-        return None
-    if ahead > MAX_FUTURE:
-        errors.append(ErrorDetail(name, "must be at most 24 hours in the future"))
-        return None
-    if micros < 0:
-        errors.append(ErrorDetail(name, "must not be before 1970-01-01T00:00:00Z"))
-        return None
-    return micros
-
-
-@functools.lru_cache(maxsize=4)
-def _now_micros(now: datetime) -> int:
-    """``_micros(now)``, computed once per batch (every event of a batch shares ``now``)."""
-    return _micros(now)
-
-
-def _micros(value: datetime) -> int:
-    """Aware datetime -> microseconds since the Unix epoch."""
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _object(errors: Errors, value: Any, name: str, known: frozenset[str]) -> Mapping[str, Any]:
-    if not isinstance(value, dict | Mapping):
-        errors.append(ErrorDetail(name, "must be an object"))
-        return _EMPTY
-    if not known.issuperset(value):
-        for key in sorted(str(k) for k in value if k not in known)[:5]:
-            errors.append(ErrorDetail(f"{name}.{_clip(key)}", "unknown field"))
-    return value
+# -- nested objects -------------------------------------------------------------------
 
 
 def _actor(errors: Errors, value: Any) -> dict[str, Any] | None:
@@ -350,22 +243,22 @@ def _actor(errors: Errors, value: Any) -> dict[str, Any] | None:
         errors.append(ErrorDetail("actor", "is required"))
         return None
     n = len(errors)
-    raw = _object(errors, value, "actor", _ACTOR_FIELDS)
-    if len(errors) > n and raw is _EMPTY:
+    raw = obj(errors, value, "actor", _ACTOR_FIELDS)
+    if len(errors) > n and raw is EMPTY:
         return None
     g = raw.get
-    actor_type = _ident(errors, g("type"), "actor.type", 32, required=True)
-    actor_id = _ident(errors, g("id"), "actor.id", 256, required=True)
-    name = _text(errors, g("name"), "actor.name", 256)
-    email = _ident(errors, g("email"), "actor.email", 320)
+    actor_type = ident(errors, g("type"), "actor.type", LIMITS["actor.type"], required=True)
+    actor_id = ident(errors, g("id"), "actor.id", LIMITS["actor.id"], required=True)
+    name = text(errors, g("name"), "actor.name", LIMITS["actor.name"])
+    email = ident(errors, g("email"), "actor.email", LIMITS["actor.email"])
     if email is not None and ("@" not in email or " " in email):
         errors.append(ErrorDetail("actor.email", "must be an e-mail address"))
-    ip = _ident(errors, g("ip"), "actor.ip", 64)
+    ip = ident(errors, g("ip"), "actor.ip", LIMITS["actor.ip"])
     if ip is not None:
-        ip = _normal_ip(ip)
+        ip = normal_ip(ip)
         if ip is None:
             errors.append(ErrorDetail("actor.ip", "must be an IPv4 or IPv6 address"))
-    user_agent = _text(errors, g("user_agent"), "actor.user_agent", 1024)
+    user_agent = text(errors, g("user_agent"), "actor.user_agent", LIMITS["actor.user_agent"])
     if len(errors) > n:
         return None
     return {
@@ -406,19 +299,10 @@ def _actor_fast(value: Any) -> dict[str, Any] | None:
     if ip is not None:
         if type(ip) is not str or not 0 < len(ip) <= 64 or not ip.isprintable():
             return None
-        ip = _normal_ip(ip)
+        ip = normal_ip(ip)
         if ip is None:
             return None
     return {"type": kind, "id": ident, "name": name, "email": email, "ip": ip, "user_agent": agent}
-
-
-@functools.lru_cache(maxsize=8192)
-def _normal_ip(text: str) -> str | None:
-    """The canonical form of an IP address, or None (cached: addresses repeat)."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
 
 
 def _targets(errors: Errors, value: Any) -> list[dict[str, Any]]:
@@ -445,12 +329,14 @@ def _targets(errors: Errors, value: Any) -> list[dict[str, Any]]:
                 continue
         name = f"targets[{i}]"
         n = len(errors)
-        raw = _object(errors, item, name, _TARGET_FIELDS)
-        if raw is _EMPTY and len(errors) > n:
+        raw = obj(errors, item, name, _TARGET_FIELDS)
+        if raw is EMPTY and len(errors) > n:
             continue
-        t_type = _ident(errors, raw.get("type"), f"{name}.type", 64, required=True)
-        t_id = _ident(errors, raw.get("id"), f"{name}.id", 256, required=True)
-        t_name = _text(errors, raw.get("name"), f"{name}.name", 256)
+        t_type = ident(
+            errors, raw.get("type"), f"{name}.type", LIMITS["target.type"], required=True
+        )
+        t_id = ident(errors, raw.get("id"), f"{name}.id", LIMITS["target.id"], required=True)
+        t_name = text(errors, raw.get("name"), f"{name}.name", LIMITS["target.name"])
         if len(errors) == n:
             out.append({"type": t_type, "id": t_id, "name": t_name})
     return out
@@ -460,13 +346,13 @@ def _outcome(errors: Errors, value: Any) -> dict[str, Any]:
     if value is None:
         return {"result": "unknown", "reason": None}
     n = len(errors)
-    raw = _object(errors, value, "outcome", _OUTCOME_FIELDS)
+    raw = obj(errors, value, "outcome", _OUTCOME_FIELDS)
     result = raw.get("result")
     if result is None:
         result = "unknown"
     elif result not in OUTCOME_RESULTS:
         errors.append(ErrorDetail("outcome.result", f"must be one of {', '.join(OUTCOME_RESULTS)}"))
-    reason = _text(errors, raw.get("reason"), "outcome.reason", 1024)
+    reason = text(errors, raw.get("reason"), "outcome.reason", LIMITS["outcome.reason"])
     if len(errors) > n:
         return {}
     return {"result": result, "reason": reason}
@@ -485,9 +371,9 @@ def _metadata(errors: Errors, value: Any) -> dict[str, str]:
         if type(key) is str and key in _good_keys:
             pass
         elif type(key) is str and METADATA_KEY_RE.fullmatch(key):
-            _remember(_good_keys, key)
+            remember(_good_keys, key)
         else:
-            where = f"metadata.{_clip(key)}" if type(key) is str else "metadata"
+            where = f"metadata.{clip(key)}" if type(key) is str else "metadata"
             errors.append(
                 ErrorDetail(where, f"keys must be 1-{MAX_METADATA_KEY_LEN} of [A-Za-z0-9_.:-]")
             )
@@ -502,16 +388,10 @@ def _metadata(errors: Errors, value: Any) -> dict[str, str]:
                     f"metadata.{key}", f"must be at most {MAX_METADATA_VALUE_LEN} characters"
                 )
             )
-        elif not item.isprintable() and _TEXT_FORBIDDEN.search(item):
+        elif not item.isprintable() and TEXT_FORBIDDEN.search(item):
             errors.append(
                 ErrorDetail(
                     f"metadata.{key}", "must not contain control characters or lone surrogates"
                 )
             )
     return dict(value)
-
-
-def _clip(name: str) -> str:
-    """A field name safe to echo: printable and short."""
-    name = name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
-    return name if len(name) <= 40 else name[:37] + "..."

@@ -8,6 +8,8 @@ is a next page. An event of another tenant, or no event, is a 404.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -18,7 +20,7 @@ from query_api.db import LedgerReader
 from query_api.filters import as_mapping, parse_list_query, query_items
 from query_api.serialize import event_json
 from schemas.events import Target
-from velora.errors import NotFound, Unavailable
+from velora.errors import ErrorDetail, NotFound, Unavailable, ValidationError
 from velora.settings import Settings
 
 READ_SCOPE = "audit:read"
@@ -63,10 +65,8 @@ async def list_audit_events(request: Request) -> JSONResponse:
             fingerprint,
             cursor.Position(last["occurred_us"], last["event_id"]),
         )
-        url = request.url.include_query_params()  # the same URL with a normalised query
-        next_url = url.replace(query="").include_query_params(
-            **dict(query_items(query.filters, query.limit, next_cursor))
-        )
+        items = query_items(query.filters, query.limit, next_cursor)
+        next_url = request.url.replace(query=urlencode(items))
         headers["Link"] = f'<{next_url}>; rel="next"'
     body = {
         "events": [event_json(r) for r in page],
@@ -78,6 +78,11 @@ async def list_audit_events(request: Request) -> JSONResponse:
 async def get_audit_event(request: Request) -> JSONResponse:
     """One event of the caller's tenant; 404 for unknown ids and other tenants' events."""
     principal = require_scope(request, READ_SCOPE)
+    for name, _ in request.query_params.multi_items():
+        raise ValidationError(
+            f"unknown query parameter {name[:40]!r}; this route takes none",
+            (ErrorDetail(name[:40].encode("unicode_escape").decode(), "unknown parameter"),),
+        )
     event_id: str = request.path_params["event_id"]
     shown = event_id[:MAX_EVENT_ID]
     request.scope["state"]["audit_target"] = Target("audit_event", shown)

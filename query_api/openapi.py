@@ -237,8 +237,9 @@ _SCHEMAS: dict[str, Any] = {
 
 def openapi_document(server_url: str | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document; ``server_url`` becomes its only server when given."""
-    list_errors = {k: v for k, v in _ERRORS.items()}
-    get_errors = {k: v for k, v in _ERRORS.items() if k != "422"}
+    list_errors = dict(_ERRORS)
+    get_errors = dict(_ERRORS)
+    get_errors["422"] = _error("A query parameter was given; this operation takes none.")
     get_errors["404"] = _error("No such event for this tenant (also another tenant's event).")
     return {
         "openapi": "3.1.0",

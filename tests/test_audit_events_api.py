@@ -79,6 +79,8 @@ def test_page_shape_order_and_timestamps(api: Api):
     assert api.get(EVENTS, key.token).json()["page"]["limit"] == 50
     one = api.get(f"{EVENTS}/{src.event_id}", key.token)
     assert one.status_code == 200 and one.json() == first
+    extra = api.get(f"{EVENTS}/{src.event_id}", key.token, params={"limit": 5})
+    assert extra.status_code == 422 and extra.json()["error"]["details"][0]["field"] == "limit"
 
 
 def test_paging_visits_every_event_once_in_order(api: Api):

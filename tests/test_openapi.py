@@ -42,7 +42,7 @@ def test_document_is_served_and_describes_the_routes(api: Api):
     assert {p["name"] for p in list_op["parameters"]} == set(PARAMETERS)
     assert set(list_op["responses"]) == {"200", "401", "403", "422", "429", "500", "503"}
     get_op = doc["paths"][f"{PREFIX}/audit/events/{{event_id}}"]["get"]
-    assert set(get_op["responses"]) == {"200", "401", "403", "404", "429", "500", "503"}
+    assert set(get_op["responses"]) == {"200", "401", "403", "404", "422", "429", "500", "503"}
     assert "Retry-After" in list_op["responses"]["429"]["headers"]
     assert "WWW-Authenticate" in list_op["responses"]["401"]["headers"]
     routes = {getattr(r, "path", None) for r in api.app.routes}

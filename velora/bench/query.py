@@ -270,7 +270,12 @@ def run(settings: Settings, sizes: tuple[int, ...] = (1_000_000, 10_000_000)) ->
         gen_s = generate(db, n, end)
         print(f"bench query: generated {n:,} events in {gen_s:.1f}s", file=sys.stderr)
         proc, url = _start_server(settings, db)
-        section: dict[str, Any] = {"events": n, "generation_s": gen_s, "concurrency": CONCURRENCY}
+        section: dict[str, Any] = {
+            "events": n,
+            "generation_s": gen_s,
+            "concurrency": CONCURRENCY,
+            "loadavg_1m_at_start": os.getloadavg()[0],  # other work on the machine skews p99
+        }
         try:
             for name, (token, paths) in _scenarios(url, big, small, end).items():
                 saturated = asyncio.run(_drive(url, token, paths, REQUESTS))

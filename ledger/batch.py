@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger.columnar import Corrupt, Node, decode_batch, plan_for
+from ledger.columnar import Corrupt, Node, decode_batch, decode_spans, plan_for
+from ledger.record_runs import RecordRun
 from ledger.tables import AUDIT_COLUMNS
 from schemas.codec import MAGIC, AvroCodec, SchemaVersion
 from schemas.events import AUDIT_EVENT
@@ -93,6 +94,33 @@ class EventDecoder:
                 return Decoded(_dedup(_ledger_table(events, partitions, offsets)))
             except Corrupt:
                 log.info("batch of %d needs the per-record decoder", n)
+        return self._slow(values, partitions, offsets)
+
+    def decode_runs(self, runs: Sequence[tuple[int, RecordRun]]) -> Decoded:
+        """Decode record runs (partition, run) in order, straight from the batch buffers."""
+        if not runs:
+            return Decoded(LEDGER_SCHEMA.empty_table())
+        shift = 0
+        starts, ends, parts, offs, buffers = [], [], [], [], []
+        for partition, run in runs:
+            buffers.append(run.buffer)
+            starts.append(run.value_starts + shift)
+            ends.append(run.value_ends + shift)
+            parts.append(np.full(len(run), partition, dtype=np.int32))
+            offs.append(run.offsets)
+            shift += len(run.buffer)
+        partitions, offsets = np.concatenate(parts), np.concatenate(offs)
+        value_starts = np.concatenate(starts)
+        if self._plan is not None and (value_starts >= 0).all():
+            buf = np.frombuffer(b"".join(buffers) + bytes(16), dtype=np.uint8)
+            try:
+                events = decode_spans(
+                    self._plan, buf, value_starts, np.concatenate(ends), self._header
+                )
+                return Decoded(_dedup(_ledger_table(events, partitions, offsets)))
+            except Corrupt:
+                log.info("%d records need the per-record decoder", len(offsets))
+        values = [v for _, run in runs for v in run.values()]
         return self._slow(values, partitions, offsets)
 
     def _slow(

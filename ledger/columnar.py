@@ -131,6 +131,14 @@ def decode_batch(plan: Node, messages: Sequence[bytes], header: bytes = b"") -> 
     ends = np.cumsum(lengths)
     starts = ends - lengths
     buf = np.frombuffer(b"".join(messages) + bytes(_PAD), dtype=np.uint8)
+    return decode_spans(plan, buf, starts, ends, header)
+
+
+def decode_spans(
+    plan: Node, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, header: bytes = b""
+) -> pa.StructArray:
+    """Decode the messages at ``buf[starts[i]:ends[i]]``; ``buf`` ends with 16 zero bytes."""
+    lengths = ends - starts
     if header:
         if len(lengths) and lengths.min() < len(header):
             raise Corrupt("message shorter than its header")
@@ -138,7 +146,7 @@ def decode_batch(plan: Node, messages: Sequence[bytes], header: bytes = b"") -> 
         if not (buf[starts[:, None] + np.arange(len(header))] == expected).all():
             raise Corrupt("message header differs")
         starts = starts + len(header)
-    reader = _Reader(buf, int(ends[-1]) if len(ends) else 0)
+    reader = Reader(buf, len(buf) - _PAD)
     try:
         array, pos = reader.read(plan, starts)
     except (IndexError, ValueError, OverflowError, pa.ArrowException) as exc:
@@ -150,7 +158,7 @@ def decode_batch(plan: Node, messages: Sequence[bytes], header: bytes = b"") -> 
     return array
 
 
-class _Reader:
+class Reader:
     """Reads one node for many slots at once; ``pos`` holds each slot's byte position."""
 
     def __init__(self, buf: np.ndarray, size: int) -> None:

@@ -220,3 +220,117 @@ def test_factory_output_equals_codec_encoding(factory):
     from schemas.events import AuditEvent
 
     assert factory.codec.encode("AuditEvent", AuditEvent.from_avro(record).to_avro()) == made.value
+
+
+# -- record runs: whole record batches out of kafka-python ---------------------------
+def _read_all(settings, *, runs: bool, seek: dict[int, int] | None = None):
+    """(partition, offset, value) of every committed record, by either path."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    from ledger.record_runs import RecordRun, install
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
+    try:
+        if runs:
+            assert install(consumer)
+        tps = [TopicPartition(settings.audit_topic, p) for p in range(settings.audit_partitions)]
+        consumer.assign(tps)
+        for tp in tps:
+            if seek and tp.partition in seek:
+                consumer.seek(tp, seek[tp.partition])
+            else:
+                consumer.seek_to_beginning(tp)
+        end = {tp: o for tp, o in consumer.end_offsets(tps).items()}
+        out = []
+        wait_for(
+            lambda: (
+                out.extend(
+                    (tp.partition, *item)
+                    for tp, items in consumer.poll(timeout_ms=100).items()
+                    for item in (
+                        [
+                            (o, v)
+                            for r in items
+                            if isinstance(r, RecordRun)
+                            for o, v in zip(r.offsets.tolist(), r.values(), strict=True)
+                        ]
+                        if runs
+                        else [(r.offset, r.value) for r in items]
+                    )
+                )
+                or all(consumer.position(tp) >= end[tp] for tp in tps)
+            ),
+            timeout=60,
+        )
+        return sorted(out), {tp.partition: consumer.position(tp) for tp in tps}
+    finally:
+        consumer.close()
+
+
+def test_record_runs_equal_kafka_pythons_records(settings, factory):
+    from kafka import KafkaProducer
+
+    plain = [factory.make() for _ in range(700)]
+    produce(settings, plain)
+    gz = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, compression_type="gzip", linger_ms=20
+    )
+    for e in [factory.make() for _ in range(300)]:
+        gz.send(settings.audit_topic, key=e.key, value=e.value)
+    gz.send(settings.audit_topic, key=b"tenant-00", value=None)  # a null value
+    gz.flush()
+    gz.close()
+    tx = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"tx-{settings.topic_prefix}"
+    )
+    tx.init_transactions()
+    tx.begin_transaction()
+    aborted = [factory.make() for _ in range(50)]
+    for e in aborted:
+        tx.send(settings.audit_topic, key=e.key, value=e.value)
+    tx.abort_transaction()
+    tx.begin_transaction()
+    committed = [factory.make() for _ in range(40)]
+    for e in committed:
+        tx.send(settings.audit_topic, key=e.key, value=e.value)
+    tx.commit_transaction()
+    tx.close()
+
+    standard, positions = _read_all(settings, runs=False)
+    fast, fast_positions = _read_all(settings, runs=True)
+    assert fast == standard
+    assert fast_positions == positions
+    seen = {v for _, _, v in standard}
+    assert not seen & {e.value for e in aborted}
+    assert {e.value for e in committed} <= seen
+    assert None in seen
+
+    # a seek into the middle of a record batch starts exactly there
+    middle = {p: positions[p] // 2 for p in positions}
+    assert _read_all(settings, runs=True, seek=middle)[0] == [
+        r for r in standard if r[1] >= middle[r[0]]
+    ]
+
+
+def test_materializer_paths_give_equal_tables(settings, factory, tmp_path):
+    events = [factory.make() for _ in range(1500)]
+    produce(settings, events + events[:100])
+    tables = []
+    for runs in (True, False):
+        store = LedgerStore(tmp_path / f"runs-{runs}.duckdb")
+        m = Materializer(settings, store, record_runs=runs)
+        m.start()
+        assert m.wait_caught_up(timeout=60)
+        m.stop()
+        query = "SELECT * FROM audit_events ORDER BY event_id"
+        tables.append(store.cursor().sql(query).to_arrow_table())
+        store.close()
+    assert tables[0].num_rows == 1500
+    assert tables[0].equals(tables[1])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ledger.batch import LEDGER_SCHEMA, EventDecoder
-from ledger.store import LedgerStore
+from ledger.store import DEDUP_BATCHES, LedgerStore
 from ledger.testing import EventFactory
 from velora.errors import Unavailable
 
@@ -56,7 +56,9 @@ def test_conflicting_event_ids_are_ignored_and_offsets_still_advance(tmp_path, f
     table, events = _table(factory, 20)
     store.write_batch(table, TOPIC, {0: 20})
     again, _ = _table(factory, 0, first_offset=20, events=[*events[:5], factory.make()])
+    assert store._dedup_left == 0  # no duplicate so far: the fast insert was used
     store.write_batch(again, TOPIC, {0: 26})
+    assert store._dedup_left == DEDUP_BATCHES - 1  # the duplicate forced ON CONFLICT
     assert store.count() == 21
     first = store.cursor().execute(
         "SELECT kafka_offset FROM audit_events WHERE event_id = ?", [events[0].event_id]

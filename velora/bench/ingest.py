@@ -1,8 +1,9 @@
 """Ingest benchmarks: events/s through the library and through HTTP ingest.
 
 - ``library``: :meth:`ingest.AuditProducer.send_many` with 500-event batches from
-  a few caller threads in this process (a service with a few request threads),
-  each call returning only once Kafka acknowledged (``acks=all``). Floor: 30k/s.
+  two caller threads in this process (one prepares a batch while the other waits
+  for its acks), each call returning only once Kafka acknowledged (``acks=all``);
+  also with one thread. Floor: 30k/s.
 - ``http``: the real ``velora ingest serve`` (uvicorn, in a subprocess) fed
   500-event JSON arrays by a few concurrent ``httpx`` clients; every answer is
   checked to be a 200 with 500 accepted items. Floor: 15k/s.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import secrets
@@ -47,7 +49,8 @@ from velora.topics import ensure_topics
 LIBRARY_FLOOR = 30_000.0
 HTTP_FLOOR = 15_000.0
 BATCH = 500
-THREADS = 4
+LIBRARY_THREADS = 2  # more caller threads cost ~20% CPU in GIL hand-offs (docs/ingest.md)
+HTTP_CLIENTS = 4
 RUNS = 5
 LIBRARY_EVENTS_PER_RUN = 100_000
 HTTP_REQUESTS_PER_RUN = 200  # x 500 events
@@ -89,7 +92,7 @@ def sample_events(n: int, *, seed: int = 0) -> list[dict[str, Any]]:
 
 def library(settings: Settings) -> list[Row]:
     """Events/s through ``AuditProducer.send_many`` (and with one caller thread)."""
-    batches = [sample_events(BATCH, seed=s) for s in range(THREADS)]
+    batches = [sample_events(BATCH, seed=s) for s in range(LIBRARY_THREADS)]
     with AuditProducer(settings) as producer:
         for batch in batches:  # connect, fetch metadata, warm caches
             _check(producer.send_many(batch))
@@ -105,7 +108,7 @@ def library(settings: Settings) -> list[Row]:
                 _parallel([lambda b=batches[t]: work(b) for t in range(threads)])
             return per_thread * threads * BATCH / cpu.wall_s, cpu
 
-        many = [measure(THREADS, LIBRARY_EVENTS_PER_RUN) for _ in range(RUNS)]
+        many = [measure(LIBRARY_THREADS, LIBRARY_EVENTS_PER_RUN) for _ in range(RUNS)]
         single = [measure(1, LIBRARY_EVENTS_PER_RUN // 2) for _ in range(3)]
     rate = statistics.median(r for r, _ in many)
     rate_1 = statistics.median(r for r, _ in single)
@@ -117,7 +120,7 @@ def library(settings: Settings) -> list[Row]:
         "cpu_us_per_event": round(
             1e6 * statistics.median(c.cpu_s / (r * c.wall_s) for r, c in many), 1
         ),
-        "threads": THREADS,
+        "threads": LIBRARY_THREADS,
         "batch": BATCH,
         "events_per_run": LIBRARY_EVENTS_PER_RUN,
         "single_thread_events_per_s": round(rate_1),
@@ -127,7 +130,7 @@ def library(settings: Settings) -> list[Row]:
     write_results("ingest", "library", data)
     return [
         Row(
-            f"library send_many, {THREADS} threads x {BATCH}",
+            f"library send_many, {LIBRARY_THREADS} threads x {BATCH}",
             rate,
             "events/s",
             f">= {LIBRARY_FLOOR:,.0f}",
@@ -140,17 +143,18 @@ def library(settings: Settings) -> list[Row]:
 
 def http(settings: Settings) -> list[Row]:
     """Events/s through ``velora ingest serve`` with 500-event JSON batches."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     token = secrets.token_urlsafe(24)
-    bodies = [json.dumps(sample_events(BATCH, seed=s)).encode() for s in range(THREADS)]
+    bodies = [json.dumps(sample_events(BATCH, seed=s)).encode() for s in range(HTTP_CLIENTS)]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     with _IngestServer(settings, token) as server:
-        clients = [httpx.Client(base_url=server.url, timeout=60) for _ in range(THREADS)]
+        clients = [httpx.Client(base_url=server.url, timeout=60) for _ in range(HTTP_CLIENTS)]
         try:
             for client, body in zip(clients, bodies, strict=True):  # warm up
                 _check_http(client.post("/internal/v1/events", content=body, headers=headers))
 
             def measure() -> tuple[float, CpuSample, float]:
-                per_client = HTTP_REQUESTS_PER_RUN // THREADS
+                per_client = HTTP_REQUESTS_PER_RUN // HTTP_CLIENTS
 
                 def work(client: httpx.Client, body: bytes) -> None:
                     for _ in range(per_client):
@@ -164,7 +168,7 @@ def http(settings: Settings) -> list[Row]:
                         [lambda c=c, b=b: work(c, b) for c, b in zip(clients, bodies, strict=True)]
                     )
                 server_pct = 100 * (server.cpu_seconds() - server_cpu0) / cpu.wall_s
-                return per_client * THREADS * BATCH / cpu.wall_s, cpu, server_pct
+                return per_client * HTTP_CLIENTS * BATCH / cpu.wall_s, cpu, server_pct
 
             runs = [measure() for _ in range(RUNS)]
         finally:
@@ -179,7 +183,7 @@ def http(settings: Settings) -> list[Row]:
         "runs": [round(r) for r, _, _ in runs],
         "server_cpu_percent": round(server_pct, 1),
         "client_cpu_percent": round(client_pct, 1),
-        "clients": THREADS,
+        "clients": HTTP_CLIENTS,
         "batch": BATCH,
         "body_bytes": len(bodies[0]),
         "requests_per_run": HTTP_REQUESTS_PER_RUN,
@@ -189,7 +193,7 @@ def http(settings: Settings) -> list[Row]:
     write_results("ingest", "http", data)
     return [
         Row(
-            f"http POST {BATCH}-event batches, {THREADS} clients",
+            f"http POST {BATCH}-event batches, {HTTP_CLIENTS} clients",
             rate,
             "events/s",
             f">= {HTTP_FLOOR:,.0f}",

@@ -79,6 +79,8 @@ def decode(secret: Secret, tenant_id: str, filters_fp: str, cursor: str) -> Posi
         payload, tag = _unb64(body), _unb64(tag_text)
     except (binascii.Error, ValueError):
         raise _invalid() from None
+    if _b64(payload) != body or _b64(tag) != tag_text:
+        raise _invalid()  # non-canonical base64 (e.g. altered padding bits): not as issued
     if not hmac.compare_digest(tag, _tag(secret, tenant_id, filters_fp, payload)):
         raise _invalid()
     try:

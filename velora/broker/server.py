@@ -45,6 +45,18 @@ class BrokerConfig:
     heap_mb: int = 768
 
 
+def _cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one that starts with ``-``, which
+    command-line parsers would take for an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def free_port() -> int:
     """A port that is free on 127.0.0.1 right now (bind port 0, read it back)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -125,12 +137,12 @@ class LocalBroker:
         controller_port = self.config.controller_port or free_port()
         while controller_port == port:
             controller_port = free_port()
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         meta = {"port": port, "controller_port": controller_port, "cluster_id": cluster_id}
         props = self._write_properties(meta)
         self._java(
             "kafka.tools.StorageTool",
-            ["format", "--standalone", "-t", cluster_id, "-c", str(props)],
+            ["format", "--standalone", f"--cluster-id={cluster_id}", "-c", str(props)],
             what="format KRaft storage",
         )
         self._meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -91,7 +91,7 @@ class EventDecoder:
         if self._plan is not None and None not in values:
             try:
                 events = decode_batch(self._plan, values, self._header)  # type: ignore[arg-type]
-                return Decoded(_dedup(_ledger_table(events, partitions, offsets)))
+                return Decoded(dedup(_ledger_table(events, partitions, offsets)))
             except Corrupt:
                 log.info("batch of %d needs the per-record decoder", n)
         return self._slow(values, partitions, offsets)
@@ -117,7 +117,7 @@ class EventDecoder:
                 events = decode_spans(
                     self._plan, buf, value_starts, np.concatenate(ends), self._header
                 )
-                return Decoded(_dedup(_ledger_table(events, partitions, offsets)))
+                return Decoded(dedup(_ledger_table(events, partitions, offsets)))
             except Corrupt:
                 log.info("%d records need the per-record decoder", len(offsets))
         values = [v for _, run in runs for v in run.values()]
@@ -143,7 +143,7 @@ class EventDecoder:
         struct = pa.array(records, type=pa.struct(list(_avro_arrow_type(self))))
         idx = np.asarray(keep, dtype=np.int64)
         table = _ledger_table(struct, partitions[idx], offsets[idx])
-        return Decoded(_dedup(table), skipped)
+        return Decoded(dedup(table), skipped)
 
 
 def _avro_arrow_type(decoder: EventDecoder) -> pa.StructType:
@@ -185,8 +185,12 @@ def _ledger_table(events: pa.StructArray, partitions: np.ndarray, offsets: np.nd
     return pa.Table.from_arrays(columns, schema=LEDGER_SCHEMA)
 
 
-def _dedup(table: pa.Table) -> pa.Table:
-    """Keep the first row (log order) of each event_id that repeats inside one batch."""
+def dedup(table: pa.Table) -> pa.Table:
+    """Keep the first row (log order) of each event_id that repeats inside one batch.
+
+    DuckDB's ``ON CONFLICT DO NOTHING`` keeps an arbitrary one of two new rows with the
+    same key inside one INSERT (it inserts in parallel), so a rebuild could differ.
+    """
     ids = table.column("event_id")
     if pc.count_distinct(ids).as_py() == table.num_rows:
         return table

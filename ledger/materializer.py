@@ -42,7 +42,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
-from ledger.batch import Decoded, EventDecoder
+from ledger.batch import Decoded, EventDecoder, dedup
 from ledger.record_runs import install as install_record_runs
 from ledger.store import LedgerStore
 from velora.errors import Unavailable, VeloraError
@@ -338,8 +338,8 @@ class Materializer:
 
     def _write(self, batches: list[_Batch]) -> None:
         table = batches[0].table
-        if len(batches) > 1:
-            table = pa.concat_tables([b.table for b in batches])
+        if len(batches) > 1:  # polls are deduplicated; across polls it is done here
+            table = dedup(pa.concat_tables([b.table for b in batches]))
         next_offsets: dict[int, int] = {}
         for b in batches:
             next_offsets.update(b.next_offsets)

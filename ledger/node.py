@@ -122,7 +122,16 @@ class QueryNode:
             raise Unavailable("the query node is not started", retry_after=1)
 
         def call() -> T:
-            with duckdb_errors("read"):
-                return fn(self.cursor())
+            cur = self.cursor()
+            try:
+                with duckdb_errors("read"):
+                    return fn(cur)
+            finally:
+                # A result left half-fetched (fetchone) would make the thread's next
+                # query on this cursor fail; drop it.
+                try:
+                    cur.abort()
+                except duckdb.Error:
+                    pass
 
         return await asyncio.get_running_loop().run_in_executor(pool, call)

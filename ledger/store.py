@@ -18,6 +18,7 @@ while it is held, so the query API reads through cursors of the same connection
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ import pyarrow as pa
 
 from ledger.tables import ALL_DDL, AUDIT_COLUMNS
 from velora.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = ", ".join(AUDIT_COLUMNS)
 # One round trip for the whole transaction body: every DuckDB call re-takes the GIL,
@@ -73,6 +76,12 @@ class LedgerStore:
     def __init__(self, path: Path | str, *, memory_limit: str | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        orphan = self.path.with_name(self.path.name + ".wal")
+        if not self.path.exists() and orphan.exists():
+            # the database file was deleted (to rebuild) but not its write-ahead log:
+            # replaying that into a new file would mix old rows into the rebuild
+            log.warning("removing %s left behind by a deleted ledger", orphan.name)
+            orphan.unlink()
         with duckdb_errors(f"open {self.path.name}"):
             self._con = duckdb.connect(str(self.path))
             if memory_limit:
@@ -114,8 +123,8 @@ class LedgerStore:
     def count(self) -> int:
         """Rows in ``audit_events``."""
         with duckdb_errors("count"):
-            row = self.cursor().execute("SELECT count(*) FROM audit_events").fetchone()
-        return int(row[0]) if row else 0
+            rows = self.cursor().execute("SELECT count(*) FROM audit_events").fetchall()
+        return int(rows[0][0])
 
     # -- the exactly-once write -------------------------------------------------
     def write_batch(self, table: pa.Table, topic: str, offsets: Mapping[int, int]) -> None:

@@ -334,3 +334,31 @@ def test_materializer_paths_give_equal_tables(settings, factory, tmp_path):
         store.close()
     assert tables[0].num_rows == 1500
     assert tables[0].equals(tables[1])
+
+
+def test_merged_polls_keep_the_first_copy_of_a_repeated_event(settings, factory):
+    from ledger.materializer import _Batch
+
+    decoder = EventDecoder(factory.codec)
+    events = [factory.make() for _ in range(4)]
+
+    def poll(evs, first_offset):
+        table = decoder.decode(
+            [e.value for e in evs],
+            np.zeros(len(evs), dtype=np.int32),
+            np.arange(first_offset, first_offset + len(evs), dtype=np.int64),
+        ).table
+        return _Batch(table, len(evs), 0, {0: first_offset + len(evs)})
+
+    store = LedgerStore(settings.duckdb_path)
+    m = Materializer(settings, store)
+    try:
+        m._write([poll(events, 0), poll([events[2], factory.make()], 4)])  # one transaction
+        rows = store.cursor().execute(
+            "SELECT kafka_offset FROM audit_events WHERE event_id = ?", [events[2].event_id]
+        )
+        assert rows.fetchall() == [(2,)]
+        assert store.count() == 5
+        assert store.stored_offsets(settings.audit_topic) == {0: 6}
+    finally:
+        store.close()

@@ -20,12 +20,33 @@ CHECKSUM = (
 )
 
 
-def checksum(path) -> tuple[int, str]:
+class Digest(tuple):
+    """(rows, md5) of a ledger; keeps the rows to explain a mismatch."""
+
+    table: object = None
+
+    def explain(self, other: Digest) -> str:
+        a, b = self.table, other.table
+        if a.num_rows != b.num_rows:
+            return f"{a.num_rows} rows vs {b.num_rows}"
+        for name in a.column_names:
+            x, y = a.column(name).to_pylist(), b.column(name).to_pylist()
+            diff = [i for i in range(len(x)) if x[i] != y[i]]
+            if diff:
+                i = diff[0]
+                return f"{len(diff)} rows differ in {name}, e.g. {x[i]!r} vs {y[i]!r}"
+        return "tables are equal"
+
+
+def checksum(path) -> Digest:
     store = LedgerStore(path)
     try:
         columns = store.cursor().execute("DESCRIBE audit_events").fetchall()
         assert len(columns) >= 22
-        return store.cursor().execute(CHECKSUM).fetchone()
+        digest = Digest(store.cursor().execute(CHECKSUM).fetchall()[0])
+        query = "SELECT * FROM audit_events ORDER BY event_id"
+        digest.table = store.cursor().sql(query).to_arrow_table()
+        return digest
     finally:
         store.close()
 
@@ -54,7 +75,8 @@ def test_restarting_on_an_empty_duckdb_rebuilds_the_same_table(loaded, tmp_path)
 
     settings.duckdb_path.unlink()
     _run_node_until_ready(settings, tmp_path / "node.log")
-    assert checksum(settings.duckdb_path) == before
+    after = checksum(settings.duckdb_path)
+    assert after == before, before.explain(after)
     assert "replaying audit log into an empty ledger" in (tmp_path / "node.log").read_text()
 
 
@@ -74,7 +96,8 @@ def test_velora_ledger_rebuild_replays_into_an_equal_table(loaded, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rebuilding ledger" in result.stderr  # the tqdm bar, on stderr
-    assert checksum(settings.duckdb_path) == before
+    after = checksum(settings.duckdb_path)
+    assert after == before, before.explain(after)
     assert settings.duckdb_path.with_name(settings.duckdb_path.name + ".old").exists()
 
 

@@ -107,3 +107,20 @@ def test_duckdb_errors_are_translated(tmp_path):
     with pytest.raises(Unavailable) as info:
         LedgerStore(tmp_path / "dir.duckdb")
     assert isinstance(info.value.__cause__, duckdb.Error)
+
+
+def test_a_deleted_ledgers_leftover_wal_is_not_replayed(tmp_path, factory):
+    path = tmp_path / "l.duckdb"
+    store = LedgerStore(path)
+    table, _ = _table(factory, 10)
+    store.write_batch(table, TOPIC, {0: 10})
+    store.close()
+    wal = path.with_name(path.name + ".wal")
+    wal.write_bytes(b"left behind")  # as if the node had died before a checkpoint
+    path.unlink()
+    store = LedgerStore(path)
+    try:
+        assert store.count() == 0
+        assert store.stored_offsets(TOPIC) == {}
+    finally:
+        store.close()

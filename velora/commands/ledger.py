@@ -19,6 +19,7 @@ import duckdb
 
 from ledger.node import QueryNode
 from ledger.progress import ReplayProgress
+from velora.commands.node import quiet_kafka_selector
 from velora.errors import ConfigError, Unavailable
 from velora.settings import Settings
 from velora.topics import ensure_topics
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def rebuild_command(args: argparse.Namespace, settings: Settings) -> int:
     """Rebuild the ledger; exit 0 once caught up."""
+    quiet_kafka_selector()
     path = settings.duckdb_path
     if path.exists():
         _check_not_in_use(path)

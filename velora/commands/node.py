@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT."""
+    quiet_kafka_selector()
     host = args.host or settings.node_host
     port = settings.node_port if args.port is None else args.port
     settings = settings.with_overrides(node_host=host, node_port=port)
@@ -75,6 +76,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         sock.close()
         log.info("query node stopped")
     return 0
+
+
+def quiet_kafka_selector() -> None:
+    """kafka-python warns each time its network task waited over 100 ms for the GIL.
+
+    The materializer's reader holds the GIL that long by design (it decodes whole
+    polls), and without a consumer group nothing can time out, so only errors show.
+    """
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -25,6 +25,7 @@ Lifecycle and guarantees:
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -46,6 +47,7 @@ from schemas import AuditEvent, AvroCodec
 from velora.errors import Unavailable, ValidationError
 from velora.settings import Settings
 
+log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5.0
 """``retry_after`` of :class:`Unavailable` when Kafka is down or slow."""
 
@@ -160,6 +162,7 @@ class AuditProducer:
                 appender.append_all([(tenant_id.encode(), value)], sent)
             except KafkaError as exc:
                 self._budget.release(1)
+                self._discard(appender)
                 raise _unavailable(exc) from exc
         except Unavailable as exc:
             out.set_exception(exc)
@@ -173,6 +176,7 @@ class AuditProducer:
 
         def failed(exc: BaseException) -> None:
             release()
+            self._discard(appender)
             out.set_exception(_unavailable(exc))
 
         kfut.add_callback(acked)
@@ -229,7 +233,7 @@ class AuditProducer:
             self._closed = True
             kafka, self._kafka, self._appender = self._kafka, None, None
         if kafka is not None:
-            kafka.close(timeout=self.timeout if timeout is None else timeout)
+            _close_kafka(kafka, self.timeout if timeout is None else timeout)
 
     @property
     def pending(self) -> int:
@@ -268,6 +272,27 @@ class AuditProducer:
             return self._appender
         finally:
             self._lock.release()
+
+    def _discard(self, appender: Appender) -> None:
+        """Drop a producer whose delivery failed; the next send connects afresh.
+
+        An idempotent producer whose batches expired (for example while the broker
+        was down) cannot safely continue its sequence numbers, and kafka-python
+        3.0.x does not recover it by itself. A new producer gets a new producer id.
+        The old one is closed in the background without waiting: its unfinished
+        records fail, which releases their budget.
+        """
+        with self._lock:
+            if self._appender is not appender:
+                return
+            kafka, self._kafka, self._appender = self._kafka, None, None
+        if kafka is not None:
+            threading.Thread(
+                target=_close_kafka,
+                args=(kafka, 0.0),
+                name="velora-producer-close",
+                daemon=True,
+            ).start()
 
     def _new_kafka(self) -> KafkaProducer:
         """A connected KafkaProducer; on failure its half-made client is closed (no leaks)."""
@@ -308,6 +333,7 @@ class AuditProducer:
                 md = fut.get(max(0.0, deadline - now()))
                 results[i] = Accepted(i, Ack(event_id, md.partition, md.offset))
         except KafkaError as exc:
+            self._discard(appender)
             raise _unavailable(exc) from exc
         finally:
             done = len(records) - len(futures)
@@ -317,6 +343,23 @@ class AuditProducer:
                 else:
                     fut.add_both(budget.release_one)
             budget.release(done)
+
+
+def _close_kafka(kafka: KafkaProducer, timeout: float) -> None:
+    """Close a producer, waiting at most ``timeout`` s; unfinished records then fail.
+
+    kafka-python 3.0.12's ``close`` raises from its flush when the timeout runs out
+    and leaves the sender thread and sockets open; force-close them in that case.
+    """
+    try:
+        kafka.close(timeout=timeout)
+    except KafkaTimeoutError:
+        sender = getattr(kafka, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(5.0)
+        kafka._closed = True  # type: ignore[attr-defined]  # nothing left for __del__
+        log.info("Kafka producer force-closed after %.1fs with records unacknowledged", timeout)
 
 
 def _any_listening(servers: Sequence[str], timeout: float) -> bool:

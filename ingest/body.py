@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from velora.errors import ErrorDetail, PayloadTooLarge, ValidationError, VeloraError
+from velora.errors import ErrorDetail, PayloadTooLarge, UnsupportedMediaType, ValidationError
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_EVENTS = 1000
@@ -24,12 +24,6 @@ MAX_EVENTS = 1000
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 MEDIA_TYPES = {JSON: JSON, NDJSON: NDJSON, "application/ndjson": NDJSON}
-
-
-class UnsupportedMediaType(VeloraError):
-    """The request body is neither ``application/json`` nor ``application/x-ndjson`` (415)."""
-
-    type_name = "unsupported_media_type"
 
 
 def media_type(content_type: str | None) -> str:

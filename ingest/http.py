@@ -24,32 +24,26 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ingest.body import UnsupportedMediaType, media_type, parse_events, read_limited
+from ingest.body import media_type, parse_events, read_limited
 from ingest.producer import AuditProducer
 from ingest.results import Accepted, SendResult
 from velora.errors import (
     AuthenticationError,
     ErrorDetail,
-    NotFound,
     ValidationError,
-    VeloraError,
-    error_body,
-    status_for,
 )
+from velora.http_errors import EXCEPTION_HANDLERS
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,11 +87,7 @@ def create_ingest_app(settings: Settings, producer: AuditProducer | None = None)
 
     return Starlette(
         routes=[Route(EVENTS_PATH, post_events, methods=["POST"]), Route("/healthz", healthz)],
-        exception_handlers={
-            VeloraError: _velora_error,
-            HTTPException: _http_error,
-            Exception: _unexpected_error,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
 
@@ -137,41 +127,3 @@ def _answer(results: list[SendResult]) -> Response:
             "items": [r.to_json() for r in results],
         }
     )
-
-
-def _error_response(exc: VeloraError) -> JSONResponse:
-    status = 415 if isinstance(exc, UnsupportedMediaType) else status_for(exc)
-    headers: dict[str, str] = {}
-    if status in (429, 503) and exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(error_body(exc), status_code=status, headers=headers)
-
-
-async def _velora_error(request: Request, exc: Exception) -> Response:
-    if not isinstance(exc, VeloraError):  # registered for VeloraError only
-        return await _unexpected_error(request, exc)
-    if status_for(exc) >= 500:
-        log.error("%s on %s %s: %s", exc.type_name, request.method, request.url.path, exc)
-    return _error_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    if status == 404:
-        return _error_response(NotFound(f"no route {request.url.path}"))
-    body: dict[str, Any] = error_body(VeloraError(f"{request.method} {request.url.path} failed"))
-    body["error"]["type"] = "method_not_allowed" if status == 405 else "http_error"
-    return JSONResponse(body, status_code=status, headers=dict(getattr(exc, "headers", None) or {}))
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error(
-        "unhandled %s on %s %s",
-        type(exc).__name__,
-        request.method,
-        request.url.path,
-        exc_info=(type(exc), exc, exc.__traceback__),
-    )
-    return _error_response(VeloraError("internal error; the incident has been logged"))

@@ -22,13 +22,13 @@ from ledger.control import ControlState
 from query_api.auth import Authenticator
 from query_api.db import LedgerReader
 from query_api.docs import docs_routes
-from query_api.errors import EXCEPTION_HANDLERS
 from query_api.events import event_routes
 from query_api.health import ReadinessSource, health_routes
 from query_api.middleware import FAILURE_WINDOW_S, PublicApiMiddleware
 from query_api.openapi import PREFIX
 from query_api.ratelimit import BucketMap
 from query_api.read_audit import AuditSink, ReadAuditor
+from velora.http_errors import EXCEPTION_HANDLERS
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)

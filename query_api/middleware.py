@@ -24,11 +24,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from query_api.auth import Authenticator, Principal
-from query_api.errors import error_response
 from query_api.ratelimit import BucketMap, Decision
 from query_api.read_audit import ReadAuditor, read_event
 from schemas.events import Target
 from velora.errors import AuthenticationError, RateLimited, VeloraError
+from velora.http_errors import error_response
 
 log = logging.getLogger(__name__)
 

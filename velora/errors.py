@@ -13,7 +13,9 @@
     ├── AuthenticationError          401  missing, malformed, unknown or revoked credential
     ├── PermissionDenied             403  authenticated, but the scope is missing
     ├── NotFound                     404  unknown resource (also other tenants' resources)
+    ├── MethodNotAllowed             405  the path exists, not with this HTTP method
     ├── PayloadTooLarge              413  body or batch over its limit
+    ├── UnsupportedMediaType         415  the body's Content-Type is not one we read
     ├── RateLimited                  429  token bucket empty; carries retry_after
     └── Unavailable                  503  a dependency (Kafka, the ledger) is down; retry_after
 
@@ -123,6 +125,18 @@ class NotFound(VeloraError):
     type_name = "not_found"
 
 
+class MethodNotAllowed(VeloraError):
+    """The path exists but not with this HTTP method."""
+
+    type_name = "method_not_allowed"
+
+
+class UnsupportedMediaType(VeloraError):
+    """The request body's Content-Type is not one this endpoint reads."""
+
+    type_name = "unsupported_media_type"
+
+
 class PayloadTooLarge(VeloraError):
     """The request body or batch exceeds its limit."""
 
@@ -151,7 +165,9 @@ HTTP_STATUS: dict[type[VeloraError], int] = {
     AuthenticationError: 401,
     PermissionDenied: 403,
     NotFound: 404,
+    MethodNotAllowed: 405,
     PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
     RateLimited: 429,
     Unavailable: 503,
 }

@@ -12,26 +12,22 @@ Each figure is the median of several runs over fresh events (server-assigned
 ids), with CPU use: this process (``measure_cpu``) and, for HTTP, the server
 process (from ``/proc``). Results go to ``bench/results/ingest.json``.
 
-Run alone with ``python -m velora.bench.ingest [--bootstrap host:port]``; without
+Run alone with ``velora bench ingest [--bootstrap host:port]``; without
 ``--bootstrap`` it starts its own broker in a temporary folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,11 +36,9 @@ from typing import Any
 import httpx
 
 from ingest import Accepted, AuditProducer
-from velora.bench.report import CpuSample, Row, measure_cpu, print_table, write_results
-from velora.broker import BrokerConfig, LocalBroker
+from velora.bench.report import CpuSample, Row, measure_cpu, write_results
 from velora.errors import BrokerError
 from velora.settings import Settings
-from velora.topics import ensure_topics
 
 LIBRARY_FLOOR = 30_000.0
 HTTP_FLOOR = 15_000.0
@@ -294,44 +288,3 @@ class _IngestServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the ingest benchmarks; start a throwaway broker unless ``--bootstrap`` is given."""
-    parser = argparse.ArgumentParser(prog="python -m velora.bench.ingest")
-    parser.add_argument("--bootstrap", help="use this Kafka instead of starting one")
-    parser.add_argument("--partitions", type=int, default=6, help="audit topic partitions")
-    args = parser.parse_args(argv)
-    base = Settings.from_env()
-    workdir = Path(tempfile.mkdtemp(prefix="velora-bench-ingest-"))
-    broker = None
-    try:
-        bootstrap = args.bootstrap
-        if not bootstrap:
-            broker = LocalBroker(
-                BrokerConfig(
-                    state_dir=workdir / "kafka",
-                    cache_dir=base.cache_dir,
-                    version=base.kafka_version,
-                    heap_mb=base.broker_heap_mb,
-                )
-            )
-            broker.start()
-            bootstrap = broker.bootstrap
-        settings = base.with_overrides(
-            kafka_bootstrap=bootstrap,
-            topic_prefix=f"bench{uuid.uuid4().hex[:8]}",
-            audit_partitions=args.partitions,
-            state_dir=workdir,
-        )
-        ensure_topics(settings)
-        print_table("ingest: library and HTTP ingest", run(settings))
-    finally:
-        if broker is not None:
-            broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

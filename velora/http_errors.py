@@ -1,4 +1,6 @@
-"""Exception handlers: every error the app answers has the one shape of ``error_body``.
+"""Starlette exception handlers shared by every HTTP surface (query node, ingest).
+
+Every error answered has the one shape of :func:`velora.errors.error_body`.
 
 ``{"error": {"type", "message", "details": [{"field", "reason"}]}}`` for the
 project's own errors (status from :data:`velora.errors.HTTP_STATUS`), for
@@ -19,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from velora.errors import (
     AuthenticationError,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     VeloraError,
@@ -29,15 +32,9 @@ from velora.errors import (
 log = logging.getLogger(__name__)
 
 
-class MethodNotAllowed(VeloraError):
-    """The path exists but not with this HTTP method."""
-
-    type_name = "method_not_allowed"
-
-
 def error_response(exc: VeloraError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """Render one of our errors with its status and the headers its status calls for."""
-    status = 405 if isinstance(exc, MethodNotAllowed) else status_for(exc)
+    status = status_for(exc)
     out = dict(headers or {})
     if status in (429, 503) and exc.retry_after is not None and "Retry-After" not in out:
         out["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))

@@ -14,6 +14,7 @@ from types import TracebackType
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from ingest.producer import close_kafka_producer
 from schemas.codec import AvroCodec
 from schemas.events import ApiKey, TenantSettings
 from velora.errors import Unavailable
@@ -68,8 +69,8 @@ class ControlWriter:
             raise Unavailable(f"control topic write failed: {exc}", retry_after=5) from exc
 
     def close(self) -> None:
-        """Flush and close the producer."""
-        self._producer.close(timeout=10)
+        """Flush (up to 10 s) and close the producer, even while Kafka is down."""
+        close_kafka_producer(self._producer, 10.0)
 
     def __enter__(self) -> ControlWriter:
         return self

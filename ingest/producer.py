@@ -233,7 +233,7 @@ class AuditProducer:
             self._closed = True
             kafka, self._kafka, self._appender = self._kafka, None, None
         if kafka is not None:
-            _close_kafka(kafka, self.timeout if timeout is None else timeout)
+            close_kafka_producer(kafka, self.timeout if timeout is None else timeout)
 
     @property
     def pending(self) -> int:
@@ -288,7 +288,7 @@ class AuditProducer:
             kafka, self._kafka, self._appender = self._kafka, None, None
         if kafka is not None:
             threading.Thread(
-                target=_close_kafka,
+                target=close_kafka_producer,
                 args=(kafka, 0.0),
                 name="velora-producer-close",
                 daemon=True,
@@ -345,7 +345,7 @@ class AuditProducer:
             budget.release(done)
 
 
-def _close_kafka(kafka: KafkaProducer, timeout: float) -> None:
+def close_kafka_producer(kafka: KafkaProducer, timeout: float) -> None:
     """Close a producer, waiting at most ``timeout`` s; unfinished records then fail.
 
     kafka-python 3.0.12's ``close`` raises from its flush when the timeout runs out

@@ -39,7 +39,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.net.compat import KafkaNetClient
 
-from ingest.appender import Appender, TenantPartitioner
+from ingest.appender import Appender, Run, TenantPartitioner
 from ingest.pipeline import Pipeline
 from ingest.results import Accepted, Ack, Rejected, SendResult
 from ingest.transform import TenantTransform
@@ -321,28 +321,30 @@ class AuditProducer:
         results: list[Any],
         deadline: float,
     ) -> None:
-        """Append one chunk (at most ``max_pending`` records) and wait for its acks."""
+        """Append one chunk (at most ``max_pending`` records) and wait for its acks.
+
+        The chunk's budget is released when this returns: either every record
+        was acknowledged, or the producer was discarded (its unfinished records
+        fail when it closes) and the whole chunk counts as not acknowledged.
+        """
         budget = self._budget
         if not budget.acquire(len(records), deadline):
             raise _buffer_full(budget.limit)
-        futures: list[Any] = []
+        runs: list[Run] = []
         try:
-            appender.append_all(records, futures)
+            appender.append_runs(records, runs)
             now = time.monotonic
-            for (i, event_id), fut in zip(ids, futures, strict=True):
-                md = fut.get(max(0.0, deadline - now()))
-                results[i] = Accepted(i, Ack(event_id, md.partition, md.offset))
+            for run in runs:
+                offset = run.wait(max(0.0, deadline - now()))
+                partition = run.partition
+                for k, i in enumerate(run.indexes):
+                    at, event_id = ids[i]
+                    results[at] = Accepted(at, Ack(event_id, partition, offset + k))
         except KafkaError as exc:
             self._discard(appender)
             raise _unavailable(exc) from exc
         finally:
-            done = len(records) - len(futures)
-            for fut in futures:
-                if fut.is_done:
-                    done += 1
-                else:
-                    fut.add_both(budget.release_one)
-            budget.release(done)
+            budget.release(len(records))
 
 
 def close_kafka_producer(kafka: KafkaProducer, timeout: float) -> None:

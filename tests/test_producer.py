@@ -5,18 +5,20 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fastavro
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import __version__ as kafka_version
 from kafka.partitioner.default import murmur2
 from kafka.structs import TopicPartition
 
 import ingest
-from ingest import Accepted, Ack, AuditProducer, Rejected
+from ingest import Accepted, Ack, AuditProducer, Rejected, SendResult
+from ingest.appender import PINNED_KAFKA_PYTHON, fast_path_supported
 from ingest.avro_writer import compile_writer
 from ingest.pipeline import Pipeline
 from ingest.validation import to_record
@@ -210,6 +212,43 @@ def test_fast_and_public_append_paths_write_the_same_records(settings: Settings)
         }
     assert placed[True] == placed[False]
     assert total(settings) == 100
+
+
+def test_the_fast_paths_are_taken_on_the_pinned_kafka_python(settings: Settings) -> None:
+    kafka = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        assert kafka_version == PINNED_KAFKA_PYTHON
+        assert fast_path_supported(kafka)
+    finally:
+        kafka.close()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["batch-runs", "public-send"])
+def test_every_ack_names_its_records_place_across_many_batches_and_threads(
+    settings: Settings, fast: bool
+) -> None:
+    # 2 KiB batches hold a few records each, so every partition's records span
+    # many kafka-python batches; two threads append at once, and send() interleaves.
+    tenants = [f"tenant-{i}" for i in range(7)]
+    with AuditProducer(settings, fast_append=fast, batch_size=2048, timeout=15) as p:
+
+        def batch(seed: int) -> list[SendResult]:
+            events: list[dict[str, Any]] = [
+                raw_event(i, tenant=tenants[(seed + i) % 7]) for i in range(300)
+            ]
+            events[17] = raw_event(17, action="Not An Action")
+            return p.send_many(events)
+
+        with ThreadPoolExecutor(2) as pool:
+            batches = list(pool.map(batch, [0, 1]))
+            single = p.send(raw_event(999, tenant="tenant-3")).result(timeout=15)
+    acks = [r.ack for results in batches for r in results if isinstance(r, Accepted)]
+    assert [isinstance(r, Rejected) for r in batches[0]].count(True) == 1
+    assert len(acks) == 2 * 299
+    placed = {rec["event_id"]: (part, off) for part, off, _, rec in read_topic(settings)}
+    assert len(placed) == 2 * 299 + 1
+    for ack in [*acks, single]:
+        assert placed[ack.event_id] == (ack.partition, ack.offset)
 
 
 def test_back_pressure_bounds_records_awaiting_acks(settings: Settings) -> None:

@@ -31,7 +31,20 @@ _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
 
 def _varint(n: int) -> bytes:
     """Unsigned LEB128 of an already zig-zagged value."""
-    out = bytearray()
+    if n >> 49 and not n >> 56:  # 8 bytes: epoch microseconds of this century
+        return bytes(
+            (
+                n & 0x7F | 0x80,
+                n >> 7 & 0x7F | 0x80,
+                n >> 14 & 0x7F | 0x80,
+                n >> 21 & 0x7F | 0x80,
+                n >> 28 & 0x7F | 0x80,
+                n >> 35 & 0x7F | 0x80,
+                n >> 42 & 0x7F | 0x80,
+                n >> 49,
+            )
+        )
+    out = []
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
@@ -50,6 +63,22 @@ def _size(n: int) -> bytes:
 # The last long written and its encoding, as one tuple (swapped atomically between
 # threads): every event of a batch shares received_at.
 _last_long: list[tuple[Any, bytes]] = [(None, b"")]
+
+
+# Length-prefixed encodings of strings that repeat in nearly every record (tenant,
+# action, types, source, metadata keys: never free text or identifiers of people).
+# Bounded; cleared when full.
+_encoded: dict[str, bytes] = {}
+_MAX_ENCODED = 4096
+
+
+def _encode_new(text: str) -> bytes:
+    body = text.encode()
+    out = _size(len(body)) + body
+    if len(_encoded) >= _MAX_ENCODED:
+        _encoded.clear()
+    _encoded[text] = out
+    return out
 
 
 def _long(n: int) -> bytes:
@@ -80,7 +109,8 @@ class _Unsupported(Exception):
 
 
 class _Gen:
-    def __init__(self) -> None:
+    def __init__(self, repeated: frozenset[str]) -> None:
+        self.repeated = repeated
         self.lines: list[str] = []
         self.consts: dict[str, Any] = {}
         self._ids = itertools.count()
@@ -91,14 +121,22 @@ class _Gen:
     def emit(self, indent: int, line: str) -> None:
         self.lines.append("    " * indent + line)
 
-    def write(self, schema: Any, expr: str, indent: int) -> None:
-        """Emit code appending the encoding of ``expr`` (a local name) to ``parts``."""
+    def write(self, schema: Any, expr: str, indent: int, path: str = "") -> None:
+        """Emit code appending the encoding of ``expr`` (a local name) to ``parts``.
+
+        ``path`` names the value in the record: ``actor.type``, ``targets.id``
+        (array items share their array's path), ``metadata.*`` (map keys).
+        """
         if isinstance(schema, list):
-            self._union(schema, expr, indent)
+            self._union(schema, expr, indent, path)
             return
         kind = schema if isinstance(schema, str) else schema.get("type")
         if kind == "null":
             self.emit(indent, f"if {expr} is not None: raise TypeError('not null')")
+        elif kind == "string" and path in self.repeated:
+            e = self.var("e")
+            self.emit(indent, f"{e} = _encoded.get({expr})")
+            self.emit(indent, f"a(_encode_new({expr}) if {e} is None else {e})")
         elif kind == "string":
             b, n = self.var("b"), self.var("n")
             self.emit(indent, f"{b} = {expr}.encode()")
@@ -118,7 +156,8 @@ class _Gen:
             for field in schema["fields"]:
                 v = self.var("v")
                 self.emit(indent, f"{v} = {expr}[{field['name']!r}]")
-                self.write(field["type"], v, indent)
+                name = f"{path}.{field['name']}" if path else field["name"]
+                self.write(field["type"], v, indent, name)
         elif kind in ("array", "map"):
             items = self.var("items")
             item = self.var("item")
@@ -127,17 +166,17 @@ class _Gen:
             self.emit(indent + 1, f"a(_size(len({items})))")
             if kind == "array":
                 self.emit(indent + 1, f"for {item} in {items}:")
-                self.write(schema["items"], item, indent + 2)
+                self.write(schema["items"], item, indent + 2, path)
             else:
                 key = self.var("k")
                 self.emit(indent + 1, f"for {key}, {item} in {items}.items():")
-                self.write("string", key, indent + 2)
-                self.write(schema["values"], item, indent + 2)
+                self.write("string", key, indent + 2, f"{path}.*")
+                self.write(schema["values"], item, indent + 2, path)
             self.emit(indent, "a(b'\\x00')")
         else:
             raise _Unsupported(str(kind))
 
-    def _union(self, branches: list[Any], expr: str, indent: int) -> None:
+    def _union(self, branches: list[Any], expr: str, indent: int, path: str) -> None:
         names = [b if isinstance(b, str) else b.get("type") for b in branches]
         if len(branches) != 2 or "null" not in names or names[0] == names[1]:
             raise _Unsupported("union other than [null, T]")
@@ -149,12 +188,19 @@ class _Gen:
         self.emit(indent + 1, f"a({_size(null_at)!r})")
         self.emit(indent, "else:")
         self.emit(indent + 1, f"a({_size(1 - null_at)!r})")
-        self.write(other, expr, indent + 1)
+        self.write(other, expr, indent + 1, path)
 
 
-def compile_writer(schema: Mapping[str, Any]) -> Writer | None:
-    """A function ``record -> Avro body`` for the parsed record ``schema``, or None."""
-    gen = _Gen()
+def compile_writer(
+    schema: Mapping[str, Any], repeated: frozenset[str] = frozenset()
+) -> Writer | None:
+    """A function ``record -> Avro body`` for the parsed record ``schema``, or None.
+
+    String values at the paths in ``repeated`` (``tenant_id``, ``actor.type``,
+    ``metadata.*`` for map keys) are encoded once and then looked up: only for
+    values from a small set, never free text or per-person data.
+    """
+    gen = _Gen(repeated)
     gen.emit(0, "def write(r):")
     gen.emit(1, "parts = []")
     gen.emit(1, "a = parts.append")
@@ -165,6 +211,8 @@ def compile_writer(schema: Mapping[str, Any]) -> Writer | None:
     gen.emit(1, "return b''.join(parts)")
     namespace: dict[str, Any] = {
         "_size": _size,
+        "_encoded": _encoded,
+        "_encode_new": _encode_new,
         "_SMALL": _SMALL,
         "_long": _long,
         "_int": _int,

@@ -33,6 +33,11 @@ from velora.errors import ErrorDetail, ValidationError, VeloraError
 
 _WRITE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
 
+REPEATED_STRINGS = frozenset(
+    {"tenant_id", "action", "category", "source", "actor.type", "targets.type", "metadata.*"}
+)
+"""Record paths whose strings come from a small set: the writer caches their encoding."""
+
 Prepared = tuple[str, str, bytes]
 """``(event_id, tenant_id, encoded value)`` of one event that passed the pipeline."""
 
@@ -47,7 +52,7 @@ class Pipeline:
         latest = self.codec.registry.latest(AUDIT_EVENT)
         self._header = MAGIC + latest.fingerprint
         self._schema = latest.parsed
-        self._writer = compile_writer(latest.parsed)
+        self._writer = compile_writer(latest.parsed, REPEATED_STRINGS)
         self._transform = transform
 
     def prepare(self, item: Mapping[str, Any] | AuditEvent, now: datetime) -> Prepared:

@@ -38,6 +38,7 @@ from ledger.materializer import Materializer
 from ledger.store import LedgerStore
 from ledger.testing import EventFactory, fast_producer
 from velora.bench.report import Row, measure_cpu, percentile, write_results
+from velora.commands.node import quiet_kafka_selector
 from velora.errors import VeloraError
 from velora.settings import Settings
 from velora.topics import end_offsets, ensure_topics
@@ -55,6 +56,7 @@ FRESHNESS_P99_FLOOR_MS = 1_000.0
 
 def run(settings: Settings, *, quick: bool = False) -> list[Row]:
     """Run both benchmarks against ``settings.kafka_bootstrap``; write and return the rows."""
+    quiet_kafka_selector()  # as the node does: the materializer's polls hold the GIL
     scale = 10 if quick else 1
     rows = catch_up(settings, events=CATCHUP_EVENTS // scale, runs=CATCHUP_RUNS)
     rows += freshness(settings, seconds=FRESHNESS_SECONDS / scale, runs=FRESHNESS_RUNS)

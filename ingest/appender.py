@@ -5,32 +5,36 @@ Partitioning is the Java client's (and kafka-python's ``DefaultPartitioner``):
 every client of the audit topic agrees where a tenant lives. Keys are tenant ids,
 a small set, so the pure-Python murmur2 runs once per tenant, not per record.
 
-Two fast paths, both over kafka-python 3.x internals, taken only on the exact
-version the project pins and only when those internals have the expected shape
-(:func:`fast_path_supported`); otherwise every record goes through the public
-``KafkaProducer.send``. All paths write the same records to the same partitions
-(``tests/test_producer.py`` runs each).
+The fast path, :meth:`Appender.append_runs`, uses kafka-python 3.x internals.
+It is taken only on the exact version the project pins and only when those
+internals have the expected shape (:func:`fast_path_supported`); otherwise every
+record goes through the public ``KafkaProducer.send``. Both paths write the same
+records to the same partitions (``tests/test_producer.py`` runs each).
 
-- :meth:`Appender.append_all` (one record, for ``AuditProducer.send``):
-  ``RecordAccumulator.append`` then ``Sender.wakeup``, skipping the ~5-10 us of
-  checks ``send`` makes that hold for every ingest record by construction (bytes
-  key and value, no headers, no serializer, a size far under
-  ``max_request_size``, metadata already known).
-- :meth:`Appender.append_runs` (a batch, for ``AuditProducer.send_many``): the
-  records are grouped by partition and each group is appended to the
-  partition's open ``ProducerBatch`` (or new ones) under the accumulator's
-  partition lock, as ``RecordAccumulator.append`` would, but without a
-  ``FutureRecordMetadata`` per record. The caller waits on each batch's own
-  future instead (:class:`Run`): a record's offset is the batch's base offset
-  plus its index in the batch. That removes about a third of kafka-python's
-  per-record cost, on the caller's thread (creating the future) and on the I/O
-  thread (completing it).
+What it does: the records are grouped by partition and each group is appended
+to the partition's open ``ProducerBatch`` (or new ones) under the accumulator's
+partition lock, as ``RecordAccumulator.append`` would, but without the checks
+``send`` makes that hold for every ingest record by construction (bytes key and
+value, no headers, no serializer, a size far under ``max_request_size``) and
+without a ``FutureRecordMetadata`` per record. The caller waits on each batch's
+own future instead (:class:`Run`): a record's offset is the batch's base offset
+plus its index in the batch. That halves kafka-python's per-record cost, on the
+caller's thread (creating the future) and on the I/O thread (completing it).
+
+One kafka-python behaviour it does not follow: a batch the broker refuses as
+``MESSAGE_TOO_LARGE`` is split and re-sent by kafka-python with its record
+futures re-bound, and the original batch's future never completes. A run has no
+record futures to re-bind, so its wait times out and the send counts as not
+acknowledged (the records may still be written; a resend dedups on
+``event_id``). With the project's sizes this cannot happen: batches stop at
+``batch_size`` (512 KiB) plus one event (at most 32 KiB), under the broker's
+1 MiB default ``message.max.bytes``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import kafka
@@ -90,7 +94,6 @@ def fast_path_supported(producer: KafkaProducer) -> bool:
     config = getattr(acc, "config", None)
     return (
         kafka.__version__ == PINNED_KAFKA_PYTHON
-        and callable(getattr(acc, "append", None))
         and callable(getattr(acc, "_tp_lock", None))
         and isinstance(getattr(acc, "_batches", None), dict)
         and callable(getattr(getattr(acc, "_incomplete", None), "add", None))
@@ -126,10 +129,6 @@ class Run:
         """Whether Kafka answered (acknowledged or failed) this run."""
         return bool(self._future.is_done)
 
-    def on_done(self, callback: Any) -> None:
-        """Call ``callback(result_or_error)`` once the run is done (at once if it is)."""
-        self._future.add_both(callback)
-
     def wait(self, timeout: float) -> int:
         """The offset of the run's first record once acknowledged.
 
@@ -146,7 +145,40 @@ class Run:
             raise KafkaTimeoutError(f"batch not acknowledged within {timeout:.1f}s")
         if fut.exception is not None:
             raise fut.exception
-        base_offset, _, record_errors = fut.value
+        return self._first_offset(fut.value)
+
+    def on_result(
+        self, acked: Callable[[int, int], None], failed: Callable[[BaseException], None]
+    ) -> None:
+        """Call ``acked(partition, first_offset)`` or ``failed(error)`` once Kafka answered.
+
+        The call happens on kafka-python's I/O thread, or at once if the run is
+        already done.
+        """
+        fut = self._future
+        if not self._batch:
+            fut.add_callback(lambda md: acked(md.partition, md.offset))
+            fut.add_errback(failed)
+            return
+
+        def done(value: Any) -> None:
+            try:
+                offset = self._first_offset(value)
+            except KafkaError as exc:
+                failed(exc)
+                return
+            acked(self.partition, offset)
+
+        fut.add_callback(done)
+        fut.add_errback(failed)
+
+    def _first_offset(self, value: Any) -> int:
+        """The first record's offset from a batch future's value; raises a failed batch's error.
+
+        kafka-python completes a failed or aborted batch's future successfully,
+        with a function giving each record's error.
+        """
+        base_offset, _, record_errors = value
         if record_errors is not None:
             error = record_errors(self.first)
             raise error if isinstance(error, KafkaError) else KafkaError(str(error))
@@ -167,34 +199,13 @@ class Appender:
         self._partitions: set[int] = set()
         self._partition_count = 0
 
-    def append_all(self, records: Sequence[tuple[bytes, bytes]], out: list[Any]) -> None:
-        """Append every record, adding its kafka-python future to ``out`` once queued.
-
-        Raises kafka-python's errors (``KafkaTimeoutError`` when the topic's
-        metadata cannot be had within ``max_block_ms``); records appended before
-        the error stay in ``out``.
-        """
-        producer, topic = self._producer, self._topic
-        if not self.fast:
-            send = producer.send
-            for key, value in records:
-                out.append(send(topic, value, key))
-            return
-        tps = self._placements()
-        append = producer._accumulator.append
-        wakeup = producer._sender.wakeup
-        for key, value in records:
-            tp = tps.get(key) or self._place(key)
-            future, batch_full, new_batch, _ = append(tp, None, key, value, _NO_HEADERS)
-            if batch_full or new_batch:
-                wakeup()
-            out.append(future)
-
     def append_runs(self, records: Sequence[tuple[bytes, bytes]], out: list[Run]) -> None:
         """Append every record, adding a :class:`Run` to ``out`` per group queued.
 
-        Every record is in exactly one run of ``out`` once this returns. On an
-        error (as for :meth:`append_all`) the runs queued so far stay in ``out``.
+        Every record is in exactly one run of ``out`` once this returns. Raises
+        kafka-python's errors (``KafkaTimeoutError`` when the topic's metadata
+        cannot be had within ``max_block_ms``); the runs queued before an error
+        stay in ``out``.
         """
         producer, topic = self._producer, self._topic
         if not self.fast:

@@ -78,7 +78,7 @@ class _Budget:
                 self._used -= n
                 self._cond.notify_all()
 
-    def release_one(self, _: object = None) -> None:
+    def release_one(self) -> None:
         self.release(1)
 
     @property
@@ -153,13 +153,13 @@ class AuditProducer:
         event_id, tenant_id, value = self.pipeline.prepare(event, now or datetime.now(UTC))
         out: Future[Ack] = Future()
         deadline = time.monotonic() + self.timeout
-        sent: list[Any] = []
+        runs: list[Run] = []
         try:
             appender = self._connect(deadline)
             if not self._budget.acquire(1, deadline):
                 raise _buffer_full(self._budget.limit)
             try:
-                appender.append_all([(tenant_id.encode(), value)], sent)
+                appender.append_runs([(tenant_id.encode(), value)], runs)
             except KafkaError as exc:
                 self._budget.release(1)
                 self._discard(appender)
@@ -167,20 +167,18 @@ class AuditProducer:
         except Unavailable as exc:
             out.set_exception(exc)
             return out
-        kfut = sent[0]
         release = self._budget.release_one
 
-        def acked(md: Any) -> None:
+        def acked(partition: int, offset: int) -> None:
             release()
-            out.set_result(Ack(event_id, md.partition, md.offset))
+            out.set_result(Ack(event_id, partition, offset))
 
         def failed(exc: BaseException) -> None:
             release()
             self._discard(appender)
             out.set_exception(_unavailable(exc))
 
-        kfut.add_callback(acked)
-        kfut.add_errback(failed)
+        runs[0].on_result(acked, failed)
         return out
 
     def send_many(

@@ -13,12 +13,14 @@ import fastavro
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import __version__ as kafka_version
+from kafka.errors import KafkaTimeoutError
 from kafka.partitioner.default import murmur2
+from kafka.producer.future import FutureProduceResult
 from kafka.structs import TopicPartition
 
 import ingest
 from ingest import Accepted, Ack, AuditProducer, Rejected, SendResult
-from ingest.appender import PINNED_KAFKA_PYTHON, fast_path_supported
+from ingest.appender import PINNED_KAFKA_PYTHON, Run, fast_path_supported
 from ingest.avro_writer import compile_writer
 from ingest.pipeline import Pipeline
 from ingest.validation import to_record
@@ -221,6 +223,33 @@ def test_the_fast_paths_are_taken_on_the_pinned_kafka_python(settings: Settings)
         assert fast_path_supported(kafka)
     finally:
         kafka.close()
+
+
+def test_a_run_reads_its_offset_or_its_error_from_the_batch_future() -> None:
+    # kafka-python completes a batch's future successfully even when the batch
+    # failed or was aborted, with a function giving each record's error.
+    tp = TopicPartition("audit", 3)
+    seen: list[Any] = []
+
+    ok = FutureProduceResult(tp)
+    run = Run(ok, 3, 2, [5, 6], batch=True)
+    run.on_result(lambda part, off: seen.append((part, off)), seen.append)
+    assert not run.done
+    ok.success((100, -1, None))
+    assert run.done and run.wait(0) == 102
+    assert seen == [(3, 102)]
+
+    aborted = FutureProduceResult(tp)
+    aborted.success((-1, -1, lambda index: KafkaTimeoutError(f"record {index} expired")))
+    run = Run(aborted, 3, 2, [0], batch=True)
+    with pytest.raises(KafkaTimeoutError, match="record 2 expired"):
+        run.wait(0)
+    run.on_result(lambda part, off: seen.append((part, off)), seen.append)
+    assert isinstance(seen[-1], KafkaTimeoutError)
+
+    pending = Run(FutureProduceResult(tp), 3, 0, [0], batch=True)
+    with pytest.raises(KafkaTimeoutError):
+        pending.wait(0.01)
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["batch-runs", "public-send"])

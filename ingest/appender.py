@@ -287,7 +287,7 @@ def _fill(
             append = records_builder.append
             first = records_builder.next_offset()
             taken: list[int] = []
-            for i in indexes[pos:] if pos else indexes:
+            for i in indexes[pos:]:
                 key, value = records[i]
                 if append(timestamp_ms, key, value, _NO_HEADERS) is None:
                     break

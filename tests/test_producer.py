@@ -389,7 +389,8 @@ def test_generated_writer_matches_fastavro_and_falls_back_on_what_it_cannot_writ
     write = compile_writer(schema)
     assert write is not None
     record = to_record(raw_event(1), datetime.now(UTC))
-    for extreme in (0, 2**63 - 1, 2**31, 1):
+    # 2**48 .. 2**55: zig-zagged, the edges of the writer's unrolled 8-byte varint
+    for extreme in (0, 2**63 - 1, 2**31, 1, 2**48 - 1, 2**48, 2**55 - 1, 2**55, -(2**55)):
         record["occurred_at"] = extreme
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, schema, record)

@@ -193,30 +193,7 @@ def event_as_mapping(event: AuditEvent) -> dict[str, Any]:
     Library callers that build :class:`AuditEvent` objects go through the same
     rules as JSON callers; an empty ``event_id`` means "fill one in".
     """
-    a, o = event.actor, event.outcome
-    return {
-        "event_id": event.event_id or None,
-        "tenant_id": event.tenant_id,
-        "occurred_at": event.occurred_at,
-        "received_at": event.received_at,
-        "action": event.action,
-        "crud": event.crud,
-        "category": event.category,
-        "actor": {
-            "type": a.type,
-            "id": a.id,
-            "name": a.name,
-            "email": a.email,
-            "ip": a.ip,
-            "user_agent": a.user_agent,
-        },
-        "targets": [{"type": t.type, "id": t.id, "name": t.name} for t in event.targets],
-        "outcome": {"result": o.result, "reason": o.reason},
-        "request_id": event.request_id,
-        "source": event.source,
-        "metadata": event.metadata,
-        "schema_version": event.schema_version,
-    }
+    return {**event.to_mapping(), "event_id": event.event_id or None}
 
 
 def check_encoded_size(encoded: bytes) -> None:

@@ -91,14 +91,14 @@ class AuditEvent:
     metadata: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = 1
 
-    def to_avro(self) -> dict[str, Any]:
-        """The record as the codec takes it (timestamps as epoch micros)."""
+    def to_mapping(self) -> dict[str, Any]:
+        """The record's fields as plain dicts and lists, timestamps as datetimes."""
         a, o = self.actor, self.outcome
         return {
             "event_id": self.event_id,
             "tenant_id": self.tenant_id,
-            "occurred_at": to_micros(self.occurred_at, "occurred_at"),
-            "received_at": to_micros(self.received_at, "received_at"),
+            "occurred_at": self.occurred_at,
+            "received_at": self.received_at,
             "action": self.action,
             "crud": self.crud,
             "category": self.category,
@@ -117,6 +117,13 @@ class AuditEvent:
             "metadata": dict(self.metadata),
             "schema_version": self.schema_version,
         }
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec takes it (timestamps as epoch micros)."""
+        record = self.to_mapping()
+        record["occurred_at"] = to_micros(self.occurred_at, "occurred_at")
+        record["received_at"] = to_micros(self.received_at, "received_at")
+        return record
 
     @classmethod
     def from_avro(cls, record: Mapping[str, Any]) -> AuditEvent:

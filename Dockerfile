@@ -14,6 +14,7 @@ COPY schemas ./schemas
 COPY ingest ./ingest
 COPY ledger ./ledger
 COPY query_api ./query_api
+COPY cli ./cli
 RUN pip install . && rm -rf /src
 
 # An unprivileged user; its home holds the DuckDB ledger (a volume in compose.yaml).

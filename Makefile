@@ -29,12 +29,14 @@ test: kafka-fetch lint
 test-quick: kafka-fetch
 	$(BIN)/pytest -m "not slow"
 
+## lint: ruff, and the layer contract of docs/architecture.md (import-linter)
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 ## bench: benchmarks; prints a table and writes bench/results/*.json
 bench: kafka-fetch
-	$(BIN)/velora bench
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

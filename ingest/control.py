@@ -11,13 +11,9 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
-
-from ingest.producer import close_kafka_producer
 from schemas.codec import AvroCodec
 from schemas.events import ApiKey, TenantSettings
-from velora.errors import Unavailable
+from velora.kafka_clients import close_producer, map_kafka_errors, new_producer
 from velora.settings import Settings
 
 SEND_TIMEOUT_S = 15.0
@@ -39,16 +35,7 @@ class ControlWriter:
     def __init__(self, settings: Settings, codec: AvroCodec | None = None) -> None:
         self._topic = settings.control_topic
         self._codec = codec or AvroCodec()
-        try:
-            self._producer = KafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap,
-                acks="all",
-                linger_ms=0,
-                retries=5,
-                client_id="velora-control-writer",
-            )
-        except KafkaError as exc:
-            raise Unavailable(f"kafka at {settings.kafka_bootstrap}: {exc}", retry_after=5) from exc
+        self._producer = new_producer(settings, "velora-control-writer", linger_ms=0, retries=5)
 
     def put_api_key(self, key: ApiKey) -> int:
         """Write the full state of one API key; return its offset once acknowledged."""
@@ -62,15 +49,13 @@ class ControlWriter:
         return self._send(tenant_record_key(tenant.tenant_id), value)
 
     def _send(self, key: str, value: bytes) -> int:
-        try:
+        with map_kafka_errors("control topic write"):
             meta = self._producer.send(self._topic, key=key.encode(), value=value, partition=0)
             return int(meta.get(timeout=SEND_TIMEOUT_S).offset)
-        except KafkaError as exc:
-            raise Unavailable(f"control topic write failed: {exc}", retry_after=5) from exc
 
     def close(self) -> None:
         """Flush (up to 10 s) and close the producer, even while Kafka is down."""
-        close_kafka_producer(self._producer, 10.0)
+        close_producer(self._producer, 10.0)
 
     def __enter__(self) -> ControlWriter:
         return self

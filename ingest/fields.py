@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from schemas.rules import TEXT_FORBIDDEN, clip
+from schemas.times import micros
 from velora.errors import ErrorDetail, ValidationError
 
 Errors = list[ErrorDetail]
 
 MAX_FUTURE = timedelta(hours=24)
 MAX_TIMESTAMP_LEN = 64
-TEXT_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 EMPTY: Mapping[str, Any] = {}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_REMEMBERED = 10_000
 
 
@@ -122,12 +121,6 @@ def now_micros(now: datetime) -> int:
     return micros(now)
 
 
-def micros(value: datetime) -> int:
-    """Aware datetime -> microseconds since the Unix epoch."""
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def obj(errors: Errors, value: Any, name: str, known: frozenset[str]) -> Mapping[str, Any]:
     """A JSON object whose keys are all in ``known`` (unknown keys are named), else EMPTY."""
     if not isinstance(value, dict | Mapping):
@@ -146,9 +139,3 @@ def normal_ip(text: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
-
-
-def clip(name: str) -> str:
-    """A field name safe to echo: printable and short."""
-    name = name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
-    return name if len(name) <= 40 else name[:37] + "..."

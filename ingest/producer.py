@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError
 from kafka.net.compat import KafkaNetClient
 
 from ingest.appender import Appender, Run, TenantPartitioner
@@ -45,6 +45,7 @@ from ingest.results import Accepted, Ack, Rejected, SendResult
 from ingest.transform import TenantTransform
 from schemas import AuditEvent, AvroCodec
 from velora.errors import Unavailable, ValidationError
+from velora.kafka_clients import close_producer, kafka_unavailable, new_producer
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,8 @@ class AuditProducer:
         self._partitioner = TenantPartitioner()
         self._fast_append = fast_append
         timeout_ms = max(1000, int(timeout * 1000))
+        self._client_id = client_id
         self._config: dict[str, Any] = {
-            "bootstrap_servers": settings.kafka_bootstrap.split(","),
-            "client_id": client_id,
-            "acks": "all",
             "enable_idempotence": True,
             "max_in_flight_requests_per_connection": 5,
             "linger_ms": linger_ms,
@@ -231,7 +230,7 @@ class AuditProducer:
             self._closed = True
             kafka, self._kafka, self._appender = self._kafka, None, None
         if kafka is not None:
-            close_kafka_producer(kafka, self.timeout if timeout is None else timeout)
+            close_producer(kafka, self.timeout if timeout is None else timeout)
 
     @property
     def pending(self) -> int:
@@ -286,7 +285,7 @@ class AuditProducer:
             kafka, self._kafka, self._appender = self._kafka, None, None
         if kafka is not None:
             threading.Thread(
-                target=close_kafka_producer,
+                target=close_producer,
                 args=(kafka, 0.0),
                 name="velora-producer-close",
                 daemon=True,
@@ -294,7 +293,8 @@ class AuditProducer:
 
     def _new_kafka(self) -> KafkaProducer:
         """A connected KafkaProducer; on failure its half-made client is closed (no leaks)."""
-        if not _any_listening(self._config["bootstrap_servers"], timeout=min(self.timeout, 2.0)):
+        servers = self.settings.kafka_bootstrap.split(",")
+        if not _any_listening(servers, timeout=min(self.timeout, 2.0)):
             self._failed_until = time.monotonic() + 1.0
             raise Unavailable("Kafka is unreachable", retry_after=RETRY_AFTER_S)
         clients: list[KafkaNetClient] = []
@@ -304,12 +304,14 @@ class AuditProducer:
             return clients[-1]
 
         try:
-            return KafkaProducer(**self._config, kafka_client=client_factory)
-        except KafkaError as exc:
+            return new_producer(
+                self.settings, self._client_id, **self._config, kafka_client=client_factory
+            )
+        except Unavailable:
             for client in clients:
                 client.close()
             self._failed_until = time.monotonic() + 1.0
-            raise _unavailable(exc) from exc
+            raise
 
     def _produce(
         self,
@@ -345,23 +347,6 @@ class AuditProducer:
             budget.release(len(records))
 
 
-def close_kafka_producer(kafka: KafkaProducer, timeout: float) -> None:
-    """Close a producer, waiting at most ``timeout`` s; unfinished records then fail.
-
-    kafka-python 3.0.12's ``close`` raises from its flush when the timeout runs out
-    and leaves the sender thread and sockets open; force-close them in that case.
-    """
-    try:
-        kafka.close(timeout=timeout)
-    except KafkaTimeoutError:
-        sender = getattr(kafka, "_sender", None)
-        if sender is not None:
-            sender.force_close()
-            sender.join(5.0)
-        kafka._closed = True  # type: ignore[attr-defined]  # nothing left for __del__
-        log.info("Kafka producer force-closed after %.1fs with records unacknowledged", timeout)
-
-
 def _any_listening(servers: Sequence[str], timeout: float) -> bool:
     """Whether a TCP connection to any bootstrap server succeeds.
 
@@ -380,12 +365,8 @@ def _any_listening(servers: Sequence[str], timeout: float) -> bool:
 
 
 def _unavailable(exc: BaseException) -> Unavailable:
-    """Translate a kafka-python error (never echoing record data)."""
-    if isinstance(exc, KafkaTimeoutError):
-        message = "Kafka did not acknowledge in time"
-    else:
-        message = f"Kafka write failed: {type(exc).__name__}"
-    return Unavailable(message, retry_after=RETRY_AFTER_S)
+    """Translate a kafka-python error of a write (never echoing record data)."""
+    return kafka_unavailable("write", exc, RETRY_AFTER_S)
 
 
 def _buffer_full(limit: int) -> Unavailable:

@@ -35,9 +35,7 @@ from uuid_utils import uuid7
 
 from ingest.fields import (
     EMPTY,
-    TEXT_FORBIDDEN,
     Errors,
-    clip,
     fail,
     ident,
     normal_ip,
@@ -49,36 +47,20 @@ from ingest.fields import (
 )
 from schemas import Actor, AuditEvent, Outcome, Target
 from schemas.events import CRUD, OUTCOME_RESULTS
+from schemas.limits import (
+    FIELD_LIMITS,
+    MAX_EVENT_BYTES,
+    MAX_METADATA_KEY_LEN,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_LEN,
+    MAX_TARGETS,
+)
+from schemas.rules import TENANT_RULE, TEXT_FORBIDDEN, clip, valid_tenant
 from velora.errors import ErrorDetail
 
-MAX_EVENT_BYTES = 32 * 1024
-MAX_METADATA_KEYS = 50
-MAX_METADATA_KEY_LEN = 40
-MAX_METADATA_VALUE_LEN = 500
-MAX_TARGETS = 50
-
 ACTION_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
-TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 METADATA_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,39}")
-
-# Maximum lengths, in characters (the fast paths below inline the same numbers).
-LIMITS = {
-    "action": 128,
-    "source": 128,
-    "request_id": 128,
-    "category": 64,
-    "actor.type": 32,
-    "actor.id": 256,
-    "actor.name": 256,
-    "actor.email": 320,
-    "actor.ip": 64,
-    "actor.user_agent": 1024,
-    "target.type": 64,
-    "target.id": 256,
-    "target.name": 256,
-    "outcome.reason": 1024,
-}
 
 _EVENT_FIELDS = frozenset(f.name for f in fields(AuditEvent))
 _ACTOR_FIELDS = frozenset(f.name for f in fields(Actor))
@@ -127,12 +109,10 @@ def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         errors.append(ErrorDetail("tenant_id", "is required"))
     elif type(tenant_id) is str and tenant_id in _good_tenants:
         pass
-    elif type(tenant_id) is str and TENANT_RE.fullmatch(tenant_id):
+    elif valid_tenant(tenant_id):
         remember(_good_tenants, tenant_id)
     else:
-        errors.append(
-            ErrorDetail("tenant_id", "must be 1-64 characters of [A-Za-z0-9_.:-], alnum first")
-        )
+        errors.append(ErrorDetail("tenant_id", f"must be {TENANT_RULE}"))
 
     action = get("action")
     if action is None:
@@ -155,9 +135,9 @@ def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     elif crud not in CRUD:
         errors.append(ErrorDetail("crud", f"must be one of {', '.join(CRUD)}"))
 
-    source = ident(errors, get("source"), "source", LIMITS["source"], required=True)
-    category = ident(errors, get("category"), "category", LIMITS["category"])
-    request_id = ident(errors, get("request_id"), "request_id", LIMITS["request_id"])
+    source = ident(errors, get("source"), "source", FIELD_LIMITS["source"], required=True)
+    category = ident(errors, get("category"), "category", FIELD_LIMITS["category"])
+    request_id = ident(errors, get("request_id"), "request_id", FIELD_LIMITS["request_id"])
     actor = _actor(errors, get("actor"))
     targets = _targets(errors, get("targets"))
     outcome = _outcome(errors, get("outcome"))
@@ -224,18 +204,18 @@ def _actor(errors: Errors, value: Any) -> dict[str, Any] | None:
     if len(errors) > n and raw is EMPTY:
         return None
     g = raw.get
-    actor_type = ident(errors, g("type"), "actor.type", LIMITS["actor.type"], required=True)
-    actor_id = ident(errors, g("id"), "actor.id", LIMITS["actor.id"], required=True)
-    name = text(errors, g("name"), "actor.name", LIMITS["actor.name"])
-    email = ident(errors, g("email"), "actor.email", LIMITS["actor.email"])
+    actor_type = ident(errors, g("type"), "actor.type", FIELD_LIMITS["actor.type"], required=True)
+    actor_id = ident(errors, g("id"), "actor.id", FIELD_LIMITS["actor.id"], required=True)
+    name = text(errors, g("name"), "actor.name", FIELD_LIMITS["actor.name"])
+    email = ident(errors, g("email"), "actor.email", FIELD_LIMITS["actor.email"])
     if email is not None and ("@" not in email or " " in email):
         errors.append(ErrorDetail("actor.email", "must be an e-mail address"))
-    ip = ident(errors, g("ip"), "actor.ip", LIMITS["actor.ip"])
+    ip = ident(errors, g("ip"), "actor.ip", FIELD_LIMITS["actor.ip"])
     if ip is not None:
         ip = normal_ip(ip)
         if ip is None:
             errors.append(ErrorDetail("actor.ip", "must be an IPv4 or IPv6 address"))
-    user_agent = text(errors, g("user_agent"), "actor.user_agent", LIMITS["actor.user_agent"])
+    user_agent = text(errors, g("user_agent"), "actor.user_agent", FIELD_LIMITS["actor.user_agent"])
     if len(errors) > n:
         return None
     return {
@@ -310,10 +290,10 @@ def _targets(errors: Errors, value: Any) -> list[dict[str, Any]]:
         if raw is EMPTY and len(errors) > n:
             continue
         t_type = ident(
-            errors, raw.get("type"), f"{name}.type", LIMITS["target.type"], required=True
+            errors, raw.get("type"), f"{name}.type", FIELD_LIMITS["target.type"], required=True
         )
-        t_id = ident(errors, raw.get("id"), f"{name}.id", LIMITS["target.id"], required=True)
-        t_name = text(errors, raw.get("name"), f"{name}.name", LIMITS["target.name"])
+        t_id = ident(errors, raw.get("id"), f"{name}.id", FIELD_LIMITS["target.id"], required=True)
+        t_name = text(errors, raw.get("name"), f"{name}.name", FIELD_LIMITS["target.name"])
         if len(errors) == n:
             out.append({"type": t_type, "id": t_id, "name": t_name})
     return out
@@ -329,7 +309,7 @@ def _outcome(errors: Errors, value: Any) -> dict[str, Any]:
         result = "unknown"
     elif result not in OUTCOME_RESULTS:
         errors.append(ErrorDetail("outcome.result", f"must be one of {', '.join(OUTCOME_RESULTS)}"))
-    reason = text(errors, raw.get("reason"), "outcome.reason", LIMITS["outcome.reason"])
+    reason = text(errors, raw.get("reason"), "outcome.reason", FIELD_LIMITS["outcome.reason"])
     if len(errors) > n:
         return {}
     return {"result": result, "reason": reason}

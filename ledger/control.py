@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer
-from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from schemas.codec import AvroCodec
 from schemas.events import API_KEY, TENANT_SETTINGS, ApiKey, TenantSettings
 from velora.errors import DecodeError, Unavailable
+from velora.kafka_clients import KAFKA_ERRORS, close_quietly, map_kafka_errors, new_consumer
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,19 +72,14 @@ class ControlFold:
 
 def _consumer(settings: Settings) -> tuple[KafkaConsumer, TopicPartition]:
     tp = TopicPartition(settings.control_topic, 0)
+    consumer = new_consumer(settings, "velora-control", fetch_max_wait_ms=100)
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            fetch_max_wait_ms=100,
-            client_id="velora-control",
-        )
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-    except KafkaError as exc:
-        raise Unavailable(f"kafka at {settings.kafka_bootstrap}: {exc}", retry_after=5) from exc
+        with map_kafka_errors("control topic assignment"):
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+    except Unavailable:
+        close_quietly(consumer)
+        raise
     return consumer, tp
 
 
@@ -93,20 +88,19 @@ def read_control(settings: Settings, timeout: float = 30.0) -> ControlFold:
     consumer, tp = _consumer(settings)
     fold = ControlFold()
     try:
-        end = consumer.end_offsets([tp])[tp]
-        deadline = time.monotonic() + timeout
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"control topic not read to its end in {timeout:.0f}s", retry_after=5
-                )
-            for records in consumer.poll(timeout_ms=POLL_TIMEOUT_MS).values():
-                for rec in records:
-                    fold.apply(rec.key, rec.value)
-    except KafkaError as exc:
-        raise Unavailable(f"control topic read failed: {exc}", retry_after=5) from exc
+        with map_kafka_errors("control topic read"):
+            end = consumer.end_offsets([tp])[tp]
+            deadline = time.monotonic() + timeout
+            while consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"control topic not read to its end in {timeout:.0f}s", retry_after=5
+                    )
+                for records in consumer.poll(timeout_ms=POLL_TIMEOUT_MS).values():
+                    for rec in records:
+                        fold.apply(rec.key, rec.value)
     finally:
-        consumer.close()
+        close_quietly(consumer)
     return fold
 
 
@@ -127,10 +121,11 @@ class ControlState:
         """Start following; wait (up to ``wait_timeout``) until caught up with the topic's end."""
         consumer, tp = _consumer(self._settings)
         try:
-            self._start_end = consumer.end_offsets([tp])[tp]
-        except KafkaError as exc:
-            consumer.close()
-            raise Unavailable(f"control topic unavailable: {exc}", retry_after=5) from exc
+            with map_kafka_errors("control topic end offsets"):
+                self._start_end = consumer.end_offsets([tp])[tp]
+        except Unavailable:
+            close_quietly(consumer)
+            raise
         self._thread = threading.Thread(
             target=self._run, args=(consumer, tp), name="velora-control", daemon=True
         )
@@ -151,7 +146,7 @@ class ControlState:
                 try:
                     batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
                     position = consumer.position(tp)
-                except KafkaError as exc:
+                except KAFKA_ERRORS as exc:
                     self._error = type(exc).__name__
                     log.warning("control topic poll failed (%s); retrying", type(exc).__name__)
                     self._stop.wait(1.0)
@@ -164,7 +159,7 @@ class ControlState:
                     self._error = None
                     self._cond.notify_all()
         finally:
-            consumer.close()
+            close_quietly(consumer)
 
     @property
     def position(self) -> int:

@@ -6,7 +6,7 @@ Two threads, one bounded queue between them:
   auto-commit, no group): it assigns every partition of the audit topic, seeks
   each one to the offset stored in DuckDB (or to the beginning), and polls. Each
   poll becomes one :class:`_Batch`: its records decoded
-  (:class:`~ledger.batch.EventDecoder`) into an Arrow table shaped like
+  (:class:`~ledger.decode.EventDecoder`) into an Arrow table shaped like
   ``audit_events``, and per partition the consumer's position after the poll,
   i.e. the offset of the NEXT record to read.
 - the **writer** merges whatever polls are queued (up to ``MERGE_POLLS`` polls of
@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from kafka import KafkaConsumer
-from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
-from ledger.batch import Decoded, EventDecoder, dedup
+from ledger.decode import Decoded, EventDecoder, dedup
 from ledger.record_runs import install as install_record_runs
 from ledger.store import LedgerStore
 from velora.errors import Unavailable, VeloraError
+from velora.kafka_clients import KAFKA_ERRORS, close_quietly, new_consumer
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class Materializer:
         while not self._stop.is_set():
             try:
                 self._run_once()
-            except (VeloraError, KafkaError, OSError) as exc:
+            except (VeloraError, *KAFKA_ERRORS) as exc:
                 self._error = f"{type(exc).__name__}: {exc}"
                 log.error("materializer stopped (%s); resuming from stored offsets", self._error)
                 self._stop.wait(RETRY_SECONDS)
@@ -211,28 +211,21 @@ class Materializer:
             if writer.is_alive():
                 _put(work, None, lambda: not writer.is_alive())
                 writer.join()
-            consumer.close()
+            close_quietly(consumer)
         if failure:
             raise failure[0]
 
     def _consumer(self) -> KafkaConsumer:
-        s = self.settings
-        try:
-            return KafkaConsumer(
-                bootstrap_servers=s.kafka_bootstrap,
-                client_id="velora-materializer",
-                group_id=None,
-                enable_auto_commit=False,
-                isolation_level="read_committed",
-                auto_offset_reset="earliest",
-                max_poll_records=s.materializer_max_batch,
-                fetch_max_bytes=64 * 1024 * 1024,
-                max_partition_fetch_bytes=16 * 1024 * 1024,
-                fetch_max_wait_ms=100,
-                receive_buffer_bytes=4 * 1024 * 1024,
-            )
-        except KafkaError as exc:
-            raise Unavailable(f"kafka at {s.kafka_bootstrap}: {exc}", retry_after=5) from exc
+        return new_consumer(
+            self.settings,
+            "velora-materializer",
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.materializer_max_batch,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_wait_ms=100,
+            receive_buffer_bytes=4 * 1024 * 1024,
+        )
 
     def _assign(self, consumer: KafkaConsumer, stored: dict[int, int]) -> list[TopicPartition]:
         """Assign every partition; seek to the stored next offsets; learn the start targets."""

@@ -3,31 +3,28 @@
 DuckDB admits one writing process per file, so the materializer and the query API
 live in the same process and share one connection: the materializer writes
 through its own cursor, and every reader thread gets a cursor of its own
-(:meth:`QueryNode.cursor`). :meth:`QueryNode.read` runs a blocking DuckDB call in
-a worker thread so the event loop never waits on it.
+(:class:`~ledger.duck.SharedConnection`). :meth:`QueryNode.read` runs a blocking
+DuckDB call in a worker thread so the event loop never waits on it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 import duckdb
 
 from ledger.materializer import BatchCallback, Materializer
-from ledger.store import LedgerStore, duckdb_errors
+from ledger.store import LedgerStore
 from velora.errors import Unavailable
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-READ_THREADS = 4
 
 
 class QueryNode:
@@ -46,7 +43,6 @@ class QueryNode:
         self._store_factory = store_factory
         self.store: LedgerStore | None = None
         self.materializer: Materializer | None = None
-        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------
@@ -56,7 +52,6 @@ class QueryNode:
             if self.store is not None:
                 return
             self.store = self._store_factory(self.settings.duckdb_path)
-            self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ledger-read")
             self.materializer = Materializer(self.settings, self.store, on_batch=self._on_batch)
             self.materializer.start()
         log.info("query node ledger open at %s", self.settings.duckdb_path)
@@ -64,12 +59,10 @@ class QueryNode:
     def stop(self) -> None:
         """Stop the materializer (committing the batch in flight), close DuckDB."""
         with self._lock:
-            materializer, store, pool = self.materializer, self.store, self._pool
-            self.materializer = self.store = self._pool = None
+            materializer, store = self.materializer, self.store
+            self.materializer = self.store = None
         if materializer is not None:
             materializer.stop()
-        if pool is not None:
-            pool.shutdown(wait=True)
         if store is not None:
             try:
                 store.checkpoint()
@@ -110,28 +103,14 @@ class QueryNode:
     # -- reads --------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor of the shared connection for the calling thread."""
-        store = self.store
-        if store is None:
-            raise Unavailable("the query node is not started", retry_after=1)
-        return store.cursor()
+        return self._store().cursor()
 
     async def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run ``fn(cursor)`` in a ledger worker thread; DuckDB errors become Unavailable."""
-        pool = self._pool
-        if pool is None:
+        return await self._store().db.read(fn)
+
+    def _store(self) -> LedgerStore:
+        store = self.store
+        if store is None:
             raise Unavailable("the query node is not started", retry_after=1)
-
-        def call() -> T:
-            cur = self.cursor()
-            try:
-                with duckdb_errors("read"):
-                    return fn(cur)
-            finally:
-                # A result left half-fetched (fetchone) would make the thread's next
-                # query on this cursor fail; drop it.
-                try:
-                    cur.abort()
-                except duckdb.Error:
-                    pass
-
-        return await asyncio.get_running_loop().run_in_executor(pool, call)
+        return store

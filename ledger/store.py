@@ -13,21 +13,21 @@ the primary key.
 
 DuckDB admits one writing process per file, and other processes cannot open it
 while it is held, so the query API reads through cursors of the same connection
-(:meth:`cursor`). Every ``duckdb.Error`` becomes :class:`~velora.errors.Unavailable`.
+(:attr:`LedgerStore.db`, a :class:`~ledger.duck.SharedConnection`). Every
+``duckdb.Error`` becomes :class:`~velora.errors.Unavailable`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
+from ledger.duck import SharedConnection, duckdb_errors
 from ledger.tables import ALL_DDL, AUDIT_COLUMNS
 from velora.errors import Unavailable
 
@@ -61,15 +61,6 @@ _OFFSETS_SCHEMA = pa.schema(
 )
 
 
-@contextmanager
-def duckdb_errors(what: str) -> Iterator[None]:
-    """Translate DuckDB's errors at this boundary (the message names the operation only)."""
-    try:
-        yield
-    except duckdb.Error as exc:
-        raise Unavailable(f"ledger {what} failed: {type(exc).__name__}", retry_after=1) from exc
-
-
 class LedgerStore:
     """One open ledger DuckDB file, with the layout applied."""
 
@@ -83,30 +74,19 @@ class LedgerStore:
             log.warning("removing %s left behind by a deleted ledger", orphan.name)
             orphan.unlink()
         with duckdb_errors(f"open {self.path.name}"):
-            self._con = duckdb.connect(str(self.path))
+            con = duckdb.connect(str(self.path))
             if memory_limit:
-                self._con.execute(f"SET memory_limit = '{memory_limit}'")
+                con.execute(f"SET memory_limit = '{memory_limit}'")
             for ddl in ALL_DDL:
-                self._con.execute(ddl)
-        self._writer = self._con.cursor()
-        self._local = threading.local()
-        self._cursors: list[duckdb.DuckDBPyConnection] = [self._writer]
-        self._lock = threading.Lock()
-        self._closed = False
+                con.execute(ddl)
+        self.db = SharedConnection(con)
+        self._writer = self.db.new_cursor()
         self._dedup_left = 0  # batches to write with WRITE_DEDUP before trying WRITE_FRESH
 
     # -- reads ------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor of the shared connection for the calling thread (made once per thread)."""
-        cur = getattr(self._local, "cursor", None)
-        if cur is None:
-            with self._lock:
-                if self._closed:
-                    raise Unavailable("the ledger is closed", retry_after=1)
-                cur = self._con.cursor()
-                self._cursors.append(cur)
-            self._local.cursor = cur
-        return cur
+        """The calling thread's cursor of the shared connection."""
+        return self.db.cursor()
 
     def stored_offsets(self, topic: str) -> dict[int, int]:
         """Partition -> the next offset to read, as committed with the rows."""
@@ -184,17 +164,7 @@ class LedgerStore:
 
     def close(self) -> None:
         """Close every cursor and the connection (idempotent)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for cur in self._cursors:
-                try:
-                    cur.close()
-                except duckdb.Error:
-                    pass
-            self._cursors.clear()
-            self._con.close()
+        self.db.close()
 
 
 def _rollback(cur: duckdb.DuckDBPyConnection) -> None:

@@ -2,7 +2,7 @@
 
 ``create_app(settings, node)`` is what ``velora node`` serves. ``node`` is the
 query node (``ledger.node.QueryNode``, or any :class:`~query_api.db.LedgerReader`
-such as :class:`~query_api.db.DuckDBReader`); without it the app is a bare health
+such as :class:`~ledger.duck.LedgerFile`); without it the app is a bare health
 server. The lifespan starts and stops the control-state follower (API keys) and
 the read-audit producer.
 """
@@ -22,12 +22,12 @@ from ledger.control import ControlState
 from query_api.auth import Authenticator
 from query_api.db import LedgerReader
 from query_api.docs import docs_routes
-from query_api.events import event_routes
 from query_api.health import ReadinessSource, health_routes
 from query_api.middleware import FAILURE_WINDOW_S, PublicApiMiddleware
 from query_api.openapi import PREFIX
 from query_api.ratelimit import BucketMap
 from query_api.read_audit import AuditSink, ReadAuditor
+from query_api.routes import event_routes
 from velora.http_errors import EXCEPTION_HANDLERS
 from velora.settings import Settings
 

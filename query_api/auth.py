@@ -22,7 +22,7 @@ from typing import Protocol
 
 from starlette.requests import Request
 
-from query_api.keys import hash_secret, key_status, parse_token
+from query_api.tokens import hash_secret, key_status, parse_token
 from schemas.events import ApiKey
 from velora.errors import AuthenticationError, ErrorDetail, PermissionDenied
 from velora.settings import Settings

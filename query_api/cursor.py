@@ -22,12 +22,12 @@ import hmac
 import json
 from dataclasses import dataclass
 
+from schemas.limits import MAX_EVENT_ID
 from velora.errors import ErrorDetail, ValidationError
 from velora.settings import Secret
 
 VERSION = 1
 TAG_BYTES = 16
-MAX_EVENT_ID = 256
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,14 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from schemas.events import OUTCOME_RESULTS
+from schemas.limits import MAX_FILTER_TEXT
+from schemas.rules import clip, has_forbidden
 from velora.errors import ErrorDetail, ValidationError
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-MAX_TEXT = 256
 TEXT_FILTERS = ("actor_id", "actor_type", "target_id", "target_type", "source")
 PARAMETERS = ("limit", "cursor", "since", "until", "action", "outcome", *TEXT_FILTERS)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ACTION = re.compile(r"[^*]+(\.\*)?")
 
 
@@ -74,9 +74,9 @@ def _bad(name: str, reason: str) -> ValidationError:
 def _text(name: str, raw: str) -> str:
     if not raw:
         raise _bad(name, "must not be empty")
-    if len(raw) > MAX_TEXT:
-        raise _bad(name, f"must be at most {MAX_TEXT} characters")
-    if _CONTROL.search(raw):
+    if len(raw) > MAX_FILTER_TEXT:
+        raise _bad(name, f"must be at most {MAX_FILTER_TEXT} characters")
+    if has_forbidden(raw):
         raise _bad(name, "must not contain control characters")
     return raw
 
@@ -117,12 +117,7 @@ def parse_list_query(items: Sequence[tuple[str, str]]) -> ListQuery:
     seen: dict[str, str] = {}
     for name, value in items:
         if name not in PARAMETERS:
-            shown = (
-                name
-                if len(name) <= 40 and not _CONTROL.search(name)
-                else name[:40].encode("unicode_escape").decode()
-            )
-            raise _bad(shown, f"unknown parameter; allowed: {', '.join(PARAMETERS)}")
+            raise _bad(clip(name), f"unknown parameter; allowed: {', '.join(PARAMETERS)}")
         if name in seen:
             raise _bad(name, "given more than once")
         seen[name] = value

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from query_api.filters import DEFAULT_LIMIT, MAX_LIMIT, MAX_TEXT
-from query_api.keys import SCOPES
+from query_api.filters import DEFAULT_LIMIT, MAX_LIMIT
+from query_api.tokens import SCOPES
+from schemas.limits import MAX_FILTER_TEXT
+from schemas.rules import CONTROL_CLASS
 
 PREFIX = "/api/v2/public"
 _TEXT = {
     "type": "string",
     "minLength": 1,
-    "maxLength": MAX_TEXT,
-    "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$",
+    "maxLength": MAX_FILTER_TEXT,
+    "pattern": f"^[^{CONTROL_CLASS}]+$",
 }
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
@@ -73,7 +75,7 @@ def _param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
     }
 
 
-_TIME = {"type": "string", "format": "date-time", "maxLength": MAX_TEXT}
+_TIME = {"type": "string", "format": "date-time", "maxLength": MAX_FILTER_TEXT}
 _LIST_PARAMETERS = [
     _param(
         "limit",
@@ -96,7 +98,7 @@ _LIST_PARAMETERS = [
     _param(
         "action",
         "Exact action (`claim.viewed`) or a prefix ending in `.*` (`claim.*`).",
-        {**_TEXT, "pattern": "^[^*\\x00-\\x1f\\x7f-\\x9f]+(\\.\\*)?$"},
+        {**_TEXT, "pattern": f"^[^*{CONTROL_CLASS}]+(\\.\\*)?$"},
     ),
     _param("actor_id", "Exact actor id.", _TEXT),
     _param("actor_type", "Exact actor type (`user`, `service`, `api_key`, `system`).", _TEXT),

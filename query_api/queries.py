@@ -27,8 +27,7 @@ import duckdb
 
 from query_api.cursor import Position
 from query_api.filters import Filters
-from schemas.events import from_micros
-from velora.errors import Unavailable
+from schemas.times import from_micros
 
 FIRST_WINDOW = timedelta(minutes=15)
 MAX_WINDOW = timedelta(days=400)
@@ -81,11 +80,9 @@ def _filter_sql(tenant_id: str, f: Filters) -> tuple[list[str], list[Any]]:
 
 
 def _rows(cur: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> list[Row]:
-    try:
-        result = cur.execute(sql, params)
-        return [dict(zip(COLUMN_NAMES, r, strict=True)) for r in result.fetchall()]
-    except duckdb.Error as exc:
-        raise Unavailable(f"ledger query failed: {type(exc).__name__}", retry_after=1) from exc
+    """Run one query (callers go through ``ledger.duck``, which translates DuckDB's errors)."""
+    result = cur.execute(sql, params)
+    return [dict(zip(COLUMN_NAMES, r, strict=True)) for r in result.fetchall()]
 
 
 def list_events(

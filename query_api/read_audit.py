@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import queue
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,25 +23,18 @@ import uuid_utils
 
 from query_api.auth import Principal
 from schemas.events import Actor, AuditEvent, Outcome, Target
+from schemas.rules import clip, scrub
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000
 SOURCE = "velora.query_api"
 _STOP = object()
-_FORBIDDEN_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _ident(value: str, limit: int = 256) -> str:
     """An identifier that ingest accepts: printable, clipped (odd input is escaped)."""
-    if not value.isprintable():
-        value = value.encode("unicode_escape").decode("ascii")
-    return value[:limit] or "-"
-
-
-def _text(value: str, limit: int = 500) -> str:
-    """Free text that ingest accepts: no control characters, clipped."""
-    return _FORBIDDEN_TEXT.sub("\ufffd", value)[:limit]
+    return clip(value, limit) or "-"
 
 
 def _ip(value: str | None) -> str | None:
@@ -100,13 +92,13 @@ def read_event(
             id=principal.key_id,
             name=principal.name,
             ip=_ip(client_ip),
-            user_agent=_text(user_agent, 1024) if user_agent else None,
+            user_agent=scrub(user_agent, 1024) if user_agent else None,
         ),
         targets=(Target(_ident(target.type, 64), _ident(target.id), target.name),),
         outcome=Outcome(result=result, reason=None if status < 400 else f"HTTP {status}"),
         request_id=request_id,
         source=SOURCE,
-        metadata={**{k: _text(v) for k, v in metadata.items()}, "status": str(status)},
+        metadata={**{k: scrub(v, 500) for k, v in metadata.items()}, "status": str(status)},
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.events import from_micros
+from schemas.times import from_micros
 
 
 def iso(micros: int) -> str:

@@ -11,9 +11,8 @@ from schemas.events import (
     Outcome,
     Target,
     TenantSettings,
-    from_micros,
-    to_micros,
 )
+from schemas.times import from_micros, to_micros
 
 __all__ = [
     "API_KEY",

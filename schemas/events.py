@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from velora.errors import EncodeError, ErrorDetail
+from schemas.times import from_micros, to_micros
 
 AUDIT_EVENT = "health.velora.audit.AuditEvent"
 API_KEY = "health.velora.control.ApiKey"
@@ -21,26 +21,6 @@ TENANT_SETTINGS = "health.velora.control.TenantSettings"
 CRUD = ("create", "read", "update", "delete", "other")
 OUTCOME_RESULTS = ("success", "failure", "denied", "unknown")
 PHI_MODES = ("server", "client", "sidecar")
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def to_micros(value: datetime, name: str) -> int:
-    """Aware datetime -> microseconds since the epoch (UTC)."""
-    if value.utcoffset() is None:
-        raise EncodeError(
-            f"{name} is a naive datetime; timestamps must carry a UTC offset",
-            details=(ErrorDetail(name, "naive datetime"),),
-        )
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_micros(value: int | datetime) -> datetime:
-    """Microseconds since the epoch (or an aware datetime) -> aware UTC datetime."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC)
-    return _EPOCH + timedelta(microseconds=value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,10 @@ import uvicorn
 from kafka import KafkaProducer
 from starlette.applications import Starlette
 
+from cli.keys import IssuedKey, create_key
 from ledger.control import ControlState
+from ledger.duck import LedgerFile
 from query_api.app import create_app
-from query_api.db import DuckDBReader
-from query_api.keys import IssuedKey, create_key
 from schemas.codec import AvroCodec
 from schemas.events import Actor, AuditEvent, Outcome, Target
 from tests.helpers import wait_for
@@ -65,9 +65,7 @@ def make_event(
     )
 
 
-def insert_events(
-    reader: DuckDBReader, events: Iterable[AuditEvent], start_offset: int = 0
-) -> None:
+def insert_events(reader: LedgerFile, events: Iterable[AuditEvent], start_offset: int = 0) -> None:
     """Insert events as the materializer would (one row each, log order)."""
     rows = []
     for n, e in enumerate(events):
@@ -116,7 +114,7 @@ class Api:
     """A running app (real uvicorn, lifespan included) over a real DuckDB file."""
 
     settings: Settings
-    reader: DuckDBReader
+    reader: LedgerFile
     control: ControlState
     app: Starlette
     client: httpx.Client
@@ -142,7 +140,7 @@ class Api:
 @contextmanager
 def running_api(settings: Settings, db_path: Path | None = None, sink=None) -> Iterator[Api]:
     """The full app over a DuckDB file, its control follower started by the lifespan."""
-    reader = DuckDBReader(db_path or settings.duckdb_path)
+    reader = LedgerFile(db_path or settings.duckdb_path)
     control = ControlState(settings)
     control.start()
     app = create_app(settings, reader, control=control, audit_sink=sink or audit_sink(settings))

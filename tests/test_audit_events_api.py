@@ -231,12 +231,12 @@ def test_window_probes_answer_exactly_like_a_full_scan(tmp_path):
     """The widening occurred_at windows are an optimisation only: same rows as a full scan."""
     from datetime import UTC, datetime
 
+    from ledger.duck import LedgerFile
     from query_api import queries
     from query_api.cursor import Position
-    from query_api.db import DuckDBReader
     from query_api.filters import Filters
 
-    reader = DuckDBReader(tmp_path / "w.duckdb")
+    reader = LedgerFile(tmp_path / "w.duckdb")
     now = datetime(2025, 6, 1, tzinfo=UTC)
     events = []
     for i in range(600):  # two years, sparse and dense tenants, some late arrivals

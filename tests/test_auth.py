@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from query_api.keys import revoke_key, rotate_key
+from cli.keys import revoke_key, rotate_key
 from tests.api_support import Api, insert_events, make_event, running_api
 from tests.helpers import wait_for
 

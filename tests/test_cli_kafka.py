@@ -28,7 +28,7 @@ def velora(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``velora <args>`` the way an operator would, in a clean VELORA_* environment."""
     return subprocess.run(
-        [sys.executable, "-m", "velora.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -133,7 +133,7 @@ def test_fetch_without_maven_is_a_clear_error(tmp_path):
     env = base_env(VELORA_CACHE_DIR=str(tmp_path / "empty"), VELORA_KAFKA_VERSION="4.0.1")
     env["PATH"] = str(tmp_path)  # no mvn, no java
     proc = subprocess.run(
-        [sys.executable, "-m", "velora.cli", "kafka", "fetch"],
+        [sys.executable, "-m", "cli", "kafka", "fetch"],
         env=env,
         capture_output=True,
         text=True,

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
+from cli.main import subcommand_names
 from ingest.http import create_ingest_app
 from query_api.health import health_routes
 from tests.helpers import REPO
-from velora.cli import subcommand_names
 from velora.settings import ENV_VARS, Settings
 
 COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text(encoding="utf-8"))

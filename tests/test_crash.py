@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from ledger.store import LedgerStore
-from ledger.testing import EventFactory, fast_producer
+from tests.factory import EventFactory, fast_producer
 from tests.helpers import wait_for
 from tests.test_node import NodeProcess
 from velora.topics import end_offsets

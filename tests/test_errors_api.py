@@ -102,7 +102,7 @@ def test_unexpected_error_is_a_bare_500_and_is_logged(settings, caplog):
     app = create_app(settings, _Exploding(), control=control, audit_sink=audit_sink(settings))
     try:
         with live_server(app) as url:
-            from query_api.keys import create_key
+            from cli.keys import create_key
 
             issued = create_key(settings, "acme", ("audit:read",))
             assert control.wait_for_offset(issued.offset, 10)

@@ -20,13 +20,13 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
+from cli.main import build_parser
 from ingest import AuditProducer
 from ingest.body import MAX_BODY_BYTES
 from ingest.http import EVENTS_PATH, create_ingest_app
 from tests.helpers import wait_for
 from tests.test_producer import raw_event, read_topic, total
 from velora.broker import free_port
-from velora.cli import build_parser
 from velora.errors import ConfigError
 from velora.settings import Secret, Settings
 
@@ -452,7 +452,7 @@ def test_velora_ingest_serve_runs_the_real_server(ingest_settings: Settings) -> 
         "VELORA_INGEST_PORT": "0",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "velora.cli", "ingest", "serve"],
+        [sys.executable, "-m", "cli", "ingest", "serve"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

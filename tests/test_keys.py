@@ -7,9 +7,10 @@ import re
 
 import pytest
 
+from cli.keys import parse_scopes
+from cli.main import main
 from ledger.control import read_control
-from query_api.keys import KEY_LENGTH, TOKEN_RE, hash_secret, parse_scopes, parse_token
-from velora.cli import main
+from query_api.tokens import KEY_LENGTH, TOKEN_RE, hash_secret, parse_token
 from velora.errors import ValidationError
 
 

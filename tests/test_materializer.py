@@ -9,10 +9,10 @@ import duckdb
 import numpy as np
 import pytest
 
-from ledger.batch import EventDecoder
+from ledger.decode import EventDecoder
 from ledger.materializer import Materializer
 from ledger.store import LedgerStore
-from ledger.testing import EventFactory, Made, produce, sample_record
+from tests.factory import EventFactory, Made, produce, sample_record
 from tests.helpers import wait_for
 from velora.topics import end_offsets
 

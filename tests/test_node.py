@@ -16,8 +16,8 @@ from starlette.applications import Starlette
 
 from ledger.node import QueryNode
 from ledger.store import LedgerStore
-from ledger.testing import EventFactory, produce
 from query_api.health import health_routes
+from tests.factory import EventFactory, produce
 from tests.helpers import REPO, wait_for
 
 
@@ -137,7 +137,7 @@ class NodeProcess:
     def __init__(self, settings, log_path) -> None:
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "velora.cli", "node"],
+            [sys.executable, "-m", "cli", "node"],
             cwd=REPO,
             env=node_env(settings),
             stdout=self.log,

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from ledger.store import LedgerStore
-from ledger.testing import EventFactory, produce
+from tests.factory import EventFactory, produce
 from tests.helpers import REPO, wait_for
 from tests.test_node import NodeProcess, node_env
 
@@ -86,7 +86,7 @@ def test_velora_ledger_rebuild_replays_into_an_equal_table(loaded, tmp_path):
     before = checksum(settings.duckdb_path)
 
     result = subprocess.run(
-        [sys.executable, "-m", "velora.cli", "ledger", "rebuild", "--yes"],
+        [sys.executable, "-m", "cli", "ledger", "rebuild", "--yes"],
         cwd=REPO,
         env=node_env(settings),
         capture_output=True,
@@ -105,7 +105,7 @@ def test_rebuild_refuses_without_yes_when_not_interactive(loaded, tmp_path):
     settings = loaded
     _run_node_until_ready(settings, tmp_path / "node.log")
     result = subprocess.run(
-        [sys.executable, "-m", "velora.cli", "ledger", "rebuild"],
+        [sys.executable, "-m", "cli", "ledger", "rebuild"],
         cwd=REPO,
         env=node_env(settings),
         capture_output=True,

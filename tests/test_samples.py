@@ -17,12 +17,12 @@ import uuid
 
 import pytest
 
+from cli.keys import create_key
+from cli.main import main
 from ledger.node import QueryNode
 from query_api.app import create_app
-from query_api.keys import create_key
 from tests.api_support import live_server
 from tests.helpers import CACHE_DIR, REPO, wait_for
-from velora.cli import main
 from velora.settings import Settings
 from velora.topics import ensure_topics
 

@@ -208,7 +208,7 @@ def test_the_cli_reports_a_bad_value_and_exits_2(tmp_path):
     """Validated at start: the process stops with one clear line, no traceback."""
     env = {"PATH": "/usr/bin:/bin", "VELORA_AUDIT_PARTITIONS": "many"}
     proc = subprocess.run(
-        [sys.executable, "-m", "velora.cli", "kafka", "status"],
+        [sys.executable, "-m", "cli", "kafka", "status"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -6,9 +6,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from ledger.batch import LEDGER_SCHEMA, EventDecoder
+from ledger.decode import LEDGER_SCHEMA, EventDecoder
 from ledger.store import DEDUP_BATCHES, LedgerStore
-from ledger.testing import EventFactory
+from tests.factory import EventFactory
 from velora.errors import Unavailable
 
 TOPIC = "t.audit.v1"

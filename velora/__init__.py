@@ -1,1 +1,4 @@
-"""Velora: settings, errors, the local Kafka runtime and the `velora` CLI."""
+"""The core of the Velora ledger: errors, settings, topics, Kafka clients, the local broker.
+
+The bottom layer: it imports nothing else of the project.
+"""

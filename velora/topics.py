@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
-from velora.errors import ConfigError, Unavailable
+from velora.errors import ConfigError
+from velora.kafka_clients import close_quietly, map_kafka_errors, new_admin, new_consumer
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,33 +64,32 @@ def ensure_topics(settings: Settings) -> list[str]:
     Raises :class:`ConfigError` when an existing topic has a guarded config that
     differs from its spec (e.g. an audit topic with a finite ``retention.ms``).
     """
-    admin = _admin(settings)
+    admin = new_admin(settings)
     created: list[str] = []
     specs = required_topics(settings)
     try:
-        existing = set(admin.list_topics())
-        for spec in specs:
-            if spec.name in existing:
-                continue
-            try:
-                admin.create_topics(
-                    {
-                        spec.name: {
-                            "num_partitions": spec.partitions,
-                            "replication_factor": -1,
-                            "configs": spec.configs,
-                        }
-                    },
-                    wait_for_metadata=True,
-                )
-                created.append(spec.name)
-            except TopicAlreadyExistsError:
-                pass
-        _check_existing(admin, [s for s in specs if s.name not in created])
-    except KafkaError as exc:
-        raise Unavailable(f"kafka at {settings.kafka_bootstrap}: {exc}", retry_after=5) from exc
+        with map_kafka_errors("topic setup"):
+            existing = set(admin.list_topics())
+            for spec in specs:
+                if spec.name in existing:
+                    continue
+                try:
+                    admin.create_topics(
+                        {
+                            spec.name: {
+                                "num_partitions": spec.partitions,
+                                "replication_factor": -1,
+                                "configs": spec.configs,
+                            }
+                        },
+                        wait_for_metadata=True,
+                    )
+                    created.append(spec.name)
+                except TopicAlreadyExistsError:
+                    pass
+            _check_existing(admin, [s for s in specs if s.name not in created])
     finally:
-        admin.close()
+        close_quietly(admin)
     return created
 
 
@@ -131,31 +131,11 @@ def _check_existing(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """The current log-end offset of every partition of ``topic``."""
+    consumer = new_consumer(settings, "velora-offsets")
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            client_id="velora-offsets",
-        )
-    except KafkaError as exc:
-        raise Unavailable(f"kafka at {settings.kafka_bootstrap}: {exc}", retry_after=5) from exc
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
-    except KafkaError as exc:
-        raise Unavailable(f"kafka at {settings.kafka_bootstrap}: {exc}", retry_after=5) from exc
+        with map_kafka_errors("end offsets"):
+            partitions = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
     finally:
-        consumer.close()
-
-
-def _admin(settings: Settings) -> KafkaAdminClient:
-    try:
-        return KafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id="velora-admin",
-            request_timeout_ms=15000,
-        )
-    except KafkaError as exc:
-        raise Unavailable(f"kafka at {settings.kafka_bootstrap}: {exc}", retry_after=5) from exc
+        close_quietly(consumer)

@@ -8,7 +8,6 @@ import sys
 
 from velora.broker import BrokerConfig, LocalBroker, fetch, is_fetched
 from velora.settings import Settings
-from velora.topics import ensure_topics
 
 
 def broker_for(settings: Settings) -> LocalBroker:
@@ -52,6 +51,8 @@ def _fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _start(args: argparse.Namespace, settings: Settings) -> int:
+    from velora.topics import ensure_topics
+
     broker = broker_for(settings)
     if broker.running():
         print(f"kafka already running at {broker.bootstrap}", file=sys.stderr)
@@ -89,6 +90,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from velora.topics import ensure_topics
+
     for name in ensure_topics(settings):
         print(f"created topic {name}", file=sys.stderr)
     return 0

@@ -15,14 +15,12 @@ import logging
 import signal
 import socket
 import threading
+from typing import TYPE_CHECKING
 
-import uvicorn
-
-from ledger.node import QueryNode
-from ledger.progress import ReplayProgress
-from query_api.app import create_app
 from velora.settings import Settings
-from velora.topics import ensure_topics
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("velora.node")
 
@@ -37,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from ledger.node import QueryNode
+    from ledger.progress import ReplayProgress
+    from query_api.app import create_app
+    from velora.topics import ensure_topics
+
     quiet_kafka_selector()
     host = args.host or settings.node_host
     port = settings.node_port if args.port is None else args.port

@@ -20,11 +20,12 @@ from query_api.db import LedgerReader
 from query_api.filters import as_mapping, parse_list_query, query_items
 from query_api.serialize import event_json
 from schemas.events import Target
+from schemas.limits import MAX_EVENT_ID
+from schemas.rules import clip
 from velora.errors import ErrorDetail, NotFound, Unavailable, ValidationError
 from velora.settings import Settings
 
 READ_SCOPE = "audit:read"
-MAX_EVENT_ID = 128
 
 
 def _reader(request: Request) -> LedgerReader:
@@ -80,8 +81,8 @@ async def get_audit_event(request: Request) -> JSONResponse:
     principal = require_scope(request, READ_SCOPE)
     for name, _ in request.query_params.multi_items():
         raise ValidationError(
-            f"unknown query parameter {name[:40]!r}; this route takes none",
-            (ErrorDetail(name[:40].encode("unicode_escape").decode(), "unknown parameter"),),
+            f"unknown query parameter {clip(name)!r}; this route takes none",
+            (ErrorDetail(clip(name), "unknown parameter"),),
         )
     event_id: str = request.path_params["event_id"]
     shown = event_id[:MAX_EVENT_ID]

@@ -20,10 +20,9 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 
-from velora.commands.kafka import broker_for
+from cli.commands.kafka import broker_for
 from velora.errors import BrokerError
 from velora.settings import Settings
-from velora.topics import ensure_topics
 
 DEMO_TENANT = "demo"
 
@@ -38,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _velora(*args: str) -> list[str]:
-    return [sys.executable, "-m", "velora.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -68,6 +67,8 @@ def _dev_token(state_dir: Path) -> str:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from velora.topics import ensure_topics
+
     broker = broker_for(settings)
     started_broker = False
     if broker.running():

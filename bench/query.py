@@ -7,7 +7,7 @@
 skew (the biggest holds ~30%), 8 actions, 2000 actors. Kafka ingest and the
 materializer have their own benchmarks; this one measures reads.
 
-**Server.** A child process serves ``create_app(settings, DuckDBReader(file))``
+**Server.** A child process serves ``create_app(settings, LedgerFile(file))``
 with uvicorn: the real middleware (auth, rate limits with a huge bucket, read
 auditing through ``ingest.AuditProducer`` to the bench broker), routes and SQL.
 **Load.** This process drives it over 32 concurrent keep-alive connections with
@@ -40,9 +40,9 @@ from typing import Any
 import duckdb
 import httpx
 
+from bench.report import Row, percentile, write_results
+from cli.keys import create_key
 from ledger.tables import ALL_DDL
-from query_api.keys import create_key
-from velora.bench.report import Row, percentile, write_results
 from velora.errors import BrokerError
 from velora.settings import Settings
 
@@ -95,7 +95,7 @@ def generate(path: Path, n: int, end: datetime) -> float:
     FROM (SELECT i, hash(i) AS h, (hash(i * 7919) % 1000000) / 1000000.0 AS u,
                  {start_us} + i * {step_us} AS ts
           FROM range({n}) t(i))
-    """  # noqa: S608
+    """
     t0 = time.perf_counter()
     con = duckdb.connect(str(path))
     try:
@@ -112,11 +112,11 @@ def _serve_main() -> None:
     """Child process: serve the app over the DuckDB file in argv[1]; print the port."""
     import uvicorn
 
+    from ledger.duck import LedgerFile
     from query_api.app import create_app
-    from query_api.db import DuckDBReader
 
     settings = Settings.from_env()
-    app = create_app(settings, DuckDBReader(sys.argv[1], create=False))
+    app = create_app(settings, LedgerFile(sys.argv[1], create=False))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     print(sock.getsockname()[1], flush=True)
@@ -140,7 +140,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
 
 
 def _start_server(settings: Settings, db: Path) -> tuple[subprocess.Popen[str], str]:
-    code = "from velora.bench.query import _serve_main; _serve_main()"
+    code = "from bench.query import _serve_main; _serve_main()"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(db)],
         env=_child_env(settings),

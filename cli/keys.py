@@ -1,12 +1,9 @@
-"""API keys: the token format, the secret hash, and the operator actions on keys.
+"""The operator lifecycle of API keys: create, list, revoke and rotate.
 
-Token format (50 characters: 9 + 8 + 1 + 32; the public index says 49, its own example has 50)::
-
-    vlk_live_ | 8 hex lookup (the key_id) | _ | 32 hex secret (128 bits)
-
-Only ``HMAC-SHA256(settings.key_pepper, secret)`` is stored, as an ``ApiKey``
-record on the control topic (:mod:`ingest.control`). The full key is returned once,
-by :func:`create_key` / :func:`rotate_key`, and never logged.
+Keys are ``ApiKey`` records on the compacted control topic (written by
+:class:`ingest.control.ControlWriter`, folded by :mod:`ledger.control`); only an
+HMAC of the secret is stored (:mod:`query_api.tokens`). The full key is returned
+once, by :func:`create_key` / :func:`rotate_key`, and never logged.
 
 Rotation mints a new key with the same tenant, scopes and name, and gives the old
 key ``expires_at = now + settings.key_rotation_grace_seconds`` (default 24 h) and
@@ -15,45 +12,17 @@ key ``expires_at = now + settings.key_rotation_grace_seconds`` (default 24 h) an
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
 import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from ingest.control import ControlWriter
 from ledger.control import ControlFold, read_control
+from query_api.tokens import KEY_ID_RE, PREFIX, SCOPES, hash_secret, key_status
 from schemas.events import ApiKey
+from schemas.rules import check_tenant
 from velora.errors import ErrorDetail, NotFound, ValidationError
-from velora.settings import Secret, Settings
-
-PREFIX = "vlk_live_"
-KEY_LENGTH = 50  # the seed says "49 characters", but its parts and its example add up to 50
-SCOPES: tuple[str, ...] = ("audit:read", "audit:export", "webhooks:write")
-TOKEN_RE = re.compile(r"vlk_live_([0-9a-f]{8})_([0-9a-f]{32})")
-TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-KEY_ID_RE = re.compile(r"[0-9a-f]{8}")
-
-
-def parse_token(token: str) -> tuple[str, str] | None:
-    """``(key_id, secret)`` of a well-formed key, else None."""
-    m = TOKEN_RE.fullmatch(token)
-    return (m[1], m[2]) if m else None
-
-
-def hash_secret(pepper: Secret, secret: str) -> str:
-    """Hex HMAC-SHA256 of the secret under the server pepper."""
-    return hmac.new(pepper.reveal().encode(), secret.encode(), hashlib.sha256).hexdigest()
-
-
-def key_status(key: ApiKey, now: datetime) -> str:
-    """``active``, ``revoked`` or ``expired`` at ``now``."""
-    if key.revoked_at is not None and key.revoked_at <= now:
-        return "revoked"
-    if key.expires_at is not None and key.expires_at <= now:
-        return "expired"
-    return "active"
+from velora.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -101,16 +70,6 @@ def parse_scopes(raw: str) -> tuple[str, ...]:
     return scopes
 
 
-def validate_tenant(tenant_id: str) -> str:
-    """Tenant ids are 1-64 characters of [A-Za-z0-9._-], starting alphanumeric."""
-    if not TENANT_RE.fullmatch(tenant_id):
-        raise ValidationError(
-            "tenant id must be 1-64 characters of [A-Za-z0-9._-]",
-            details=(ErrorDetail("tenant", "invalid tenant id"),),
-        )
-    return tenant_id
-
-
 def mint(
     settings: Settings,
     tenant_id: str,
@@ -140,7 +99,7 @@ def create_key(
     settings: Settings, tenant_id: str, scopes: tuple[str, ...], name: str | None = None
 ) -> IssuedKey:
     """Mint a key, write it to the control topic, return it (the token is shown once)."""
-    validate_tenant(tenant_id)
+    check_tenant(tenant_id)
     fold = read_control(settings)
     now = datetime.now(UTC)
     token, record = mint(settings, tenant_id, scopes, name, now, frozenset(fold.api_keys))

@@ -15,14 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
-
-from ledger.node import QueryNode
-from ledger.progress import ReplayProgress
-from velora.commands.node import quiet_kafka_selector
+from cli.commands.node import quiet_kafka_selector
 from velora.errors import ConfigError, Unavailable
 from velora.settings import Settings
-from velora.topics import ensure_topics
 
 log = logging.getLogger("velora.ledger")
 
@@ -38,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def rebuild_command(args: argparse.Namespace, settings: Settings) -> int:
     """Rebuild the ledger; exit 0 once caught up."""
+    from velora.topics import ensure_topics
+
     quiet_kafka_selector()
     path = settings.duckdb_path
     if path.exists():
@@ -55,6 +52,9 @@ def rebuild_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def rebuild(settings: Settings) -> int:
     """Replay the audit topic into a new ledger at ``settings.duckdb_path``; return its rows."""
+    from ledger.node import QueryNode
+    from ledger.progress import ReplayProgress
+
     progress = ReplayProgress("rebuilding ledger")
     node = QueryNode(settings, on_batch=progress.on_batch)
     started = time.monotonic()
@@ -78,6 +78,8 @@ def rebuild(settings: Settings) -> int:
 
 
 def _check_not_in_use(path: Path) -> None:
+    import duckdb
+
     try:
         duckdb.connect(str(path)).close()
     except duckdb.Error as exc:

@@ -12,7 +12,7 @@ Each figure is the median of several runs over fresh events (server-assigned
 ids), with CPU use: this process (``measure_cpu``) and, for HTTP, the server
 process (from ``/proc``). Results go to ``bench/results/ingest.json``.
 
-Run alone with ``velora bench ingest [--bootstrap host:port]``; without
+Run alone with ``python -m bench ingest [--bootstrap host:port]``; without
 ``--bootstrap`` it starts its own broker in a temporary folder.
 """
 
@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx
 
+from bench.report import CpuSample, Row, measure_cpu, write_results
 from ingest import Accepted, AuditProducer
-from velora.bench.report import CpuSample, Row, measure_cpu, write_results
 from velora.errors import BrokerError
 from velora.settings import Settings
 
@@ -245,7 +245,7 @@ class _IngestServer:
 
     def __enter__(self) -> _IngestServer:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "velora.cli", "ingest", "serve"],
+            [sys.executable, "-m", "cli", "ingest", "serve"],
             env={**self.env, "VELORA_LOG_LEVEL": "INFO"},  # INFO: uvicorn reports its port
             stderr=subprocess.PIPE,
             text=True,

@@ -1,8 +1,13 @@
 """The ``velora`` command line: one entry point, one subcommand module per area.
 
-Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers, settings)``
-and sets ``func`` on its parsers; ``func(args, settings) -> int`` is the exit code.
-Errors of the project's own hierarchy print as one clear line and exit 2.
+Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)`` and sets
+``func`` on its parsers; ``func(args, settings) -> int`` is the exit code. Errors
+of the project's own hierarchy print as one clear line and exit 2.
+
+Command modules import only the standard library and the project's core at the
+top; everything heavy (uvicorn, Starlette, DuckDB, pyarrow, kafka-python) is
+imported inside the handler that needs it, so ``velora --help`` and the operator
+commands start fast (``tests/test_cli.py`` checks what each one loads).
 """
 
 from __future__ import annotations
@@ -17,14 +22,13 @@ from velora.errors import VeloraError
 from velora.settings import Settings
 
 COMMAND_MODULES = (
-    "velora.commands.kafka",
-    "velora.commands.run",
-    "velora.commands.node",
-    "velora.commands.ingest",
-    "velora.commands.ledger",
-    "velora.commands.keys",
-    "velora.commands.demo",
-    "velora.commands.bench",
+    "cli.commands.kafka",
+    "cli.commands.run",
+    "cli.commands.node",
+    "cli.commands.ingest",
+    "cli.commands.ledger",
+    "cli.commands.keys",
+    "cli.commands.demo",
 )
 
 

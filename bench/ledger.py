@@ -1,7 +1,7 @@
 """Ledger benchmarks: materializer catch-up rate, and ack -> visible-in-DuckDB latency.
 
 **Catch-up** (``ingest.json`` section ``materializer``). One million events are
-produced first, quickly: :class:`~ledger.testing.EventFactory` encodes a few
+produced first, quickly: :class:`~tests.factory.EventFactory` encodes a few
 thousand varied templates with the codec and stamps a new UUIDv7 into a copy for
 each event; a batching :class:`~kafka.KafkaProducer` sends them. Only the catch-up
 is timed: from starting a :class:`~ledger.materializer.Materializer` on an empty
@@ -34,11 +34,11 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from bench.report import Row, measure_cpu, percentile, write_results
+from cli.commands.node import quiet_kafka_selector
 from ledger.materializer import Materializer
 from ledger.store import LedgerStore
-from ledger.testing import EventFactory, fast_producer
-from velora.bench.report import Row, measure_cpu, percentile, write_results
-from velora.commands.node import quiet_kafka_selector
+from tests.factory import EventFactory, fast_producer
 from velora.errors import VeloraError
 from velora.settings import Settings
 from velora.topics import end_offsets, ensure_topics

@@ -12,15 +12,7 @@ import argparse
 import json
 from datetime import UTC, datetime
 
-from query_api.keys import (
-    SCOPES,
-    create_key,
-    list_keys,
-    parse_scopes,
-    public_view,
-    revoke_key,
-    rotate_key,
-)
+from query_api.tokens import SCOPES
 from velora.settings import Settings
 
 
@@ -57,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
+    from cli.keys import create_key, parse_scopes
+
     issued = create_key(settings, args.tenant, parse_scopes(args.scopes), args.name)
     if args.json:
         print(json.dumps(issued.to_json()))
@@ -69,6 +63,8 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from cli.keys import list_keys, public_view
+
     now = datetime.now(UTC)
     views = [public_view(k, now) for k in list_keys(settings, args.tenant)]
     if args.json:
@@ -90,6 +86,8 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from cli.keys import public_view, revoke_key
+
     key, _offset = revoke_key(settings, args.key_id)
     view = public_view(key, datetime.now(UTC))
     print(json.dumps(view) if args.json else f"revoked key {key.key_id} ({key.tenant_id})")
@@ -97,6 +95,8 @@ def _revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from cli.keys import public_view, rotate_key
+
     issued, retired = rotate_key(settings, args.key_id)
     if args.json:
         out = issued.to_json()

@@ -1,35 +1,40 @@
-"""``velora bench``: the shipped benchmarks; prints tables and writes bench/results/*.json.
+"""``python -m bench [SUITE ...]`` (``make bench``): prints tables, writes bench/results/*.json.
 
 By default it starts its own broker (fresh state folder, free ports) so results do
 not depend on whatever else runs; ``--bootstrap`` uses an existing one instead.
+The benchmarks live outside the installed package: they use development-only
+dependencies (httpx) and the test suite's event factory.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import shutil
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-from velora.bench.report import Row, print_table
+from bench.report import Row, print_table
 from velora.broker import BrokerConfig, LocalBroker
-from velora.errors import ConfigError
+from velora.errors import ConfigError, VeloraError
 from velora.settings import Settings
 from velora.topics import ensure_topics
 
 SUITES = {
-    "ingest": ("velora.bench.ingest", "ingest: library and HTTP ingest"),
-    "ledger": ("velora.bench.ledger", "ledger: materializer catch-up and freshness"),
-    "query": ("velora.bench.query", "query: public API latency"),
+    "ingest": ("bench.ingest", "ingest: library and HTTP ingest"),
+    "ledger": ("bench.ledger", "ledger: materializer catch-up and freshness"),
+    "query": ("bench.query", "query: public API latency"),
 }
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``velora bench``."""
-    p = sub.add_parser("bench", help="run the benchmarks (results in bench/results/)")
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m bench`` arguments."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description="run the benchmarks (results in bench/results/)"
+    )
     p.add_argument(
         "suites",
         nargs="*",
@@ -37,10 +42,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"which suites to run: {', '.join(SUITES)} (default: all)",
     )
     p.add_argument("--bootstrap", help="use this Kafka instead of starting a fresh one")
-    p.set_defaults(func=_bench)
+    return p
 
 
-def _bench(args: argparse.Namespace, settings: Settings) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen suites; exit code 0, or 2 with one line on a project error."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        return run_suites(args, Settings.from_env())
+    except VeloraError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_suites(args: argparse.Namespace, settings: Settings) -> int:
+    """Start a broker (unless ``--bootstrap``), run each suite, print its table."""
     suites = args.suites or list(SUITES)
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -79,3 +96,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
             broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

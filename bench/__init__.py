@@ -1,0 +1,1 @@
+"""The shipped benchmarks (``make bench``); development code, not part of the installed package."""

@@ -1,0 +1,125 @@
+"""The one DuckDB access helper: a cursor per thread, reads in a worker pool, errors translated.
+
+DuckDB admits one process per database file, and a connection's cursors may be
+used from different threads, one thread each. :class:`SharedConnection` owns one
+connection and hands each thread its own cursor (:meth:`~SharedConnection.cursor`);
+:meth:`~SharedConnection.read` runs a blocking read in a small thread pool so an
+event loop never waits on DuckDB. :func:`duckdb_errors` is the boundary where
+``duckdb.Error`` becomes :class:`~velora.errors.Unavailable` (the message names the
+operation, never the SQL or its values).
+
+:class:`LedgerFile` opens a ledger file that nothing else holds (a database built
+for a test or a benchmark) and offers the same reads as a query node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import duckdb
+
+from ledger.tables import ALL_DDL
+from velora.errors import Unavailable
+
+T = TypeVar("T")
+READ_THREADS = 4
+
+
+@contextmanager
+def duckdb_errors(what: str) -> Iterator[None]:
+    """Translate DuckDB's errors raised inside the block into :class:`Unavailable`."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise Unavailable(f"ledger {what} failed: {type(exc).__name__}", retry_after=1) from exc
+
+
+class SharedConnection:
+    """One DuckDB connection used from many threads, each through a cursor of its own."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, threads: int = READ_THREADS) -> None:
+        self._con = con
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ledger-read")
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The connection itself (schema changes at open, loading data in tests)."""
+        return self._con
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """The calling thread's cursor (made on first use)."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._local.cursor = self.new_cursor()
+        return cur
+
+    def new_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for one user at a time (closed with the connection)."""
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the ledger is closed", retry_after=1)
+            cur = self._con.cursor()
+            self._cursors.append(cur)
+        return cur
+
+    async def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn(cursor)`` in a worker thread; DuckDB errors become :class:`Unavailable`."""
+        if self._closed:
+            raise Unavailable("the ledger is closed", retry_after=1)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.read_now, fn)
+
+    def read_now(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn(cursor)`` on the calling thread's cursor, translating DuckDB's errors."""
+        cur = self.cursor()
+        try:
+            with duckdb_errors("read"):
+                return fn(cur)
+        finally:
+            # A result left half-fetched (fetchone) would make this thread's next query
+            # on the cursor fail; drop it.
+            try:
+                cur.abort()
+            except duckdb.Error:
+                pass
+
+    def close(self) -> None:
+        """Wait for reads in flight, then close every cursor and the connection (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            for cur in self._cursors:
+                try:
+                    cur.close()
+                except duckdb.Error:
+                    pass
+            self._cursors.clear()
+            self._con.close()
+
+
+class LedgerFile(SharedConnection):
+    """A ledger DuckDB file opened by this process alone, read like a query node's."""
+
+    def __init__(self, path: Path | str, *, create: bool = True) -> None:
+        with duckdb_errors(f"open {Path(path).name}"):
+            con = duckdb.connect(str(path))
+            if create:
+                for ddl in ALL_DDL:
+                    con.execute(ddl)
+        super().__init__(con)
+
+    def readiness(self) -> dict[str, object]:
+        """Always ready: the file is loaded before the reader is made."""
+        return {"ready": True, "lag": 0}

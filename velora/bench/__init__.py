@@ -1,1 +1,0 @@
-"""Benchmarks shipped with the project (`make bench`); results go to bench/results/."""

@@ -1,1 +1,0 @@
-"""Subcommand modules of the ``velora`` CLI, one per area."""

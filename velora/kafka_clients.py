@@ -1,0 +1,122 @@
+"""The one place Kafka clients are made, and the one boundary their errors cross.
+
+Every consumer, producer and admin client of the project comes from
+:func:`new_consumer`, :func:`new_producer` or :func:`new_admin`, so they share the
+bootstrap servers, the error translation and the defaults that matter for an audit
+log (``read_committed``, no auto-commit, no automatic offset reset).
+
+:func:`map_kafka_errors` is the boundary, in the style of httpx's
+``map_exceptions``: inside it, kafka-python's errors (and the socket errors it
+lets through) become :class:`~velora.errors.Unavailable`, raised ``from`` the
+original. Messages name the operation and the error class only, never a broker
+address, a record or a credential, because they can reach an HTTP answer or a
+readiness probe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
+
+from velora.errors import Unavailable
+from velora.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KAFKA_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError)
+"""What kafka-python raises for a broker that is down, slow or refusing."""
+RETRY_AFTER_S = 5.0
+
+
+@contextmanager
+def map_kafka_errors(what: str, retry_after: float = RETRY_AFTER_S) -> Iterator[None]:
+    """Translate kafka-python's errors raised inside the block into :class:`Unavailable`."""
+    try:
+        yield
+    except KAFKA_ERRORS as exc:
+        raise kafka_unavailable(what, exc, retry_after) from exc
+
+
+def kafka_unavailable(
+    what: str, exc: BaseException, retry_after: float = RETRY_AFTER_S
+) -> Unavailable:
+    """The :class:`Unavailable` for a failed Kafka operation (no addresses, no data)."""
+    if isinstance(exc, KafkaTimeoutError):
+        reason = "timed out"
+    else:
+        reason = f"failed ({type(exc).__name__})"
+    return Unavailable(f"Kafka {what} {reason}", retry_after=retry_after)
+
+
+def _bootstrap(settings: Settings) -> list[str]:
+    return [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()]
+
+
+def new_consumer(settings: Settings, client_id: str, **config: Any) -> KafkaConsumer:
+    """A consumer with no group and no auto-commit that reads committed records only.
+
+    ``auto_offset_reset`` is ``"none"``: a position that is out of range raises
+    instead of silently jumping to the beginning or the end of a partition.
+    ``config`` overrides or adds kafka-python settings.
+    """
+    options: dict[str, Any] = {
+        "bootstrap_servers": _bootstrap(settings),
+        "client_id": client_id,
+        "group_id": None,
+        "enable_auto_commit": False,
+        "isolation_level": "read_committed",
+        "auto_offset_reset": "none",
+        **config,
+    }
+    with map_kafka_errors("connect"):
+        return KafkaConsumer(**options)
+
+
+def new_producer(settings: Settings, client_id: str, **config: Any) -> KafkaProducer:
+    """A producer that waits for every in-sync replica (``acks=all``); ``config`` adds more."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": _bootstrap(settings),
+        "client_id": client_id,
+        "acks": "all",
+        **config,
+    }
+    with map_kafka_errors("connect"):
+        return KafkaProducer(**options)
+
+
+def new_admin(settings: Settings, client_id: str = "velora-admin") -> KafkaAdminClient:
+    """An admin client (topic creation and inspection)."""
+    with map_kafka_errors("connect"):
+        return KafkaAdminClient(
+            bootstrap_servers=_bootstrap(settings), client_id=client_id, request_timeout_ms=15000
+        )
+
+
+def close_producer(kafka: KafkaProducer, timeout: float) -> None:
+    """Close a producer, waiting at most ``timeout`` s; unfinished records then fail.
+
+    kafka-python 3.0.12's ``close`` raises from its flush when the timeout runs out
+    and leaves the sender thread and sockets open; force-close them in that case.
+    """
+    try:
+        kafka.close(timeout=timeout)
+    except KafkaTimeoutError:
+        sender = getattr(kafka, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(5.0)
+        kafka._closed = True  # type: ignore[attr-defined]  # nothing left for __del__
+        log.info("Kafka producer force-closed after %.1fs with records unacknowledged", timeout)
+
+
+def close_quietly(client: KafkaConsumer | KafkaAdminClient) -> None:
+    """Close a consumer or admin client; a failure to close is logged, never raised."""
+    try:
+        client.close()
+    except KAFKA_ERRORS as exc:
+        log.warning("closing a Kafka client failed: %s", type(exc).__name__)

@@ -246,7 +246,7 @@ class _IngestServer:
     def __enter__(self) -> _IngestServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "ingest", "serve"],
-            env={**self.env, "VELORA_LOG_LEVEL": "INFO"},  # INFO: uvicorn reports its port
+            env={**self.env, "VELORA_LOG_LEVEL": "INFO"},  # INFO: the service logs its port
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -258,7 +258,7 @@ class _IngestServer:
         while time.monotonic() < deadline:
             line = stderr.readline()
             seen.append(line)
-            m = re.search(r"running on (http://[\d.]+:\d+)", line)
+            m = re.search(r"listening on (http://[\d.]+:\d+)", line)
             if m:
                 self.url = m.group(1)
                 threading.Thread(target=self._drain, daemon=True).start()

@@ -464,10 +464,10 @@ def test_velora_ingest_serve_runs_the_real_server(ingest_settings: Settings) -> 
         def port() -> int | None:
             line = proc.stderr.readline()  # type: ignore[union-attr]
             seen.append(line)
-            m = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
             return int(m.group(1)) if m else (None if proc.poll() is None else -1)
 
-        bound = wait_for(port, timeout=60, what="uvicorn to report its port")
+        bound = wait_for(port, timeout=60, what="ingest to report its port")
         assert bound > 0, "".join(seen)
         url = f"http://127.0.0.1:{bound}{EVENTS_PATH}"
         r = httpx.post(url, content=json.dumps([raw_event(0)]), headers=JSON_HEADERS, timeout=30)

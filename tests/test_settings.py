@@ -50,6 +50,14 @@ GOOD: dict[str, tuple[str, Any]] = {
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("0", 0),
     "VELORA_MATERIALIZER_MAX_BATCH": ("20000", 20000),
     "VELORA_LOG_LEVEL": ("debug", "DEBUG"),
+    "VELORA_HTTP_MAX_HEADER_BYTES": ("32768", 32768),
+    "VELORA_HTTP_MAX_URL_BYTES": ("4096", 4096),
+    "VELORA_HTTP_HEADER_TIMEOUT_S": ("2.5", 2.5),
+    "VELORA_HTTP_BODY_TIMEOUT_S": ("60", 60.0),
+    "VELORA_HTTP_KEEPALIVE_TIMEOUT_S": ("0.5", 0.5),
+    "VELORA_HTTP_REQUEST_DEADLINE_S": ("30", 30.0),
+    "VELORA_HTTP_LIMIT_CONCURRENCY": ("200", 200),
+    "VELORA_HTTP_BACKLOG": ("128", 128),
 }
 
 # variable: bad raw values, each of which must be rejected
@@ -77,6 +85,14 @@ BAD: dict[str, tuple[str, ...]] = {
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("-1", str(91 * 86_400)),
     "VELORA_MATERIALIZER_MAX_BATCH": ("0", "100001"),
     "VELORA_LOG_LEVEL": ("trace", "verbose", ""),
+    "VELORA_HTTP_MAX_HEADER_BYTES": ("512", str(2 * 1024 * 1024), "16k"),
+    "VELORA_HTTP_MAX_URL_BYTES": ("100", "8kb"),
+    "VELORA_HTTP_HEADER_TIMEOUT_S": ("0", "-1", "nan", "601"),
+    "VELORA_HTTP_BODY_TIMEOUT_S": ("0", "inf"),
+    "VELORA_HTTP_KEEPALIVE_TIMEOUT_S": ("0", "forever"),
+    "VELORA_HTTP_REQUEST_DEADLINE_S": ("0", "1h"),
+    "VELORA_HTTP_LIMIT_CONCURRENCY": ("0", "100001"),
+    "VELORA_HTTP_BACKLOG": ("0", "70000"),
 }
 
 SECRET_VARS = {"VELORA_INGEST_TOKENS", "VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET"}
@@ -165,6 +181,13 @@ def test_other_variables_are_ignored():
 def test_listeners_sharing_a_fixed_port_are_rejected(env, words):
     with pytest.raises(ConfigError, match=words):
         Settings.from_env(env)
+
+
+def test_the_url_limit_must_fit_in_the_header_limit():
+    with pytest.raises(ConfigError, match=r"VELORA_HTTP_MAX_URL_BYTES .* must not exceed"):
+        Settings.from_env(
+            {"VELORA_HTTP_MAX_HEADER_BYTES": "4096", "VELORA_HTTP_MAX_URL_BYTES": "8192"}
+        )
 
 
 def test_port_zero_means_free_and_never_clashes():

@@ -6,6 +6,7 @@
     ├── ConfigError                  500  a VELORA_* setting is missing or invalid
     ├── BrokerError                  500  the local Kafka runtime could not be fetched/started
     ├── SchemaError                  500  the Avro contract itself is broken (bad .avsc)
+    ├── BadRequest                   400  the HTTP request itself is malformed (framing)
     ├── CodecError                   422  a record could not be encoded or decoded
     │   ├── EncodeError              422  wrong type, missing field, naive datetime
     │   └── DecodeError              422  truncated bytes, bad magic, unknown fingerprint
@@ -14,9 +15,12 @@
     ├── PermissionDenied             403  authenticated, but the scope is missing
     ├── NotFound                     404  unknown resource (also other tenants' resources)
     ├── MethodNotAllowed             405  the path exists, not with this HTTP method
+    ├── RequestTimeout               408  the request's headers or body arrived too slowly
     ├── PayloadTooLarge              413  body or batch over its limit
+    ├── UriTooLong                   414  the request line's URL is over its limit
     ├── UnsupportedMediaType         415  the body's Content-Type is not one we read
     ├── RateLimited                  429  token bucket empty; carries retry_after
+    ├── HeadersTooLarge              431  the request line and headers are over their limit
     └── Unavailable                  503  a dependency (Kafka, the ledger) is down; retry_after
 
 Every class maps to one HTTP status in :data:`HTTP_STATUS`; :func:`status_for`
@@ -83,6 +87,12 @@ class SchemaError(VeloraError):
     type_name = "schema_error"
 
 
+class BadRequest(VeloraError):
+    """The HTTP request is malformed (framing, request line, header syntax)."""
+
+    type_name = "bad_request"
+
+
 class CodecError(VeloraError):
     """A record could not be encoded to or decoded from Avro."""
 
@@ -131,6 +141,24 @@ class MethodNotAllowed(VeloraError):
     type_name = "method_not_allowed"
 
 
+class RequestTimeout(VeloraError):
+    """The request's headers or body did not arrive within their time limit."""
+
+    type_name = "request_timeout"
+
+
+class UriTooLong(VeloraError):
+    """The request line's URL (path and query) is longer than the server accepts."""
+
+    type_name = "uri_too_long"
+
+
+class HeadersTooLarge(VeloraError):
+    """The request line and headers together are larger than the server accepts."""
+
+    type_name = "headers_too_large"
+
+
 class UnsupportedMediaType(VeloraError):
     """The request body's Content-Type is not one this endpoint reads."""
 
@@ -160,15 +188,19 @@ HTTP_STATUS: dict[type[VeloraError], int] = {
     ConfigError: 500,
     BrokerError: 500,
     SchemaError: 500,
+    BadRequest: 400,
     CodecError: 422,
     ValidationError: 422,
     AuthenticationError: 401,
     PermissionDenied: 403,
     NotFound: 404,
     MethodNotAllowed: 405,
+    RequestTimeout: 408,
     PayloadTooLarge: 413,
+    UriTooLong: 414,
     UnsupportedMediaType: 415,
     RateLimited: 429,
+    HeadersTooLarge: 431,
     Unavailable: 503,
 }
 

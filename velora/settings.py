@@ -158,6 +158,14 @@ class Settings:
     key_rotation_grace_seconds: int = 86_400
     materializer_max_batch: int = 5000
     log_level: str = "INFO"
+    http_max_header_bytes: int = 16_384
+    http_max_url_bytes: int = 8_192
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_keepalive_timeout_s: float = 5.0
+    http_request_deadline_s: float = 15.0
+    http_limit_concurrency: int = 1000
+    http_backlog: int = 2048
 
     @property
     def audit_topic(self) -> str:
@@ -193,6 +201,7 @@ class Settings:
         values.update(overrides)
         settings = cls(**values)
         settings._check_ports()
+        settings._check_http_limits()
         return settings
 
     def _check_ports(self) -> None:
@@ -213,6 +222,15 @@ class Settings:
         for a, b, pa, pb in clashes:
             if pa and pa == pb:
                 raise ConfigError(f"{a} and {b} are both {pa}; each listener needs its own port")
+
+    def _check_http_limits(self) -> None:
+        """A URL must fit in the request head that carries it."""
+        if self.http_max_url_bytes > self.http_max_header_bytes:
+            raise ConfigError(
+                f"VELORA_HTTP_MAX_URL_BYTES ({self.http_max_url_bytes}) must not exceed "
+                f"VELORA_HTTP_MAX_HEADER_BYTES ({self.http_max_header_bytes}): the request "
+                "line is part of the request head"
+            )
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (used by the CLI and tests)."""
@@ -252,6 +270,14 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("key_rotation_grace_seconds", _int(0, 90 * 86_400)),
     "VELORA_MATERIALIZER_MAX_BATCH": ("materializer_max_batch", _int(1, 100_000)),
     "VELORA_LOG_LEVEL": ("log_level", _log_level),
+    "VELORA_HTTP_MAX_HEADER_BYTES": ("http_max_header_bytes", _int(1024, 1024 * 1024)),
+    "VELORA_HTTP_MAX_URL_BYTES": ("http_max_url_bytes", _int(256, 1024 * 1024)),
+    "VELORA_HTTP_HEADER_TIMEOUT_S": ("http_header_timeout_s", _float(0.1, 600)),
+    "VELORA_HTTP_BODY_TIMEOUT_S": ("http_body_timeout_s", _float(0.1, 3600)),
+    "VELORA_HTTP_KEEPALIVE_TIMEOUT_S": ("http_keepalive_timeout_s", _float(0.1, 3600)),
+    "VELORA_HTTP_REQUEST_DEADLINE_S": ("http_request_deadline_s", _float(0.1, 3600)),
+    "VELORA_HTTP_LIMIT_CONCURRENCY": ("http_limit_concurrency", _int(1, 100_000)),
+    "VELORA_HTTP_BACKLOG": ("http_backlog", _int(1, 65_535)),
 }
 
 # Variables read by the test suite and scripts, not by the application itself.

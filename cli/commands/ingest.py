@@ -1,11 +1,19 @@
-"""``velora ingest serve``: the internal HTTP ingest service (``ingest.http``) under uvicorn."""
+"""``velora ingest serve``: the internal HTTP ingest service (``ingest.http``).
+
+Served like every service (``velora.http_server``: uvicorn with the
+``VELORA_HTTP_*`` limits) on a socket bound here, so with ``--port 0`` the port the
+OS chose is logged as ``listening on http://HOST:PORT``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
 from velora.errors import ConfigError
 from velora.settings import Settings
+
+log = logging.getLogger("velora.ingest")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,19 +40,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             "VELORA_INGEST_TOKENS is not set: the ingest service needs at least one service "
             "token (comma-separated, each at least 16 characters)"
         )
-    import uvicorn  # imported here so other commands start fast
-
-    from ingest.http import create_ingest_app
+    from ingest.http import create_ingest_app  # imported here so other commands start fast
+    from velora.http_server import listen, make_server, url_of
 
     host = args.host or settings.ingest_host
     port = settings.ingest_port if args.port is None else args.port
-    app = create_ingest_app(settings)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=settings.log_level.lower(),
-        access_log=args.access_log,
-        lifespan="on",
-    )
+    sock = listen(host, port, settings.http_backlog)
+    try:
+        server = make_server(create_ingest_app(settings), settings, access_log=args.access_log)
+        log.info("listening on %s", url_of(sock))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

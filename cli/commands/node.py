@@ -1,11 +1,12 @@
 """``velora node [--host --port]``: one query node (ledger materializer + public API).
 
 Creates the topics if missing, opens the DuckDB ledger, starts the materializer
-and serves ``query_api.app.create_app(settings, node)`` with uvicorn. The socket is
-bound here, before uvicorn starts, so with ``--port 0`` (or ``VELORA_NODE_PORT=0``)
-the port the OS chose is logged as ``listening on http://HOST:PORT``. SIGTERM and
-SIGINT stop uvicorn, then the materializer (the batch in flight is committed) and
-DuckDB, cleanly.
+and serves ``query_api.app.create_app(settings, node)`` with the server every
+service uses (``velora.http_server``: uvicorn with the ``VELORA_HTTP_*`` limits).
+The socket is bound here, before uvicorn starts, so with ``--port 0`` (or
+``VELORA_NODE_PORT=0``) the port the OS chose is logged as ``listening on
+http://HOST:PORT``. SIGTERM and SIGINT stop uvicorn, then the materializer (the
+batch in flight is committed) and DuckDB, cleanly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import socket
 import threading
 from typing import TYPE_CHECKING
 
@@ -35,11 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT."""
-    import uvicorn
-
     from ledger.node import QueryNode
     from ledger.progress import ReplayProgress
     from query_api.app import create_app
+    from velora.http_server import listen, make_server, url_of
     from velora.topics import ensure_topics
 
     quiet_kafka_selector()
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     fresh = not settings.duckdb_path.exists()
     progress = ReplayProgress("replaying audit log into an empty ledger") if fresh else None
     node = QueryNode(settings, on_batch=progress.on_batch if progress else None)
-    sock = _bind(host, port)
+    sock = listen(host, port, settings.http_backlog)
     server: uvicorn.Server | None = None
     stopping = threading.Event()
 
@@ -66,10 +65,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         node.start()
         if progress is not None and node.materializer is not None:
             progress.attach(node.materializer)
-        app = create_app(settings, node)
-        config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)
-        server = uvicorn.Server(config)
-        log.info("listening on http://%s:%d", host, sock.getsockname()[1])
+        server = make_server(create_app(settings, node), settings)
+        log.info("listening on %s", url_of(sock))
         if not stopping.is_set():
             server.run(sockets=[sock])
     finally:
@@ -91,11 +88,3 @@ def quiet_kafka_selector() -> None:
     """
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts
-    return sock

@@ -3,7 +3,9 @@
 Limits (see ``docs/ingest.md``): at most :data:`MAX_BODY_BYTES` of body and
 :data:`MAX_EVENTS` events, else :class:`~velora.errors.PayloadTooLarge` (413).
 The size is checked against ``Content-Length`` before reading and again while
-the body streams in, so an unbounded (chunked) body never sits in memory.
+the body streams in, so an unbounded (chunked) body never sits in memory; the
+same sizes are claimed from the server's memory budget
+(:class:`~ingest.budget.Claim`), which answers 503 when it is spent.
 Malformed input is a :class:`~velora.errors.ValidationError` (422) naming where
 it broke: ``body`` (line and column) for a JSON array, ``line N`` for NDJSON.
 Items are returned as parsed; whether each is a valid event is the pipeline's
@@ -16,6 +18,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ingest.budget import Claim
 from velora.errors import ErrorDetail, PayloadTooLarge, UnsupportedMediaType, ValidationError
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -40,9 +43,17 @@ def media_type(content_type: str | None) -> str:
 
 
 async def read_limited(
-    stream: AsyncIterator[bytes], content_length: str | None, limit: int = MAX_BODY_BYTES
-) -> bytes:
-    """The whole body, refusing it (413) as soon as it is known to exceed ``limit``."""
+    stream: AsyncIterator[bytes],
+    content_length: str | None,
+    limit: int = MAX_BODY_BYTES,
+    claim: Claim | None = None,
+) -> bytearray:
+    """The whole body, refusing it (413) as soon as it is known to exceed ``limit``.
+
+    With a ``claim``, the declared size is claimed before the first byte is read and
+    a chunked body's size as it grows (503 when the memory budget lacks it). The
+    body grows in one buffer: no list of chunks, no second copy to join them.
+    """
     if content_length is not None:
         try:
             declared = int(content_length)
@@ -53,17 +64,23 @@ async def read_limited(
             ) from None
         if declared > limit:
             raise _too_large(f"body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in stream:
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if claim is not None:
+            claim.cover(declared)
+    body = bytearray()
+    try:
+        async for chunk in stream:
+            if len(body) + len(chunk) > limit:
+                raise _too_large(f"body exceeds the {limit}-byte limit")
+            if claim is not None:
+                claim.cover(len(body) + len(chunk))
+            body += chunk
+    except BaseException:
+        body.clear()  # the traceback keeps this frame (and so the buffer) until the gc runs
+        raise
+    return body
 
 
-def parse_events(body: bytes, kind: str, max_events: int = MAX_EVENTS) -> list[Any]:
+def parse_events(body: bytes | bytearray, kind: str, max_events: int = MAX_EVENTS) -> list[Any]:
     """The items of a JSON-array or NDJSON body (each not yet validated)."""
     try:
         text = body.decode("utf-8")

@@ -7,7 +7,9 @@ Request handling, in order (the first failure answers):
 2. ``Content-Type`` ``application/json`` (an array of events) or
    ``application/x-ndjson`` (one event per line) - else 415;
 3. body at most 5 MiB (``Content-Length`` first, then while streaming) and at
-   most 1,000 events - else 413; well-formed and non-empty - else 422;
+   most 1,000 events - else 413; room for it in the memory budget shared by all
+   requests (``VELORA_INGEST_MEMORY_BUDGET_MB``, :mod:`ingest.budget`), claimed
+   before the body is read - else 503; well-formed and non-empty - else 422;
 4. each item through the pipeline (:meth:`ingest.AuditProducer.send_many`) in a
    worker thread, so parsing, validation and the wait for Kafka's acks never
    block the event loop.
@@ -22,6 +24,7 @@ All errors use :func:`velora.errors.error_body`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -36,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest.body import media_type, parse_events, read_limited
+from ingest.budget import MIB, BodyBudget, trim_after_bursts
 from ingest.producer import AuditProducer
 from ingest.results import Accepted, SendResult
 from velora.errors import (
@@ -63,15 +67,24 @@ def create_ingest_app(settings: Settings, producer: AuditProducer | None = None)
     sink = producer if producer is not None else AuditProducer(settings, timeout=REQUEST_DEADLINE_S)
     tokens = tuple(t.reveal().encode() for t in settings.ingest_tokens)
     workers = anyio.CapacityLimiter(INGEST_WORKERS)
+    budget = BodyBudget(settings.ingest_memory_budget_mb * MIB)
 
     async def post_events(request: Request) -> Response:
         _authenticate(request.headers.get("authorization"), tokens)
         kind = media_type(request.headers.get("content-type"))
-        try:
-            body = await read_limited(request.stream(), request.headers.get("content-length"))
-        except ClientDisconnect:
-            raise ValidationError("client disconnected before the body was read") from None
-        results = await anyio.to_thread.run_sync(_ingest, sink, body, kind, limiter=workers)
+        with budget.claim() as claim:  # held until the events are sent: they are in memory
+            try:
+                body = await read_limited(
+                    request.stream(), request.headers.get("content-length"), claim=claim
+                )
+            except ClientDisconnect:
+                raise ValidationError("client disconnected before the body was read") from None
+            try:
+                results = await anyio.to_thread.run_sync(
+                    _ingest, sink, body, kind, limiter=workers
+                )
+            finally:
+                body.clear()  # freed now, even if a traceback keeps this frame alive
         return _answer(results)
 
     async def healthz(request: Request) -> Response:
@@ -79,17 +92,21 @@ def create_ingest_app(settings: Settings, producer: AuditProducer | None = None)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        trimmer = asyncio.create_task(trim_after_bursts(budget))
         try:
             yield
         finally:
+            trimmer.cancel()
             if owned:
                 await run_in_threadpool(sink.close)
 
-    return Starlette(
+    app = Starlette(
         routes=[Route(EVENTS_PATH, post_events, methods=["POST"]), Route("/healthz", healthz)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.state.body_budget = budget
+    return app
 
 
 def _authenticate(header: str | None, tokens: Sequence[bytes]) -> None:
@@ -105,7 +122,7 @@ def _authenticate(header: str | None, tokens: Sequence[bytes]) -> None:
         raise AuthenticationError("invalid service token")
 
 
-def _ingest(producer: AuditProducer, body: bytes, kind: str) -> list[SendResult]:
+def _ingest(producer: AuditProducer, body: bytes | bytearray, kind: str) -> list[SendResult]:
     """Parse and send one request's events (runs in a worker thread)."""
     return producer.send_many(parse_events(body, kind))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -478,3 +479,91 @@ def test_velora_ingest_serve_runs_the_real_server(ingest_settings: Settings) -> 
         proc.terminate()  # uvicorn shuts down gracefully, then re-raises SIGTERM
         rest = proc.communicate(timeout=30)[1]
     assert "Application shutdown complete" in rest
+
+
+@contextmanager
+def limited(app: Starlette, settings: Settings) -> Iterator[int]:
+    """``app`` served as ``velora ingest serve`` serves it (velora.http_server); its port."""
+    from velora.http_server import listen, make_server
+
+    sock = listen("127.0.0.1", 0, 128)
+    server = make_server(app, settings)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=30, what="server start")
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def _upload_head(length: int | None) -> bytes:
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (
+        f"POST {EVENTS_PATH} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\n{framing}\r\n\r\n"
+    ).encode()
+
+
+def _answer(conn: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
+    conn.settimeout(20)
+    raw = b""
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        raw += data
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def test_uploads_past_the_memory_budget_get_503_before_their_body_is_read(
+    ingest_settings: Settings,
+) -> None:
+    """Budget 8 MiB: one stalled upload holds 5 MiB; the next that declares 5 MiB is
+    refused at once, with Retry-After and Connection: close, without sending its body;
+    a small one still passes; once the stalled one is gone the budget is whole again."""
+    settings = ingest_settings.with_overrides(ingest_memory_budget_mb=8)
+    mib = 1024 * 1024
+    with AuditProducer(settings, timeout=10.0) as producer:
+        app = create_ingest_app(settings, producer)
+        budget = app.state.body_budget
+        with limited(app, settings) as port:
+            stalled = socket.create_connection(("127.0.0.1", port))
+            stalled.sendall(_upload_head(5 * mib) + b"[" + b" " * mib)  # then nothing
+            wait_for(lambda: budget.in_use == 5 * mib, timeout=10, what="the claim")
+
+            second = socket.create_connection(("127.0.0.1", port))
+            second.sendall(_upload_head(5 * mib))  # the head only
+            status, headers, body = _answer(second)
+            second.close()
+            assert status == 503 and body["error"]["type"] == "unavailable"
+            assert headers["retry-after"] == "1" and headers["connection"] == "close"
+            assert body["error"]["details"][0]["field"] == "body"
+
+            chunked = socket.create_connection(("127.0.0.1", port))
+            chunked.sendall(_upload_head(None))
+            piece = b" " * (512 * 1024)
+            try:
+                for _ in range(8):  # 4 MiB offered, chunk by chunk; 3 MiB are left
+                    chunked.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            status, headers, _ = _answer(chunked)
+            chunked.close()
+            assert status == 503 and headers["connection"] == "close"
+
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                assert post(client, [raw_event(0)]).status_code == 200  # small ones fit
+                stalled.close()
+                wait_for(lambda: budget.in_use == 0, timeout=10, what="the budget back")
+                padded = json.dumps([raw_event(1)]).encode() + b" " * (5 * mib - 4096)
+                r = client.post(EVENTS_PATH, content=padded, headers=JSON_HEADERS)
+                assert r.status_code == 200, r.text
+            assert budget.in_use == 0
+            assert budget.refused == 2
+    assert total(ingest_settings) == 2

@@ -58,6 +58,7 @@ GOOD: dict[str, tuple[str, Any]] = {
     "VELORA_HTTP_REQUEST_DEADLINE_S": ("30", 30.0),
     "VELORA_HTTP_LIMIT_CONCURRENCY": ("200", 200),
     "VELORA_HTTP_BACKLOG": ("128", 128),
+    "VELORA_INGEST_MEMORY_BUDGET_MB": ("64", 64),
 }
 
 # variable: bad raw values, each of which must be rejected
@@ -93,6 +94,7 @@ BAD: dict[str, tuple[str, ...]] = {
     "VELORA_HTTP_REQUEST_DEADLINE_S": ("0", "1h"),
     "VELORA_HTTP_LIMIT_CONCURRENCY": ("0", "100001"),
     "VELORA_HTTP_BACKLOG": ("0", "70000"),
+    "VELORA_INGEST_MEMORY_BUDGET_MB": ("4", "1.5", "lots"),
 }
 
 SECRET_VARS = {"VELORA_INGEST_TOKENS", "VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET"}

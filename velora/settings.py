@@ -166,6 +166,7 @@ class Settings:
     http_request_deadline_s: float = 15.0
     http_limit_concurrency: int = 1000
     http_backlog: int = 2048
+    ingest_memory_budget_mb: int = 256
 
     @property
     def audit_topic(self) -> str:
@@ -278,6 +279,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_HTTP_REQUEST_DEADLINE_S": ("http_request_deadline_s", _float(0.1, 3600)),
     "VELORA_HTTP_LIMIT_CONCURRENCY": ("http_limit_concurrency", _int(1, 100_000)),
     "VELORA_HTTP_BACKLOG": ("http_backlog", _int(1, 65_535)),
+    "VELORA_INGEST_MEMORY_BUDGET_MB": ("ingest_memory_budget_mb", _int(8, 65_536)),
 }
 
 # Variables read by the test suite and scripts, not by the application itself.

@@ -8,6 +8,10 @@ same sizes are claimed from the server's memory budget
 (:class:`~ingest.budget.Claim`), which answers 503 when it is spent.
 Malformed input is a :class:`~velora.errors.ValidationError` (422) naming where
 it broke: ``body`` (line and column) for a JSON array, ``line N`` for NDJSON.
+An object that repeats a key (``{"action": "a", "action": "b"}``, at any depth)
+is malformed too: the whole body is refused, naming the event's ``index`` and the
+key's path (``actor.id``, ``targets[1].type``), since which value was meant is
+unknown (Python's ``json`` would silently keep the last).
 Items are returned as parsed; whether each is a valid event is the pipeline's
 call, item by item.
 """
@@ -19,6 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ingest.budget import Claim
+from schemas.rules import clip
 from velora.errors import ErrorDetail, PayloadTooLarge, UnsupportedMediaType, ValidationError
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -27,6 +32,39 @@ MAX_EVENTS = 1000
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 MEDIA_TYPES = {JSON: JSON, NDJSON: NDJSON, "application/ndjson": NDJSON}
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object of the body repeats a key (located afterwards, off the hot path)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey
+    return obj
+
+
+class _Marked(dict[str, Any]):
+    """An object that repeated ``duplicate`` (built only to locate a duplicate)."""
+
+    duplicate: str
+
+
+def _marking(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = _Marked(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                obj.duplicate = key
+                break
+            seen.add(key)
+    return obj
+
+
+_loads = json.JSONDecoder(object_pairs_hook=_unique_keys).decode
+_loads_marking = json.JSONDecoder(object_pairs_hook=_marking).decode
 
 
 def media_type(content_type: str | None) -> str:
@@ -96,7 +134,9 @@ def parse_events(body: bytes | bytearray, kind: str, max_events: int = MAX_EVENT
 
 def _parse_array(text: str) -> list[Any]:
     try:
-        data = json.loads(text)
+        data = _loads(text)
+    except _DuplicateKey:
+        raise _duplicate(text, None) from None
     except json.JSONDecodeError as exc:
         raise _malformed(
             "body", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -110,7 +150,7 @@ def _parse_array(text: str) -> list[Any]:
 
 def _parse_ndjson(text: str, max_events: int) -> list[Any]:
     items: list[Any] = []
-    loads = json.loads
+    loads = _loads
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
@@ -118,6 +158,8 @@ def _parse_ndjson(text: str, max_events: int) -> list[Any]:
             raise _too_large(f"batch has more than {max_events} events; the limit is {max_events}")
         try:
             items.append(loads(line))
+        except _DuplicateKey:
+            raise _duplicate(line, (len(items), lineno)) from None
         except json.JSONDecodeError as exc:
             raise _malformed(
                 f"line {lineno}", f"invalid JSON at column {exc.colno}: {exc.msg}"
@@ -125,6 +167,55 @@ def _parse_ndjson(text: str, max_events: int) -> list[Any]:
         except (ValueError, RecursionError) as exc:
             raise _malformed(f"line {lineno}", f"invalid JSON: {_why(exc)}") from None
     return items
+
+
+def _duplicate(text: str, item: tuple[int, int] | None) -> ValidationError:
+    """The 422 for a repeated key: which event (``index``) and where in it (``field``).
+
+    ``item`` is ``(index, line)`` for an NDJSON line; ``None`` for a JSON array body,
+    whose offending element gives the index.
+    """
+    try:
+        data = _loads_marking(text)
+        if item is None and isinstance(data, list):
+            index, path = next(
+                ((i, p) for i, v in enumerate(data) if (p := _duplicate_path(v)) is not None),
+                (None, None),
+            )
+        else:
+            index, path = (item[0] if item else None), _duplicate_path(data)
+    except RecursionError:
+        index, path = (item[0] if item else None), None
+    where = f"line {item[1]}: " if item else (f"event {index}: " if index is not None else "")
+    field = path or "body"
+    reason = "duplicate key: each key may appear only once in an object"
+    return ValidationError(
+        f"malformed body: {where}duplicate key {field}",
+        details=(ErrorDetail(field, reason, index),),
+    )
+
+
+def _duplicate_path(value: Any, path: str = "") -> str | None:
+    """The path of the first repeated key in ``value`` (parsed by ``_loads_marking``)."""
+    if isinstance(value, dict):
+        repeated = getattr(value, "duplicate", None)
+        if repeated is not None:
+            return _join(path, repeated)
+        for key, child in value.items():
+            found = _duplicate_path(child, _join(path, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            found = _duplicate_path(child, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _join(path: str, key: str) -> str:
+    key = clip(key)
+    return f"{path}.{key}" if path else key
 
 
 def _why(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.rules import TEXT_FORBIDDEN, clip
-from schemas.times import micros
+from schemas.times import RFC3339_EXAMPLE, micros, parse_rfc3339
 from velora.errors import ErrorDetail, ValidationError
 
 Errors = list[ErrorDetail]
@@ -78,22 +78,25 @@ def text(errors: Errors, value: Any, name: str, max_len: int) -> str | None:
 def timestamp(
     errors: Errors, value: Any, name: str, now: datetime, *, required: bool
 ) -> int | None:
-    """An aware timestamp as epoch microseconds; not over 24 h ahead, not before 1970."""
+    """An aware timestamp as epoch microseconds; not over 24 h ahead, not before 1970.
+
+    A string must be an RFC 3339 date-time (:func:`schemas.times.parse_rfc3339`).
+    """
     if value is None:
         if required:
             errors.append(ErrorDetail(name, "is required"))
         return None
     if type(value) is str:
         if len(value) > MAX_TIMESTAMP_LEN:
-            errors.append(ErrorDetail(name, "must be an ISO-8601 timestamp"))
+            errors.append(ErrorDetail(name, f"must be an RFC 3339 timestamp ({RFC3339_EXAMPLE})"))
             return None
         try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            errors.append(ErrorDetail(name, "must be an ISO-8601 timestamp with a UTC offset"))
+            value = parse_rfc3339(value)
+        except ValueError as exc:
+            errors.append(ErrorDetail(name, str(exc)))
             return None
     elif not isinstance(value, datetime):
-        errors.append(ErrorDetail(name, "must be an ISO-8601 timestamp string"))
+        errors.append(ErrorDetail(name, f"must be an RFC 3339 timestamp ({RFC3339_EXAMPLE})"))
         return None
     if value.utcoffset() is None:
         errors.append(

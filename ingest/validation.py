@@ -18,9 +18,10 @@ Two classes of strings, decided per field:
   sequences, combining marks and RTL marks, but no C0/C1 control characters
   (NUL, newline, tab, ESC...) and no lone surrogates.
 
-Timestamps are ISO-8601 strings (or aware ``datetime`` objects from library
-callers) that carry a UTC offset; they are normalised to UTC, must not be more
-than 24 h ahead of ``now`` and not before 1970.
+Timestamps are RFC 3339 date-time strings (:func:`schemas.times.parse_rfc3339`,
+so always with an offset) or aware ``datetime`` objects from library callers;
+they are normalised to UTC, must not be more than 24 h ahead of ``now`` and not
+before 1970.
 """
 
 from __future__ import annotations

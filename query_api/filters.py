@@ -4,8 +4,10 @@ Rules (every violation is a 422 naming the parameter):
 
 - only the documented parameters, each at most once; unknown ones are refused;
 - ``limit`` is an integer 1..1000 (default 50);
-- ``since`` (inclusive) and ``until`` (exclusive) are ISO-8601 date-times *with* an
-  offset; a naive value is refused; both are normalised to UTC;
+- ``since`` (inclusive) and ``until`` (exclusive) are RFC 3339 date-times, so
+  *with* an offset (:func:`schemas.times.parse_rfc3339`, the rule ingest uses too);
+  anything else (a naive value, a date alone, ISO week dates, the basic format, a
+  space instead of ``T``) is refused; both are normalised to UTC;
 - ``action`` is exact (``claim.viewed``) or a prefix ending in ``.*`` (``claim.*``);
 - ``outcome`` is one of ``success``, ``failure``, ``denied``, ``unknown``;
 - text values are 1..256 characters with no C0/C1 control characters (so no NUL bytes).
@@ -25,6 +27,7 @@ from datetime import UTC, datetime
 from schemas.events import OUTCOME_RESULTS
 from schemas.limits import MAX_FILTER_TEXT
 from schemas.rules import clip, has_forbidden
+from schemas.times import parse_rfc3339
 from velora.errors import ErrorDetail, ValidationError
 
 DEFAULT_LIMIT = 50
@@ -82,21 +85,12 @@ def _text(name: str, raw: str) -> str:
 
 
 def parse_time(name: str, raw: str) -> datetime:
-    """An ISO-8601 date-time with an explicit offset, as aware UTC."""
+    """An RFC 3339 date-time (so with an explicit offset), as aware UTC."""
     _text(name, raw)
-    text = raw.strip()
-    if len(text) > 10 and text[10] in "tT ":
-        text = text[:10] + "T" + text[11:]
-    if text.endswith(("z", "Z")):
-        text = text[:-1] + "+00:00"
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise _bad(
-            name, "must be an ISO-8601 date-time such as 2025-01-31T12:00:00+00:00"
-        ) from None
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise _bad(name, "must include a UTC offset such as +00:00 or Z")
+        value = parse_rfc3339(raw)
+    except ValueError as exc:
+        raise _bad(name, str(exc)) from None
     try:
         return value.astimezone(UTC)
     except OverflowError:

@@ -90,11 +90,12 @@ _LIST_PARAMETERS = [
     ),
     _param(
         "since",
-        "Only events with `occurred_at >= since`. ISO-8601 with an offset "
-        "(`2025-01-31T00:00:00+00:00` or `...Z`); a value without an offset is a 422.",
+        "Only events with `occurred_at >= since`. An RFC 3339 date-time "
+        "(`2025-01-31T00:00:00Z` or `...+01:00`); anything looser (no offset, a date "
+        "alone, ISO week dates, the basic format) is a 422.",
         _TIME,
     ),
-    _param("until", "Only events with `occurred_at < until`. ISO-8601 with an offset.", _TIME),
+    _param("until", "Only events with `occurred_at < until`. An RFC 3339 date-time.", _TIME),
     _param(
         "action",
         "Exact action (`claim.viewed`) or a prefix ending in `.*` (`claim.*`).",

@@ -3,7 +3,8 @@
 Both need the ``audit:read`` scope; the tenant is always the key's. A list answer
 is ``{"events": [...], "page": {"next_cursor", "limit"}}``, newest first by
 ``(occurred_at, event_id)``, with ``Link: <next page URL>; rel="next"`` when there
-is a next page. An event of another tenant, or no event, is a 404.
+is a next page (its base from :mod:`query_api.links`: configured, or a validated
+``Host``, never the raw header). An event of another tenant, or no event, is a 404.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from query_api import cursor, queries
 from query_api.auth import require_scope
 from query_api.db import LedgerReader
 from query_api.filters import as_mapping, parse_list_query, query_items
+from query_api.links import page_url
 from query_api.serialize import event_json
 from schemas.events import Target
 from schemas.limits import MAX_EVENT_ID
@@ -67,8 +69,7 @@ async def list_audit_events(request: Request) -> JSONResponse:
             cursor.Position(last["occurred_us"], last["event_id"]),
         )
         items = query_items(query.filters, query.limit, next_cursor)
-        next_url = request.url.replace(query=urlencode(items))
-        headers["Link"] = f'<{next_url}>; rel="next"'
+        headers["Link"] = f'<{page_url(request, settings, urlencode(items))}>; rel="next"'
     body = {
         "events": [event_json(r) for r in page],
         "page": {"next_cursor": next_cursor, "limit": query.limit},

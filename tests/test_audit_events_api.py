@@ -158,6 +158,11 @@ def test_filters(api: Api):
         ({"since": "2025-03-01T12:00:00"}, "since"),
         ({"until": "2025-03-01"}, "until"),
         ({"since": "yesterday"}, "since"),
+        ({"since": "2025-W09-6T12:00:00Z"}, "since"),  # ISO week date
+        ({"since": "20250301T120000Z"}, "since"),  # basic format
+        ({"until": "2025-03-01 12:00:00Z"}, "until"),  # space separator
+        ({"until": "2025-03-01T12:00:00+01"}, "until"),  # hour-only offset
+        ({"since": " 2025-03-01T12:00:00Z"}, "since"),
         ({"limit": "0"}, "limit"),
         ({"limit": "1001"}, "limit"),
         ({"limit": "ten"}, "limit"),
@@ -282,3 +287,50 @@ def test_window_probes_answer_exactly_like_a_full_scan(tmp_path):
                     )
     finally:
         reader.close()
+
+
+def _next_link(api: Api, token: str, host: str | None = None) -> str:
+    headers = {"Host": host} if host is not None else {}
+    resp = api.get(EVENTS, token, params={"limit": 1}, headers=headers)
+    assert resp.status_code == 200, resp.text
+    link = resp.headers["Link"]
+    assert link.startswith("<") and link.endswith('>; rel="next"')
+    return link[1 : link.index(">")]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "a" * 10_000,
+        "evil.example.com/phish?x=",
+        "evil.example.com:99999",
+        "<script>alert(1)</script>",
+        "user@evil.example.com",
+    ],
+)
+def test_the_next_link_never_echoes_an_invalid_host(api: Api, host: str):
+    insert_events(api.reader, [make_event("acme", i) for i in range(3)])
+    key = api.issue("acme")
+    url = _next_link(api, key.token, host)
+    assert url.startswith(f"{api.base_url}{EVENTS}?limit=1&cursor=")  # the bind address
+    assert "evil" not in url and "aaaa" not in url and "script" not in url
+
+
+def test_the_next_link_uses_a_valid_host_normalised(api: Api):
+    insert_events(api.reader, [make_event("acme", i) for i in range(3)])
+    key = api.issue("acme")
+    assert _next_link(api, key.token, "API.Example.com:8443").startswith(
+        f"http://api.example.com:8443{EVENTS}?limit=1&cursor="
+    )
+
+
+def test_the_next_link_uses_the_configured_public_base_url(settings):
+    configured = settings.with_overrides(public_base_url="https://api.velora.health")
+    with running_api(configured) as api:
+        insert_events(api.reader, [make_event("acme", i) for i in range(3)])
+        key = api.issue("acme")
+        for host in (None, "other.example.com", "a" * 10_000):
+            url = _next_link(api, key.token, host)
+            assert url.startswith(f"https://api.velora.health{EVENTS}?limit=1&cursor=")
+            resp = api.get(url.removeprefix("https://api.velora.health"), key.token)
+            assert resp.status_code == 200

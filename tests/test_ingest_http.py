@@ -481,6 +481,66 @@ def test_velora_ingest_serve_runs_the_real_server(ingest_settings: Settings) -> 
     assert "Application shutdown complete" in rest
 
 
+@pytest.mark.parametrize(
+    ("body", "headers", "index", "field", "where"),
+    [
+        (b'[{"a": 1}, {"action": "x", "action": "y"}]', JSON_HEADERS, 1, "action", "event 1"),
+        (b'[{"actor": {"id": "a", "id": "b"}}]', JSON_HEADERS, 0, "actor.id", "event 0"),
+        (b'[{"targets": [{}, {"type": 1, "type": 2}]}]', JSON_HEADERS, 0, "targets[1].type", ""),
+        (b'{"a": 1, "a": 2}', JSON_HEADERS, None, "a", ""),
+        (b'{"a": 1}\n\n{"m": {"k": 1, "k": 1}}\n', NDJSON_HEADERS, 1, "m.k", "line 3"),
+    ],
+)
+def test_a_repeated_json_key_is_422_naming_the_event_and_the_key(
+    client: httpx.Client,
+    ingest_settings: Settings,
+    body: bytes,
+    headers: dict[str, str],
+    index: int | None,
+    field: str,
+    where: str,
+) -> None:
+    r = client.post(EVENTS_PATH, content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    (detail,) = error["details"]
+    assert (detail.get("index"), detail["field"]) == (index, field)
+    assert "duplicate key" in detail["reason"]
+    assert where in error["message"]
+    assert total(ingest_settings) == 0
+
+
+def test_a_repeated_key_refuses_the_whole_batch(client: httpx.Client, ingest_settings) -> None:
+    """Which of two values was meant is unknown: nothing of the batch is written."""
+    good = json.dumps(raw_event(0))
+    bad = json.dumps(raw_event(1)).replace('"action":', '"action": "a.b", "action":', 1)
+    r = client.post(EVENTS_PATH, content=f"[{good}, {bad}]".encode(), headers=JSON_HEADERS)
+    assert r.status_code == 422
+    assert total(ingest_settings) == 0
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2025-W05-5T12:00:00Z",  # ISO week date
+        "2025-031T12:00:00Z",  # ordinal date
+        "20250131T120000Z",  # basic format
+        "2025-01-31",  # date only
+        "2025-01-31 12:00:00Z",  # space separator
+        "2025-01-31T12:00Z",  # no seconds
+        "2025-01-31T12:00:00+0100",  # offset without colon
+    ],
+)
+def test_timestamps_that_are_not_rfc_3339_are_422(
+    client: httpx.Client, ingest_settings: Settings, stamp: str
+) -> None:
+    r = post(client, [raw_event(0, occurred_at=stamp)])
+    assert r.status_code == 422, r.text
+    assert error_fields(r) == [(0, "occurred_at")]
+    assert "RFC 3339" in r.json()["error"]["details"][0]["reason"]
+    assert total(ingest_settings) == 0
+
+
 @contextmanager
 def limited(app: Starlette, settings: Settings) -> Iterator[int]:
     """``app`` served as ``velora ingest serve`` serves it (velora.http_server); its port."""

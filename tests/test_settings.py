@@ -50,6 +50,7 @@ GOOD: dict[str, tuple[str, Any]] = {
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("0", 0),
     "VELORA_MATERIALIZER_MAX_BATCH": ("20000", 20000),
     "VELORA_LOG_LEVEL": ("debug", "DEBUG"),
+    "VELORA_PUBLIC_BASE_URL": ("HTTPS://API.Example.com:8443/", "https://api.example.com:8443"),
     "VELORA_HTTP_MAX_HEADER_BYTES": ("32768", 32768),
     "VELORA_HTTP_MAX_URL_BYTES": ("4096", 4096),
     "VELORA_HTTP_HEADER_TIMEOUT_S": ("2.5", 2.5),
@@ -86,6 +87,18 @@ BAD: dict[str, tuple[str, ...]] = {
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("-1", str(91 * 86_400)),
     "VELORA_MATERIALIZER_MAX_BATCH": ("0", "100001"),
     "VELORA_LOG_LEVEL": ("trace", "verbose", ""),
+    "VELORA_PUBLIC_BASE_URL": (
+        "api.example.com",
+        "ftp://api.example.com",
+        "https://user:pw@api.example.com",
+        "https://api.example.com/v2",
+        "https://api.example.com?x=1",
+        "https://api.example.com#top",
+        "https://api example.com",
+        "https://api.example.com:99999",
+        "https://" + "a" * 300 + ".com",
+        "https://[::1",
+    ),
     "VELORA_HTTP_MAX_HEADER_BYTES": ("512", str(2 * 1024 * 1024), "16k"),
     "VELORA_HTTP_MAX_URL_BYTES": ("100", "8kb"),
     "VELORA_HTTP_HEADER_TIMEOUT_S": ("0", "-1", "nan", "601"),
@@ -190,6 +203,10 @@ def test_the_url_limit_must_fit_in_the_header_limit():
         Settings.from_env(
             {"VELORA_HTTP_MAX_HEADER_BYTES": "4096", "VELORA_HTTP_MAX_URL_BYTES": "8192"}
         )
+
+
+def test_an_empty_public_base_url_means_unset():
+    assert Settings.from_env({"VELORA_PUBLIC_BASE_URL": ""}).public_base_url is None
 
 
 def test_port_zero_means_free_and_never_clashes():

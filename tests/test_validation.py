@@ -153,6 +153,10 @@ def test_action_pattern_rejects(action: Any) -> None:
         ("2025-06-01T12:00:00Z", datetime(2025, 6, 1, 12, tzinfo=UTC)),
         ("2025-06-01T14:00:00+02:00", datetime(2025, 6, 1, 12, tzinfo=UTC)),
         ("2025-06-01T07:30:00.000001-04:30", datetime(2025, 6, 1, 12, 0, 0, 1, tzinfo=UTC)),
+        ("2025-06-01t12:00:00z", datetime(2025, 6, 1, 12, tzinfo=UTC)),  # RFC 3339 allows t, z
+        ("2025-06-01T12:00:00-00:00", datetime(2025, 6, 1, 12, tzinfo=UTC)),
+        ("2025-06-01T12:00:00.123456789Z", datetime(2025, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)),
+        ("2025-06-01T12:00:00.5Z", datetime(2025, 6, 1, 12, 0, 0, 500000, tzinfo=UTC)),
         (
             datetime(2025, 6, 1, 13, tzinfo=timezone(timedelta(hours=1))),
             datetime(2025, 6, 1, 12, tzinfo=UTC),
@@ -168,13 +172,27 @@ def test_timestamps_with_an_offset_are_normalised_to_utc(value: Any, expected: d
 @pytest.mark.parametrize(
     ("value", "reason_part"),
     [
-        ("2025-06-01T12:00:00", "UTC offset"),
-        ("2025-06-01", "UTC offset"),
+        ("2025-06-01T12:00:00", "RFC 3339 date-time with an offset"),
+        ("2025-06-01", "RFC 3339 date-time with an offset"),
         (datetime(2025, 6, 1, 12), "UTC offset"),  # noqa: DTZ001 - the naive input under test
-        ("yesterday", "ISO-8601"),
-        ("2025-13-01T00:00:00Z", "ISO-8601"),
-        ("2025-06-01T12:00:00Z" + " " * 80, "ISO-8601"),
-        (1717243200, "ISO-8601"),
+        ("yesterday", "RFC 3339"),
+        ("2025-13-01T00:00:00Z", "not a valid date-time"),
+        ("2025-02-29T00:00:00Z", "not a valid date-time"),
+        ("2025-06-01T12:00:60Z", "not a valid date-time"),  # a leap second
+        ("2025-06-01T12:00:00Z" + " " * 80, "RFC 3339"),
+        (1717243200, "RFC 3339"),
+        # ISO 8601 forms that RFC 3339 does not allow (datetime.fromisoformat takes them)
+        ("2025-W22-7T12:00:00Z", "RFC 3339"),  # ISO week date
+        ("2025-152T12:00:00Z", "RFC 3339"),  # ordinal date
+        ("20250601T120000Z", "RFC 3339"),  # basic format
+        ("2025-06-01 12:00:00Z", "RFC 3339"),  # space instead of T
+        ("2025-06-01T12:00Z", "RFC 3339"),  # no seconds
+        ("2025-06-01T12:00:00+02", "RFC 3339"),  # hour-only offset
+        ("2025-06-01T12:00:00+0200", "RFC 3339"),  # offset without colon
+        ("2025-06-01T12:00:00,5Z", "RFC 3339"),  # comma fraction
+        ("2025-06-01T12:00:00.Z", "RFC 3339"),  # empty fraction
+        ("\uff12\uff10\uff12\uff15-06-01T12:00:00Z", "RFC 3339"),  # fullwidth digits
+        (" 2025-06-01T12:00:00Z", "RFC 3339"),
         ((NOW + timedelta(hours=24, seconds=1)).isoformat(), "24 hours"),
         ("1969-12-31T23:59:59Z", "1970"),
         ("0001-01-01T00:00:00+01:00", "1970"),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from velora.errors import ConfigError
+from velora.urls import parse_base_url
 
 PREFIX = "VELORA_"
 
@@ -119,6 +120,10 @@ def _secret(raw: str) -> Secret:
     return Secret(raw)
 
 
+def _base_url(raw: str) -> str | None:
+    return parse_base_url(raw) if raw else None
+
+
 def _log_level(raw: str) -> str:
     level = raw.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -158,6 +163,7 @@ class Settings:
     key_rotation_grace_seconds: int = 86_400
     materializer_max_batch: int = 5000
     log_level: str = "INFO"
+    public_base_url: str | None = None
     http_max_header_bytes: int = 16_384
     http_max_url_bytes: int = 8_192
     http_header_timeout_s: float = 10.0
@@ -271,6 +277,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("key_rotation_grace_seconds", _int(0, 90 * 86_400)),
     "VELORA_MATERIALIZER_MAX_BATCH": ("materializer_max_batch", _int(1, 100_000)),
     "VELORA_LOG_LEVEL": ("log_level", _log_level),
+    "VELORA_PUBLIC_BASE_URL": ("public_base_url", _base_url),
     "VELORA_HTTP_MAX_HEADER_BYTES": ("http_max_header_bytes", _int(1024, 1024 * 1024)),
     "VELORA_HTTP_MAX_URL_BYTES": ("http_max_url_bytes", _int(256, 1024 * 1024)),
     "VELORA_HTTP_HEADER_TIMEOUT_S": ("http_header_timeout_s", _float(0.1, 600)),

@@ -8,13 +8,10 @@ so that malformed, oversized and slow requests can be sent byte by byte.
 from __future__ import annotations
 
 import json
-import select
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import anyio
 import pytest
@@ -24,9 +21,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.helpers import wait_for
+from tests.raw_http import Answer, exchange, parse, request
 from velora.errors import AuthenticationError
 from velora.http_errors import EXCEPTION_HANDLERS
-from velora.http_server import LINGER_S, listen, make_server
+from velora.http_server import LINGER_MAX_S, listen, make_server
 from velora.settings import Settings
 
 FAST = {
@@ -91,65 +89,6 @@ def port() -> Iterator[int]:
         yield p
 
 
-@dataclass
-class Answer:
-    status: int | None
-    headers: dict[str, str]
-    body: bytes
-    closed_after_s: float  # when the server closed the connection (from the first send)
-    reset: bool
-
-
-def parse(raw: bytes) -> tuple[int | None, dict[str, str], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 "):
-        return None, {}, raw
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, body
-
-
-def exchange(
-    port: int, *pieces: bytes, gap_s: float = 0.0, blind: bool = False, wait_s: float = 15.0
-) -> Answer:
-    """Send ``pieces`` and read the answer to EOF.
-
-    Between pieces the client waits up to ``gap_s`` for the server and stops sending
-    once it has answered (as curl does), unless ``blind`` (as most clients do: send
-    the whole request, then read).
-    """
-    conn = socket.create_connection(("127.0.0.1", port))
-    started = time.monotonic()
-    raw = b""
-    reset = False
-    try:
-        for piece in pieces:
-            if not blind and select.select([conn], [], [], gap_s)[0]:
-                break  # the server answered or closed
-            try:
-                conn.sendall(piece)
-            except (BrokenPipeError, ConnectionResetError):
-                reset = True
-                break
-        conn.settimeout(wait_s)
-        while True:
-            try:
-                data = conn.recv(65536)
-            except ConnectionResetError:
-                reset = True
-                break
-            if not data:
-                break
-            raw += data
-    finally:
-        conn.close()
-    status, headers, body = parse(raw)
-    return Answer(status, headers, body, time.monotonic() - started, reset)
-
-
 def error_type(answer: Answer) -> str:
     assert answer.headers.get("content-type") == "application/json", answer
     error = json.loads(answer.body)["error"]
@@ -157,19 +96,12 @@ def error_type(answer: Answer) -> str:
     return error["type"]
 
 
-def request(path: str = "/echo", *headers: str, method: str = "GET", body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: test", *headers]
-    if body:
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
 def test_an_ordinary_request_is_served_and_the_connection_kept_alive(port):
     conn = socket.create_connection(("127.0.0.1", port))
     try:
         conn.settimeout(10)
         for _ in range(2):  # two requests on one connection
-            conn.sendall(request())
+            conn.sendall(request("/echo"))
             raw = b""
             while b"\r\n\r\n" not in raw or len(parse(raw)[2]) < int(
                 parse(raw)[1]["content-length"]
@@ -244,7 +176,7 @@ def test_a_body_trickled_byte_by_byte_is_cut_off_with_408(port):
     assert 1.5 - 0.1 <= answer.closed_after_s <= 1.5 + SLACK_S
 
 
-@pytest.mark.parametrize("first", [b"", request()])
+@pytest.mark.parametrize("first", [b"", request("/echo")])
 def test_idle_connections_are_closed_after_the_keepalive_timeout(port, first):
     """A connection that never sends a byte, and one idle after a response."""
     answer = exchange(port, first)
@@ -265,7 +197,7 @@ def test_past_the_concurrency_limit_requests_get_503_json_with_retry_after():
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
         try:
             wait_for(lambda: True, timeout=1)  # both accepted before the third connects
-            answer = exchange(port, request())
+            answer = exchange(port, request("/echo"))
         finally:
             for conn in held:
                 conn.close()
@@ -301,7 +233,7 @@ def test_an_answer_before_the_body_closes_the_connection_and_the_client_still_re
     assert answer.status == 401 and error_type(answer) == "authentication_error"
     assert answer.headers["connection"] == "close"
     assert not answer.reset
-    assert answer.closed_after_s <= LINGER_S + SLACK_S
+    assert answer.closed_after_s <= LINGER_MAX_S + SLACK_S
 
 
 def test_a_body_under_the_timeout_is_read_whole(port):

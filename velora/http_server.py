@@ -32,9 +32,10 @@ answer started, from the end of the body    :class:`RequestLimits`           503
 - An answer given before the request body was read (401, 413, 415, a 503 from the
   ingest memory budget, any refusal above) carries ``Connection: close``; the rest
   of the body is never parsed. The connection is not closed at once: the write
-  side is shut down and what the client still sends is read and dropped for at
-  most :data:`LINGER_S` seconds, so a client still sending its body sees the
-  answer instead of a connection reset.
+  side is shut down and what the client still sends is read and dropped (for at
+  most :data:`LINGER_MAX_S`, or until the client is silent for
+  :data:`LINGER_IDLE_S`), so a client still sending its body sees the answer
+  instead of a connection reset.
 - ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are never trusted here
   (``proxy_headers=False``): the client is the socket's peer. Trusted proxies are
   the apps' own concern. No ``Server`` header is sent.
@@ -77,8 +78,10 @@ from velora.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LINGER_S = 2.0
-"""How long a refused connection's incoming bytes are drained before it is closed."""
+LINGER_MAX_S = 10.0
+"""How long, at most, a refused connection's incoming bytes are drained before it closes."""
+LINGER_IDLE_S = 2.0
+"""A draining connection closes sooner once the client has sent nothing for this long."""
 
 RETRY_AFTER_S = 1
 """``Retry-After`` of the 503s a saturated server gives."""
@@ -173,6 +176,7 @@ class LimitedH11Protocol(H11Protocol):
         self._phase: str | None = None
         self._read_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self._linger_until = 0.0
         self._draining = False
 
     # -- connection events ----------------------------------------------------------------
@@ -191,7 +195,8 @@ class LimitedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._draining:
-            return  # answered and half-closed: what the client still sends is dropped
+            self._linger_on()  # answered and half-closed: what still comes is dropped
+            return
         super().data_received(data)
         self._watch()
 
@@ -306,7 +311,15 @@ class LimitedH11Protocol(H11Protocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.flow.resume_reading()
-        self._linger = self.loop.call_later(LINGER_S, self.transport.close)
+        self._linger_until = self.loop.time() + LINGER_MAX_S
+        self._linger_on()
+
+    def _linger_on(self) -> None:
+        """Close once the client has been silent for LINGER_IDLE_S, or at the deadline."""
+        if self._linger is not None:
+            self._linger.cancel()
+        wait = min(LINGER_IDLE_S, self._linger_until - self.loop.time())
+        self._linger = self.loop.call_later(max(wait, 0.0), self.transport.close)
 
     def _raw_answer(self, error: VeloraError) -> bytes:
         status = status_for(error)

@@ -1,0 +1,82 @@
+"""A raw-socket HTTP/1.1 client for the tests that send what no HTTP library would.
+
+Oversized, malformed and slow requests, pieces with gaps, blind senders, and an
+answer read to EOF with the time the server took to close. Standard library only.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Answer:
+    """What the server sent back (status None: nothing parseable), and how it ended."""
+
+    status: int | None
+    headers: dict[str, str]
+    body: bytes
+    closed_after_s: float  # when the server closed the connection (from the first send)
+    reset: bool
+
+
+def parse(raw: bytes) -> tuple[int | None, dict[str, str], bytes]:
+    """Status, headers (lowercase names) and body of one raw HTTP/1.1 answer."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 "):
+        return None, {}, raw
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+def exchange(
+    port: int, *pieces: bytes, gap_s: float = 0.0, blind: bool = False, wait_s: float = 15.0
+) -> Answer:
+    """Send ``pieces`` and read the answer to EOF.
+
+    Between pieces the client waits up to ``gap_s`` for the server and stops sending
+    once it has answered (as curl does), unless ``blind`` (as most clients do: send
+    the whole request, then read).
+    """
+    conn = socket.create_connection(("127.0.0.1", port))
+    started = time.monotonic()
+    raw = b""
+    reset = False
+    try:
+        for piece in pieces:
+            if not blind and select.select([conn], [], [], gap_s)[0]:
+                break  # the server answered or closed
+            try:
+                conn.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                reset = True
+                break
+        conn.settimeout(wait_s)
+        while True:
+            try:
+                data = conn.recv(65536)
+            except ConnectionResetError:
+                reset = True
+                break
+            if not data:
+                break
+            raw += data
+    finally:
+        conn.close()
+    status, headers, body = parse(raw)
+    return Answer(status, headers, body, time.monotonic() - started, reset)
+
+
+def request(path: str, *headers: str, method: str = "GET", body: bytes = b"") -> bytes:
+    """A request's bytes: request line, ``Host``, ``headers`` lines, then ``body``."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: test", *headers]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body

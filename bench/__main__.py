@@ -27,6 +27,7 @@ SUITES = {
     "ingest": ("bench.ingest", "ingest: library and HTTP ingest"),
     "ledger": ("bench.ledger", "ledger: materializer catch-up and freshness"),
     "query": ("bench.query", "query: public API latency"),
+    "soak": ("bench.soak", "soak: 5 min of HTTP ingest at 5,000 events/s while 4 clients page"),
 }
 
 

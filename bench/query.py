@@ -8,7 +8,8 @@ skew (the biggest holds ~30%), 8 actions, 2000 actors. Kafka ingest and the
 materializer have their own benchmarks; this one measures reads.
 
 **Server.** A child process serves ``create_app(settings, LedgerFile(file))``
-with uvicorn: the real middleware (auth, rate limits with a huge bucket, read
+as ``velora node`` serves it (``velora.http_server``: uvicorn on h11 with the
+HTTP limits): the real middleware (auth, rate limits with a huge bucket, read
 auditing through ``ingest.AuditProducer`` to the bench broker), routes and SQL.
 **Load.** This process drives it over 32 concurrent keep-alive connections with
 a minimal asyncio HTTP/1.1 client (cheaper than httpx, so that the two cores go
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -110,18 +110,15 @@ def generate(path: Path, n: int, end: datetime) -> float:
 
 def _serve_main() -> None:
     """Child process: serve the app over the DuckDB file in argv[1]; print the port."""
-    import uvicorn
-
     from ledger.duck import LedgerFile
     from query_api.app import create_app
+    from velora.http_server import listen, make_server
 
     settings = Settings.from_env()
     app = create_app(settings, LedgerFile(sys.argv[1], create=False))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = listen("127.0.0.1", 0, settings.http_backlog)
     print(sock.getsockname()[1], flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    make_server(app, settings).run(sockets=[sock])
 
 
 def _child_env(settings: Settings) -> dict[str, str]:

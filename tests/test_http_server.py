@@ -33,7 +33,7 @@ FAST = {
     "http_keepalive_timeout_s": 1.0,
     "http_request_deadline_s": 1.0,
 }
-SLACK_S = 2.5  # a loaded two-core machine may run a timer late
+SLACK_S = 5.0  # a loaded two-core machine (load 10+ from other runs) may run a timer late
 
 
 async def echo(request: Request) -> Response:

@@ -3,7 +3,8 @@
 Every upload claims its share of one :class:`BodyBudget` before its body is read:
 the declared ``Content-Length`` at once, or, for a chunked body, each chunk as it
 arrives. When what it needs is more than what is left, the upload is refused with
-:class:`~velora.errors.Unavailable` (503, ``Retry-After``) and its body is not read
+:class:`BudgetFull` (an :class:`~velora.errors.Unavailable`: 503, ``Retry-After``;
+logged at most once per 10 s, not once per upload) and its body is not read
 (the answer carries ``Connection: close``; see :mod:`velora.http_server`). The claim
 is given back when the request is answered, so the budget comes back after a burst.
 
@@ -24,13 +25,17 @@ All claims are made and released on the server's event loop, so no lock is neede
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 
 import anyio
 import anyio.to_thread
 
 from velora.errors import ErrorDetail, Unavailable
+from velora.logs import Throttled
 from velora.memory import release_free_memory
+
+log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
 MIB = 1024 * 1024
@@ -38,6 +43,10 @@ TRIM_CHECK_S = 2.0
 """How often :func:`trim_after_bursts` looks at the budget."""
 TRIM_AFTER_PEAK = 32 * MIB
 """A burst worth trimming after: this many body bytes held at once."""
+
+
+class BudgetFull(Unavailable):
+    """The budget lacks room for this body: back-pressure, not a fault (503)."""
 
 
 class BodyBudget:
@@ -48,6 +57,7 @@ class BodyBudget:
         self.in_use = 0
         self.refused = 0
         self.peak = 0
+        self._warn = Throttled(log, logging.WARNING)
 
     def claim(self) -> Claim:
         """An empty claim for one request; use it as a context manager."""
@@ -57,7 +67,8 @@ class BodyBudget:
         if self.in_use + n > self.capacity:
             self.refused += 1
             mib = self.capacity / MIB
-            raise Unavailable(
+            self._warn("request-body budget of %g MiB in use: uploads get 503", mib)
+            raise BudgetFull(
                 f"ingest is holding its {mib:g} MiB of request bodies in flight; retry later",
                 details=(ErrorDetail("body", "server memory budget for request bodies is full"),),
                 retry_after=RETRY_AFTER_S,
@@ -84,7 +95,7 @@ class Claim:
         self.held = 0
 
     def cover(self, size: int) -> None:
-        """Hold at least ``size`` bytes in all; :class:`Unavailable` if the budget lacks them."""
+        """Hold at least ``size`` bytes in all; :class:`BudgetFull` if the budget lacks them."""
         if size > self.held:
             self._budget._take(size - self.held)
             self.held = size

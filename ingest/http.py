@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest.body import media_type, parse_events, read_limited
-from ingest.budget import MIB, BodyBudget, trim_after_bursts
+from ingest.budget import MIB, BodyBudget, BudgetFull, trim_after_bursts
 from ingest.producer import AuditProducer
 from ingest.results import Accepted, SendResult
 from velora.errors import (
@@ -47,7 +47,7 @@ from velora.errors import (
     ErrorDetail,
     ValidationError,
 )
-from velora.http_errors import EXCEPTION_HANDLERS
+from velora.http_errors import EXCEPTION_HANDLERS, error_response
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ def create_ingest_app(settings: Settings, producer: AuditProducer | None = None)
                 )
             except ClientDisconnect:
                 raise ValidationError("client disconnected before the body was read") from None
+            except BudgetFull as exc:  # back-pressure: answered here, without an ERROR line
+                return error_response(exc)
             try:
                 results = await anyio.to_thread.run_sync(
                     _ingest, sink, body, kind, limiter=workers

@@ -4,6 +4,7 @@ hostile input (none of which may ever produce a 5xx), and Kafka outages."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -582,7 +583,7 @@ def _answer(conn: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
 
 
 def test_uploads_past_the_memory_budget_get_503_before_their_body_is_read(
-    ingest_settings: Settings,
+    ingest_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Budget 8 MiB: one stalled upload holds 5 MiB; the next that declares 5 MiB is
     refused at once, with Retry-After and Connection: close, without sending its body;
@@ -627,3 +628,6 @@ def test_uploads_past_the_memory_budget_get_503_before_their_body_is_read(
             assert budget.in_use == 0
             assert budget.refused == 2
     assert total(ingest_settings) == 2
+    # back-pressure, not a fault: no ERROR line, one (throttled) warning for both refusals
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len([r for r in caplog.records if "budget" in r.getMessage()]) == 1

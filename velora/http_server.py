@@ -74,6 +74,7 @@ from velora.errors import (
     status_for,
 )
 from velora.http_errors import error_response
+from velora.logs import Throttled
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,11 @@ LINGER_IDLE_S = 2.0
 
 RETRY_AFTER_S = 1
 """``Retry-After`` of the 503s a saturated server gives."""
+
+
+_slow_client = Throttled(log, logging.INFO)
+_saturated = Throttled(log, logging.WARNING)
+_late = Throttled(log, logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -252,7 +258,7 @@ class LimitedH11Protocol(H11Protocol):
         if self.transport.is_closing():
             return
         what = "request headers" if phase == "head" else "request body"
-        log.info("closing a connection: the %s did not arrive within %g s", what, timeout)
+        _slow_client("closing a connection: the %s did not arrive within %g s", what, timeout)
         if phase == "body" and self.cycle is not None and self.cycle.response_started:
             self.transport.close()  # already answered (say 401 before the body): just close
             return
@@ -363,7 +369,7 @@ class LimitedH11Protocol(H11Protocol):
         limit = limits.limit_concurrency
         # this request's own task and connection are already counted
         if len(self.connections) > limit or len(self.tasks) > limit:
-            log.warning("at the concurrency limit (%d connections or requests): 503", limit)
+            _saturated("at the concurrency limit (%d connections or requests): 503", limit)
             return Unavailable(
                 "the server is at its concurrency limit; retry later", retry_after=RETRY_AFTER_S
             )
@@ -449,7 +455,7 @@ class RequestLimits:
 
             await self.app(scope, receive_body, send_answer)
         if deadline.cancelled_caught and not started:
-            log.warning(
+            _late(
                 "%s %s: no answer within the %g s request deadline; 503",
                 scope.get("method"),
                 str(scope.get("path", ""))[:200],

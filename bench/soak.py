@@ -48,6 +48,7 @@ from typing import Any
 
 import httpx
 
+from bench.ingest import sample_events
 from bench.report import Row, percentile, write_results
 from cli.keys import create_key
 from velora.errors import BrokerError
@@ -256,31 +257,15 @@ class _Load:
         return True
 
     def _events(self, tenants: list[str]) -> list[dict[str, Any]]:
+        """A batch with fresh ids, rising ``occurred_at`` and ``tenants`` taking turns."""
         now = datetime.now(UTC)
-        out = []
-        for i in range(BATCH):
-            tenant = tenants[i % len(tenants)]
-            out.append({
-                "event_id": str(uuid.uuid4()),
-                "tenant_id": tenant,
-                "occurred_at": (now + timedelta(microseconds=i)).isoformat(),
-                "action": "claim.viewed",
-                "crud": "read",
-                "category": "claims",
-                "actor": {
-                    "type": "user",
-                    "id": f"user-{i % 250}",
-                    "name": "Dr. Dana Whitfield",
-                    "email": "dana@example.org",
-                    "ip": f"10.1.{i % 8}.{i % 200}",
-                    "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0",
-                },
-                "targets": [{"type": "claim", "id": f"CLM-{i}", "name": "Outpatient claim"}],
-                "outcome": {"result": "success"},
-                "source": SOURCE,
-                "metadata": {"page": str(i % 10), "region": "eu-west-1"},
-            })  # fmt: skip
-        return out
+        events = sample_events(BATCH, seed=self.batches)
+        for i, event in enumerate(events):
+            event["event_id"] = str(uuid.uuid4())
+            event["tenant_id"] = tenants[i % len(tenants)]
+            event["occurred_at"] = (now + timedelta(microseconds=i)).isoformat()
+            event["source"] = SOURCE
+        return events
 
 
 class _Readers:

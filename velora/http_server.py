@@ -79,10 +79,14 @@ from velora.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LINGER_MAX_S = 10.0
+LINGER_MAX_S = 30.0
 """How long, at most, a refused connection's incoming bytes are drained before it closes."""
-LINGER_IDLE_S = 2.0
-"""A draining connection closes sooner once the client has sent nothing for this long."""
+LINGER_IDLE_S = 5.0
+"""A draining connection closes sooner once the client has sent nothing for this long.
+
+Both as nginx's ``lingering_time`` and ``lingering_timeout``: a client that is
+still sending when the connection closes gets a reset, which on Linux discards
+the answer it had not read yet."""
 
 RETRY_AFTER_S = 1
 """``Retry-After`` of the 503s a saturated server gives."""

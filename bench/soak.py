@@ -58,7 +58,7 @@ from velora.settings import Settings
 DURATION_S = 300
 RATE = 5_000  # events/s, all senders together
 SENDERS = 20  # one tenant each; 20 requests in flight absorb a slow ack on a busy machine
-BATCH = 250
+BATCH = 500  # as the ingest bench; ingest works on 2 requests at once (INGEST_WORKERS)
 TENANTS = 20
 PAGERS = 4
 PAGE_LIMIT = 500

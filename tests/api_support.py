@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from cli.keys import IssuedKey, create_key
 from ledger.control import ControlState
 from ledger.duck import LedgerFile
+from ledger.tables import ledger_key
 from query_api.app import create_app
 from schemas.codec import AvroCodec
 from schemas.events import Actor, AuditEvent, Outcome, Target
@@ -29,7 +30,8 @@ from velora.settings import Settings
 BASE = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 INSERT = """
 INSERT INTO audit_events VALUES (
-    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, map(?::VARCHAR[], ?::VARCHAR[]), ?, ?, ?
+    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+    map(?::VARCHAR[], ?::VARCHAR[]), ?, ?, ?
 )
 """
 
@@ -71,7 +73,8 @@ def insert_events(reader: LedgerFile, events: Iterable[AuditEvent], start_offset
     for n, e in enumerate(events):
         a = e.actor
         rows.append([
-            e.event_id, e.tenant_id, e.occurred_at, e.received_at, e.action, e.crud, e.category,
+            ledger_key(e.tenant_id, e.event_id), e.event_id, e.tenant_id,
+            e.occurred_at, e.received_at, e.action, e.crud, e.category,
             a.type, a.id, a.name, a.email, a.ip, a.user_agent,
             [{"type": t.type, "id": t.id, "name": t.name} for t in e.targets],
             e.outcome.result, e.outcome.reason, e.request_id, e.source,

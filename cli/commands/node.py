@@ -17,6 +17,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
+from velora.errors import LedgerMismatch
 from velora.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,9 +48,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     port = settings.node_port if args.port is None else args.port
     settings = settings.with_overrides(node_host=host, node_port=port)
     ensure_topics(settings)
-    fresh = not settings.duckdb_path.exists()
-    progress = ReplayProgress("replaying audit log into an empty ledger") if fresh else None
-    node = QueryNode(settings, on_batch=progress.on_batch if progress else None)
+    progress = ReplayProgress("replaying the audit log into the ledger")
+    node = QueryNode(settings, on_batch=progress.on_batch)
     sock = _bind(host, port)
     server: uvicorn.Server | None = None
     stopping = threading.Event()
@@ -62,10 +62,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             server.should_exit = True
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def watch_fatal() -> None:
+        # A ledger that does not match the log must not keep serving stale data.
+        while not stopping.wait(0.5):
+            if node.fatal:
+                stopping.set()
+                if server is not None:
+                    server.should_exit = True
+
     try:
         node.start()
-        if progress is not None and node.materializer is not None:
+        if node.replaying and node.materializer is not None:
             progress.attach(node.materializer)
+        threading.Thread(target=watch_fatal, name="velora-fatal-watch", daemon=True).start()
         app = create_app(settings, node)
         config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)
         server = uvicorn.Server(config)
@@ -73,13 +83,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not stopping.is_set():
             server.run(sockets=[sock])
     finally:
+        stopping.set()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if progress is not None:
-            progress.close()
+        progress.close()
+        fatal = node.fatal
         node.stop()
         sock.close()
         log.info("query node stopped")
+    if fatal:
+        raise LedgerMismatch(fatal)
     return 0
 
 

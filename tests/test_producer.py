@@ -20,13 +20,14 @@ from kafka.structs import TopicPartition
 
 import ingest
 from ingest import Accepted, Ack, AuditProducer, Rejected, SendResult
-from ingest.appender import PINNED_KAFKA_PYTHON, Run, fast_path_supported
+from ingest.appender import Run, fast_path_supported
 from ingest.avro_writer import compile_writer
 from ingest.pipeline import Pipeline
 from ingest.validation import to_record
 from schemas import AUDIT_EVENT, Actor, AuditEvent, AvroCodec, Outcome
 from velora.broker import free_port
 from velora.errors import Unavailable, ValidationError, VeloraError
+from velora.kafka_internals import PINNED_KAFKA_PYTHON
 from velora.settings import Settings
 from velora.topics import end_offsets
 

@@ -23,7 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 import ingest.appender
 import ingest.producer
-import ledger.materializer
+import ledger.log_reader
 import ledger.record_runs
 from ingest import Accepted, AuditProducer
 from ingest.appender import Appender, TenantPartitioner
@@ -146,7 +146,8 @@ logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
 import kafka
 for name in {PRIVATE_MODULES!r}:
     sys.modules[name] = None
-import ingest, ingest.appender, ingest.producer, ledger.decode, ledger.materializer
+import ingest, ingest.appender, ingest.producer, ledger.decode, ledger.log_reader
+import ledger.materializer
 import ledger.record_runs
 assert ledger.record_runs.GUARD.internals() is None
 assert ingest.appender.GUARD.internals() is None
@@ -223,7 +224,7 @@ def test_record_runs_step_aside_and_the_ledger_is_still_right(
         installed.append(ledger.record_runs.install(consumer))
         return installed[-1]
 
-    monkeypatch.setattr(ledger.materializer, "install_record_runs", spy)
+    monkeypatch.setattr(ledger.log_reader, "install_record_runs", spy)
     store = LedgerStore(tmp_path / "public.duckdb")
     m = Materializer(settings, store)
     m.start()

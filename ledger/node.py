@@ -163,7 +163,7 @@ def _reason(s: Status) -> str | None:
         p, (offset, fp) = min(s.held.items())
         return f"partition {p} held at offset {offset}: deploy schema {fp}"
     if not s.running:
-        return "materializer stopped"
+        return "materializer not running"
     if not s.caught_up:
         return "catching up with the log"
     return None

@@ -103,40 +103,45 @@ class FailingInsert(LedgerStore):
         super().write_batch(*args, **kwargs)
 
 
-def _recovers(node: QueryNode, expected: int, reason: str) -> None:
+def _recovers(node: QueryNode, expected: int, reason: str, monkeypatch) -> None:
+    # restart after 0.5 s, so the not-ready window is long enough to be sampled for sure
+    monkeypatch.setattr(materializer_module, "RETRY_SECONDS", 0.5)
     watch = Watch(node, expected)
     try:
         node.start()
-        wait_for(lambda: node.readiness()["ready"], timeout=60, what="recovery")
+        wait_for(
+            lambda: (state := node.readiness())["ready"] and state["restarts"] >= 1,
+            timeout=60,
+            what="recovery after a restart",
+        )
     finally:
         watch.stop()
     assert any(reason in r for r in watch.reasons()), watch.reasons()
     assert watch.stale_while_ready == []
     assert all(not s["ready"] for s in watch.samples if s.get("reason"))
     assert node.store.count() == expected
-    assert node.readiness()["restarts"] >= 1
 
 
-def test_an_unexpected_decoder_error_restarts_the_loop_visibly(settings):
+def test_an_unexpected_decoder_error_restarts_the_loop_visibly(settings, monkeypatch):
     expected = _load(settings)
     node = QueryNode(settings, decoder=FailingDecoder(3))
     try:
-        _recovers(node, expected, "read failed: AttributeError")
+        _recovers(node, expected, "read failed: AttributeError", monkeypatch)
     finally:
         node.stop()
 
 
-def test_an_unexpected_insert_error_restarts_the_loop_visibly(settings):
+def test_an_unexpected_insert_error_restarts_the_loop_visibly(settings, monkeypatch):
     expected = _load(settings)
     FailingInsert.failures = 2
     node = QueryNode(settings, store_factory=FailingInsert)
     try:
-        _recovers(node, expected, "write failed: ArrowInvalid")
+        _recovers(node, expected, "write failed: ArrowInvalid", monkeypatch)
     finally:
         node.stop()
 
 
-def test_a_failing_progress_callback_restarts_the_loop_visibly(settings):
+def test_a_failing_progress_callback_restarts_the_loop_visibly(settings, monkeypatch):
     expected = _load(settings)
     calls = []
 
@@ -147,7 +152,7 @@ def test_a_failing_progress_callback_restarts_the_loop_visibly(settings):
 
     node = QueryNode(settings, on_batch=on_batch)
     try:
-        _recovers(node, expected, "on_batch callback failed: ValueError")
+        _recovers(node, expected, "on_batch callback failed: ValueError", monkeypatch)
     finally:
         node.stop()
 

@@ -4,11 +4,26 @@ failure throttling behind a proxy, auth_failed records, environments, allow-list
 from __future__ import annotations
 
 import logging
+import threading
 
+import httpx
 import pytest
 
 from cli.keys import create_key, revoke_key, rotate_key
-from tests.api_support import Api, audit_trail, insert_events, make_event, running_api
+from ledger.control import ControlState
+from ledger.control import _consumer as control_consumer
+from ledger.duck import LedgerFile
+from query_api.app import create_app
+from query_api.openapi import PREFIX
+from tests.api_support import (
+    Api,
+    audit_sink,
+    audit_trail,
+    insert_events,
+    live_server,
+    make_event,
+    running_api,
+)
 from tests.helpers import wait_for
 from velora.settings import Secret
 
@@ -328,3 +343,60 @@ def test_peppers_rotate_without_reissuing_keys(settings):
         r["outcome"]["reason"] == "pepper_retired"
         for r in audit_trail(settings, "audit_log.auth_failed", 1)
     )
+
+
+def test_no_authenticated_route_is_served_before_the_key_state_is_loaded(settings, tmp_path):
+    """Issue 8 finding 7: no partial fold after a 30 s timeout; 503 until caught up."""
+    issued = create_key(settings, "acme", ("audit:read",))
+    revoke_key(settings, issued.record.key_id)
+    reader = LedgerFile(tmp_path / "gate.duckdb")
+    control = ControlState(settings)  # not started yet: nothing folded
+    app = create_app(settings, reader, control=control, audit_sink=audit_sink(settings))
+    try:
+        with live_server(app) as url, httpx.Client(base_url=url) as client:
+            resp = client.get(EVENTS, headers={"Authorization": f"Bearer {issued.token}"})
+            assert resp.status_code == 503
+            assert int(resp.headers["Retry-After"]) >= 1
+            assert resp.json()["error"]["type"] == "unavailable"
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["control"]["reason"] == "control state still loading"
+            assert client.get(f"{PREFIX}/openapi.json").status_code == 200  # open paths stay open
+            assert control.start(wait_timeout=30)
+            _assert_401(client.get(EVENTS, headers={"Authorization": f"Bearer {issued.token}"}))
+            assert client.get("/readyz").json()["control"]["ready"] is True
+    finally:
+        control.stop()
+        reader.close()
+
+
+def test_stale_key_state_answers_503_and_readyz_says_so(settings, tmp_path):
+    from tests.test_control import LosingConsumer
+
+    LosingConsumer.broken = threading.Event()
+
+    def factory(s):
+        consumer, tp = control_consumer(s)
+        return LosingConsumer(consumer), tp
+
+    quick = settings.with_overrides(control_max_staleness_s=1)
+    issued = create_key(settings, "acme", ("audit:read",))
+    reader = LedgerFile(tmp_path / "stale.duckdb")
+    control = ControlState(quick, consumer_factory=factory)
+    assert control.start(wait_timeout=30)
+    app = create_app(quick, reader, control=control, audit_sink=audit_sink(quick))
+    auth = {"Authorization": f"Bearer {issued.token}"}
+    try:
+        with live_server(app) as url, httpx.Client(base_url=url) as client:
+            assert client.get(EVENTS, headers=auth).status_code == 200
+            LosingConsumer.broken.set()
+            wait_for(lambda: client.get(EVENTS, headers=auth).status_code == 503, timeout=10)
+            resp = client.get(EVENTS, headers=auth)
+            assert "stale" in resp.json()["error"]["message"] and resp.headers["Retry-After"]
+            ready = client.get("/readyz").json()
+            assert ready["ready"] is False and ready["control"]["stale"] is True
+            LosingConsumer.broken.clear()
+            wait_for(lambda: client.get(EVENTS, headers=auth).status_code == 200, timeout=30)
+    finally:
+        control.stop()
+        reader.close()

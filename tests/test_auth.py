@@ -400,3 +400,32 @@ def test_stale_key_state_answers_503_and_readyz_says_so(settings, tmp_path):
     finally:
         control.stop()
         reader.close()
+
+
+def test_velora_node_ignores_forwarded_for_from_loopback(settings, tmp_path, monkeypatch):
+    """Issue 14 finding 3 against the real ``velora node`` process: uvicorn's default of
+    trusting X-Forwarded-For from 127.0.0.1 is off, in the limiter and in the trail."""
+    import tests.test_node as node_tests
+
+    base_env = node_tests.node_env
+    monkeypatch.setattr(
+        node_tests, "node_env", lambda s: {**base_env(s), "VELORA_AUTH_FAILURE_LIMIT": "2"}
+    )
+    key = create_key(settings, "acme", ("audit:read",))
+    node = node_tests.NodeProcess(settings, tmp_path / "node.log")
+    try:
+        wait_for(lambda: node.get("/readyz").status_code == 200, timeout=90, what="ready")
+        url = f"http://127.0.0.1:{node.port}{EVENTS}"
+
+        def get(token: str, forwarded: str) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": forwarded}
+            return httpx.get(url, headers=headers, timeout=10)
+
+        assert get("vlk_live_garbage", "203.0.113.1").status_code == 401
+        assert get("vlk_live_garbage", "203.0.113.2").status_code == 401
+        assert get("vlk_live_garbage", "203.0.113.3").status_code == 429  # one client: us
+        assert get(key.token, "203.0.113.4").status_code == 200
+    finally:
+        assert node.terminate() == 0, node.tail()
+    viewed = audit_trail(settings, "audit_log.viewed", 1)
+    assert {r["actor"]["ip"] for r in viewed} == {"127.0.0.1"}

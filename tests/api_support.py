@@ -86,7 +86,7 @@ def audit_sink(settings: Settings):
     """The read-audit producer the node makes: ingest's AuditProducer in system mode."""
     from ingest.producer import AuditProducer
 
-    return AuditProducer(settings, system=True, timeout=5.0, linger_ms=1)
+    return AuditProducer(settings, system=True, timeout=5.0, linger_ms=0)
 
 
 @dataclass

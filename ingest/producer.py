@@ -99,6 +99,8 @@ class AuditProducer:
     each. ``linger_ms``/``batch_size``/``compression_type`` tune kafka-python's
     batching (see ``docs/ingest.md`` for the measured choice); ``fast_append=False``
     always uses kafka-python's public ``send`` (see :mod:`ingest.appender`).
+    ``system=True`` lets this producer write the reserved ``audit_log.`` actions
+    and ``velora.`` sources; only Velora's own in-process auditing sets it.
     """
 
     def __init__(
@@ -114,11 +116,12 @@ class AuditProducer:
         compression_type: str | None = None,
         client_id: str = "velora-ingest",
         fast_append: bool = True,
+        system: bool = False,
     ) -> None:
         self.settings = settings
         self.topic = settings.audit_topic
         self.timeout = timeout
-        self.pipeline = Pipeline(codec, transform)
+        self.pipeline = Pipeline(codec, transform, system=system)
         self._budget = _Budget(max_pending)
         self._partitioner = TenantPartitioner()
         self._fast_append = fast_append
@@ -186,14 +189,20 @@ class AuditProducer:
         return out
 
     def send_many(
-        self, events: Sequence[Event], *, timeout: float | None = None
+        self,
+        events: Sequence[Event],
+        *,
+        timeout: float | None = None,
+        sources: frozenset[str] | None = None,
     ) -> list[SendResult]:
         """Validate and send a batch; return one result per item, in order.
 
         Invalid items are :class:`Rejected` (with ``index`` and the errors) and
         never reach Kafka; the others are :class:`Accepted` with their
-        :class:`Ack`. Returns once Kafka acknowledged every accepted item; raises
-        :class:`Unavailable` (nothing counts as acknowledged) otherwise.
+        :class:`Ack`. ``sources``, when given, are the only ``source`` values
+        accepted (a restricted service token). Returns once Kafka acknowledged
+        every accepted item; raises :class:`Unavailable` (nothing counts as
+        acknowledged) otherwise.
         """
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
@@ -204,7 +213,7 @@ class AuditProducer:
         prepare = self.pipeline.prepare
         for i, item in enumerate(events):
             try:
-                event_id, tenant_id, value = prepare(item, now)
+                event_id, tenant_id, value = prepare(item, now, sources)
             except ValidationError as exc:
                 results[i] = Rejected(i, tuple(exc.details))
                 continue

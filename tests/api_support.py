@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import uuid_utils
 import uvicorn
-from kafka import KafkaProducer
 from starlette.applications import Starlette
 
 from cli.keys import IssuedKey, create_key
@@ -22,7 +21,6 @@ from ledger.control import ControlState
 from ledger.duck import LedgerFile
 from ledger.tables import ledger_key
 from query_api.app import create_app
-from schemas.codec import AvroCodec
 from schemas.events import Actor, AuditEvent, Outcome, Target
 from tests.helpers import wait_for
 from velora.settings import Settings
@@ -87,29 +85,11 @@ def insert_events(reader: LedgerFile, events: Iterable[AuditEvent], start_offset
         cur.close()
 
 
-class KafkaAuditSink:
-    """Sends read-audit events to the real audit topic (what ingest's AuditProducer does)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._topic = settings.audit_topic
-        self._codec = AvroCodec()
-        self._producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-
-    def send(self, event: AuditEvent):
-        value = self._codec.encode("AuditEvent", event.to_avro())
-        return self._producer.send(self._topic, key=event.tenant_id.encode(), value=value)
-
-    def close(self) -> None:
-        self._producer.close(timeout=10)
-
-
 def audit_sink(settings: Settings):
-    """ingest.producer.AuditProducer when it exists, else the equivalent Kafka sink."""
-    try:
-        from ingest.producer import AuditProducer
-    except ImportError:
-        return KafkaAuditSink(settings)
-    return AuditProducer(settings)
+    """The read-audit producer the node makes: ingest's AuditProducer in system mode."""
+    from ingest.producer import AuditProducer
+
+    return AuditProducer(settings, system=True, timeout=5.0, linger_ms=0)
 
 
 @dataclass
@@ -165,7 +145,14 @@ def free_port() -> int:
 @contextmanager
 def live_server(app: Starlette) -> Iterator[str]:
     """Serve ``app`` with a real uvicorn on 127.0.0.1:<port 0>; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=False,  # as every Velora server: forwarded headers only via the app
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -177,3 +164,14 @@ def live_server(app: Starlette) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def audit_trail(settings: Settings, action: str, count: int, timeout: float = 20.0) -> list[dict]:
+    """Wait until the audit topic holds at least ``count`` records of ``action``; return them."""
+    from tests.test_producer import read_topic
+
+    def found() -> list[dict]:
+        records = [r for _p, _o, _k, r in read_topic(settings) if r["action"] == action]
+        return records if len(records) >= count else []
+
+    return wait_for(found, timeout=timeout, interval=0.5, what=f"{count} {action} records")

@@ -1,11 +1,17 @@
-"""``velora ingest serve``: the internal HTTP ingest service (``ingest.http``) under uvicorn."""
+"""``velora ingest serve``: the internal HTTP ingest service (``ingest.http``) under uvicorn.
+
+Refuses to start without a service token, and with a published development token
+on a non-loopback bind (``check_bind_secrets``; a warning on loopback). uvicorn's
+own proxy-header handling is off: forwarded headers are trusted only from
+``VELORA_TRUSTED_PROXIES``, inside the app.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from velora.errors import ConfigError
-from velora.settings import Settings
+from velora.settings import Settings, check_bind_secrets
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +44,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     host = args.host or settings.ingest_host
     port = settings.ingest_port if args.port is None else args.port
+    check_bind_secrets(settings, "ingest", host)
     app = create_ingest_app(settings)
     uvicorn.run(
         app,
@@ -46,5 +53,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level=settings.log_level.lower(),
         access_log=args.access_log,
         lifespan="on",
+        proxy_headers=False,
     )
     return 0

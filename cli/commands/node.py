@@ -1,7 +1,11 @@
 """``velora node [--host --port]``: one query node (ledger materializer + public API).
 
 Creates the topics if missing, opens the DuckDB ledger, starts the materializer
-and serves ``query_api.app.create_app(settings, node)`` with uvicorn. The socket is
+and serves ``query_api.app.create_app(settings, node)`` with uvicorn. Before anything
+starts, published development secrets (pepper, cursor secret) are refused on a
+non-loopback bind and warned about on loopback (``check_bind_secrets``). uvicorn's
+own proxy-header handling is off: forwarded headers are trusted only from
+``VELORA_TRUSTED_PROXIES``, inside the app. The socket is
 bound here, before uvicorn starts, so with ``--port 0`` (or ``VELORA_NODE_PORT=0``)
 the port the OS chose is logged as ``listening on http://HOST:PORT``. SIGTERM and
 SIGINT stop uvicorn, then the materializer (the batch in flight is committed) and
@@ -18,7 +22,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from velora.errors import LedgerMismatch
-from velora.settings import Settings
+from velora.settings import Settings, check_bind_secrets
 
 if TYPE_CHECKING:
     import uvicorn
@@ -47,6 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.node_host
     port = settings.node_port if args.port is None else args.port
     settings = settings.with_overrides(node_host=host, node_port=port)
+    check_bind_secrets(settings, "node", host)
     ensure_topics(settings)
     progress = ReplayProgress("replaying the audit log into the ledger")
     node = QueryNode(settings, on_batch=progress.on_batch)
@@ -77,7 +82,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             progress.attach(node.materializer)
         threading.Thread(target=watch_fatal, name="velora-fatal-watch", daemon=True).start()
         app = create_app(settings, node)
-        config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)
+        config = uvicorn.Config(
+            app, log_level=settings.log_level.lower(), access_log=False, proxy_headers=False
+        )
         server = uvicorn.Server(config)
         log.info("listening on http://%s:%d", host, sock.getsockname()[1])
         if not stopping.is_set():

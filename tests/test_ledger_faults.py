@@ -176,7 +176,7 @@ def test_rebuild_gives_up_with_the_error_instead_of_hanging(settings, monkeypatc
     monkeypatch.setattr(
         materializer_module, "EventDecoder", lambda: FailingDecoder(10**9, RuntimeError)
     )
-    with pytest.raises(Unavailable, match=r"replay failed 5 times in a row \(read failed"):
+    with pytest.raises(Unavailable, match=r"replay failed \d+ times in a row \(read failed"):
         rebuild(settings)
 
 

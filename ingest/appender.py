@@ -5,11 +5,17 @@ Partitioning is the Java client's (and kafka-python's ``DefaultPartitioner``):
 every client of the audit topic agrees where a tenant lives. Keys are tenant ids,
 a small set, so the pure-Python murmur2 runs once per tenant, not per record.
 
-The fast path, :meth:`Appender.append_runs`, uses kafka-python 3.x internals.
-It is taken only on the exact version the project pins and only when those
-internals have the expected shape (:func:`fast_path_supported`); otherwise every
-record goes through the public ``KafkaProducer.send``. Both paths write the same
-records to the same partitions (``tests/test_producer.py`` runs each).
+The fast path, :meth:`Appender.append_runs`, uses kafka-python 3.x internals,
+guarded (:mod:`velora.kafka_internals`): its private modules
+(``kafka.producer.producer_batch``, ``kafka.producer.record_accumulator``,
+``kafka.record.memory_records``) are imported only by :func:`_probe`, which runs
+once per process on the exact version the project pins, checks the classes and
+methods used here, and appends to, acknowledges and fails a batch it builds to
+check the offsets and errors a :class:`Run` reads. Each producer's accumulator
+and sender are checked too (:func:`fast_path_supported`). If anything differs,
+every record goes through the public ``KafkaProducer.send`` and one warning is
+logged per process. Both paths write the same records to the same partitions
+(``tests/test_producer.py`` runs each).
 
 What it does: the records are grouped by partition and each group is appended
 to the partition's open ``ProducerBatch`` (or new ones) under the accumulator's
@@ -34,20 +40,18 @@ acknowledged (the records may still be written; a resend dedups on
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import kafka
 from kafka import KafkaProducer
 from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
-from kafka.partitioner.abc import Partitioner
-from kafka.partitioner.default import DefaultPartitioner, murmur2
-from kafka.producer.producer_batch import ProducerBatch
-from kafka.record.memory_records import MemoryRecordsBuilder
+from kafka.partitioner import DefaultPartitioner, Partitioner, murmur2
 from kafka.structs import TopicPartition
 
-PINNED_KAFKA_PYTHON = "3.0.12"
-"""The kafka-python version whose internals the fast paths were written against."""
+from velora.kafka_internals import InternalsChanged, InternalsGuard, require
+
 _MAX_CACHED_KEYS = 100_000
 _NO_HEADERS: list[tuple[str, bytes]] = []
 
@@ -88,20 +92,47 @@ class TenantPartitioner(Partitioner):
 
 
 def fast_path_supported(producer: KafkaProducer) -> bool:
-    """Whether ``producer`` has the kafka-python internals :class:`Appender` uses."""
+    """Whether :class:`Appender` may append to ``producer``'s batches directly.
+
+    False, with one warning per process, on another kafka-python version, when a
+    private module, class or method it uses is not there or not as expected, or
+    when this producer's accumulator and sender are not shaped as expected.
+    """
+    if GUARD.internals() is None:
+        return False
+    reason = _producer_mismatch(producer)
+    if reason is not None:
+        GUARD.decline(reason)
+        return False
+    return True
+
+
+def _producer_mismatch(producer: KafkaProducer) -> str | None:
+    """What of ``producer``'s internals differs from what :func:`_fill` uses, if anything."""
     acc = getattr(producer, "_accumulator", None)
-    sender = getattr(producer, "_sender", None)
     config = getattr(acc, "config", None)
-    return (
-        kafka.__version__ == PINNED_KAFKA_PYTHON
-        and callable(getattr(acc, "_tp_lock", None))
-        and isinstance(getattr(acc, "_batches", None), dict)
-        and callable(getattr(getattr(acc, "_incomplete", None), "add", None))
-        and callable(getattr(getattr(acc, "_appends_in_progress", None), "increment", None))
-        and isinstance(config, dict)
-        and config.get("message_version") == 2
-        and callable(getattr(sender, "wakeup", None))
-    )
+    appends = getattr(acc, "_appends_in_progress", None)
+    checks = {
+        "RecordAccumulator._tp_lock": callable(getattr(acc, "_tp_lock", None)),
+        "RecordAccumulator._closed": isinstance(getattr(acc, "_closed", None), bool),
+        "RecordAccumulator._batches": isinstance(getattr(acc, "_batches", None), defaultdict),
+        "RecordAccumulator._incomplete": callable(
+            getattr(getattr(acc, "_incomplete", None), "add", None)
+        ),
+        "RecordAccumulator._appends_in_progress": callable(getattr(appends, "increment", None))
+        and callable(getattr(appends, "decrement", None)),
+        "RecordAccumulator.config": isinstance(config, dict)
+        and {"message_version", "compression_attrs", "batch_size"} <= config.keys(),
+        "KafkaProducer._sender.wakeup": callable(
+            getattr(getattr(producer, "_sender", None), "wakeup", None)
+        ),
+    }
+    for name, ok in checks.items():
+        if not ok:
+            return f"{name} is missing or not as expected"
+    if config["message_version"] != 2:
+        return f"the producer writes message format v{config['message_version']}"
+    return None
 
 
 class Run:
@@ -194,7 +225,9 @@ class Appender:
         self._producer = producer
         self._topic = topic
         self._partitioner = partitioner
-        self.fast = fast and fast_path_supported(producer)
+        self._internals = GUARD.internals() if fast and fast_path_supported(producer) else None
+        self.fast = self._internals is not None
+        """Whether :meth:`append_runs` appends to kafka-python's batches directly."""
         self._tps: dict[bytes, TopicPartition] = {}
         self._partitions: set[int] = set()
         self._partition_count = 0
@@ -207,8 +240,8 @@ class Appender:
         cannot be had within ``max_block_ms``); the runs queued before an error
         stay in ``out``.
         """
-        producer, topic = self._producer, self._topic
-        if not self.fast:
+        producer, topic, internals = self._producer, self._topic, self._internals
+        if internals is None:
             send = producer.send
             for i, (key, value) in enumerate(records):
                 out.append(Run(send(topic, value, key), -1, 0, [i], batch=False))
@@ -229,7 +262,7 @@ class Appender:
         acc._appends_in_progress.increment()
         try:
             for tp, indexes in groups.items():
-                wake = _fill(acc, tp, records, indexes, timestamp_ms, out) or wake
+                wake = _fill(internals, acc, tp, records, indexes, timestamp_ms, out) or wake
         finally:
             acc._appends_in_progress.decrement()
             if wake:
@@ -252,6 +285,7 @@ class Appender:
 
 
 def _fill(
+    internals: _Internals,
     acc: Any,
     tp: TopicPartition,
     records: Sequence[tuple[bytes, bytes]],
@@ -276,10 +310,10 @@ def _fill(
         while pos < total:
             fresh = batch is None
             if batch is None:
-                builder = MemoryRecordsBuilder(
+                builder = internals.records_builder(
                     config["message_version"], config["compression_attrs"], config["batch_size"]
                 )
-                batch = ProducerBatch(tp, builder, now=now)
+                batch = internals.producer_batch(tp, builder, now=now)
                 dq.append(batch)
                 acc._incomplete.add(batch)
                 wake = True
@@ -300,3 +334,60 @@ def _fill(
                 raise IllegalStateError("a new record batch refused its first record")
             batch = None  # the rest (if any) goes into a new batch
         return wake or len(dq) > 1 or dq[-1].records.is_full()
+
+
+@dataclass(frozen=True)
+class _Internals:
+    """The private classes :func:`_fill` builds batches with."""
+
+    producer_batch: type
+    records_builder: type
+
+
+def _probe() -> _Internals:
+    """Import and check every kafka-python internal the fast path uses; raise if one differs."""
+    from kafka.producer.producer_batch import ProducerBatch
+    from kafka.producer.record_accumulator import RecordAccumulator
+    from kafka.record.memory_records import MemoryRecordsBuilder
+
+    require(RecordAccumulator, "_tp_lock", "append")
+    require(MemoryRecordsBuilder, "append", "next_offset", "is_full")
+    require(ProducerBatch, "complete", "abort")
+    _self_test(ProducerBatch, MemoryRecordsBuilder)
+    return _Internals(ProducerBatch, MemoryRecordsBuilder)
+
+
+def _self_test(batch_class: type, builder_class: type) -> None:
+    """Append to batches built here, complete one and fail one; raise unless runs read right.
+
+    This checks what ``hasattr`` on classes cannot: the attributes kafka-python sets
+    on a batch (``records``, ``produce_future``, ``last_append``) and the value a
+    batch's future completes with, from which :class:`Run` reads offsets and errors.
+    """
+    tp = TopicPartition("probe", 0)
+    batches = []
+    for _ in range(2):
+        builder = builder_class(2, 0, 1024)
+        batch = batch_class(tp, builder, now=0.0)
+        require(batch, "records", "produce_future", "last_append")
+        for value in (b"a", b"b"):
+            if builder.append(0, b"key", value, _NO_HEADERS) is None or builder.is_full():
+                raise InternalsChanged("a new record batch refused a small record")
+        if batch.records is not builder or builder.next_offset() != 2:
+            raise InternalsChanged("ProducerBatch.records is not the batch's builder")
+        batches.append(batch)
+    acked = Run(batches[0].produce_future, 0, 1, [0], batch=True)
+    batches[0].complete(41, -1)
+    if not acked.done or acked.wait(0) != 42:
+        raise InternalsChanged("an acknowledged batch's future gave another offset")
+    failed = Run(batches[1].produce_future, 0, 1, [0], batch=True)
+    batches[1].abort(KafkaTimeoutError("probe"))
+    try:
+        failed.wait(0)
+    except KafkaTimeoutError:
+        return
+    raise InternalsChanged("a failed batch's future did not give the record's error")
+
+
+GUARD: InternalsGuard[_Internals] = InternalsGuard("the ingest batch append", _probe)
+"""Probes the fast path's kafka-python internals once per process."""

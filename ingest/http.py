@@ -3,7 +3,9 @@
 Request handling, in order (the first failure answers):
 
 1. ``Authorization: Bearer <service token>`` matching one of
-   ``settings.ingest_tokens`` (constant-time compare) - else 401;
+   ``settings.ingest_tokens`` (constant-time compare) - else 401; a token
+   restricted to some sources (``token=src1|src2``) has every item with another
+   ``source`` rejected (per item, naming ``source``);
 2. ``Content-Type`` ``application/json`` (an array of events) or
    ``application/x-ndjson`` (one event per line) - else 415;
 3. body at most 5 MiB (``Content-Length`` first, then while streaming) and at
@@ -12,7 +14,13 @@ Request handling, in order (the first failure answers):
    before the body is read - else 503; well-formed and non-empty - else 422;
 4. each item through the pipeline (:meth:`ingest.AuditProducer.send_many`) in a
    worker thread, so parsing, validation and the wait for Kafka's acks never
-   block the event loop.
+   block the event loop. The pipeline refuses the reserved names (actions under
+   ``audit_log.``, sources under ``velora.``): only Velora writes them.
+
+When ``settings.trusted_proxies`` is set, the app is wrapped in uvicorn's
+``ProxyHeadersMiddleware`` for exactly those networks (client addresses from
+``X-Forwarded-For`` only when the peer is one of them); otherwise forwarded
+headers are ignored.
 
 Answers: 200 ``{"accepted", "rejected", "items": [...]}`` once Kafka acknowledged
 every accepted item, with per-item ``status`` (``accepted`` + ``event_id``, or
@@ -48,6 +56,7 @@ from velora.errors import (
     ValidationError,
 )
 from velora.http_errors import EXCEPTION_HANDLERS, error_response
+from velora.proxies import trusted_proxy_middleware
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,12 +74,14 @@ def create_ingest_app(settings: Settings, producer: AuditProducer | None = None)
     """The ingest ASGI app. Without ``producer`` it makes one and closes it at shutdown."""
     owned = producer is None
     sink = producer if producer is not None else AuditProducer(settings, timeout=REQUEST_DEADLINE_S)
-    tokens = tuple(t.reveal().encode() for t in settings.ingest_tokens)
+    tokens = tuple(
+        (t.reveal().encode(), getattr(t, "sources", None)) for t in settings.ingest_tokens
+    )
     workers = anyio.CapacityLimiter(INGEST_WORKERS)
     budget = BodyBudget(settings.ingest_memory_budget_mb * MIB)
 
     async def post_events(request: Request) -> Response:
-        _authenticate(request.headers.get("authorization"), tokens)
+        sources = _authenticate(request.headers.get("authorization"), tokens)
         kind = media_type(request.headers.get("content-type"))
         with budget.claim() as claim:  # held until the events are sent: they are in memory
             try:
@@ -83,7 +94,7 @@ def create_ingest_app(settings: Settings, producer: AuditProducer | None = None)
                 return error_response(exc)
             try:
                 results = await anyio.to_thread.run_sync(
-                    _ingest, sink, body, kind, limiter=workers
+                    _ingest, sink, body, kind, sources, limiter=workers
                 )
             finally:
                 body.clear()  # freed now, even if a traceback keeps this frame alive
@@ -104,6 +115,7 @@ def create_ingest_app(settings: Settings, producer: AuditProducer | None = None)
 
     app = Starlette(
         routes=[Route(EVENTS_PATH, post_events, methods=["POST"]), Route("/healthz", healthz)],
+        middleware=trusted_proxy_middleware(settings),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
@@ -111,22 +123,35 @@ def create_ingest_app(settings: Settings, producer: AuditProducer | None = None)
     return app
 
 
-def _authenticate(header: str | None, tokens: Sequence[bytes]) -> None:
-    """Accept ``Bearer <token>`` for any configured token, comparing in constant time."""
+Sources = frozenset[str] | None
+
+
+def _authenticate(header: str | None, tokens: Sequence[tuple[bytes, Sources]]) -> Sources:
+    """Accept ``Bearer <token>`` for any configured token, comparing in constant time.
+
+    Returns the sources the token may write (None: any non-reserved source).
+    """
     scheme, _, given = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise AuthenticationError("missing bearer token: send Authorization: Bearer <token>")
     candidate = given.strip().encode("utf-8", "replace")
     matched = False
-    for token in tokens:  # no early exit: the time taken does not depend on which matched
-        matched |= hmac.compare_digest(candidate, token)
+    allowed: Sources = None
+    for token, sources in tokens:  # no early exit: the time does not depend on which matched
+        hit = hmac.compare_digest(candidate, token)
+        if hit and not matched:
+            allowed = sources
+        matched |= hit
     if not matched:
         raise AuthenticationError("invalid service token")
+    return allowed
 
 
-def _ingest(producer: AuditProducer, body: bytes | bytearray, kind: str) -> list[SendResult]:
+def _ingest(
+    producer: AuditProducer, body: bytes | bytearray, kind: str, sources: Sources
+) -> list[SendResult]:
     """Parse and send one request's events (runs in a worker thread)."""
-    return producer.send_many(parse_events(body, kind))
+    return producer.send_many(parse_events(body, kind), sources=sources)
 
 
 def _answer(results: list[SendResult]) -> Response:

@@ -43,22 +43,39 @@ Prepared = tuple[str, str, bytes]
 
 
 class Pipeline:
-    """Validate, transform and encode events, one at a time; thread-safe."""
+    """Validate, transform and encode events, one at a time; thread-safe.
+
+    ``system=True`` admits the reserved ``audit_log.`` actions and ``velora.``
+    sources: only the query node's own auditing makes such a pipeline.
+    """
 
     def __init__(
-        self, codec: AvroCodec | None = None, transform: TenantTransform | None = None
+        self,
+        codec: AvroCodec | None = None,
+        transform: TenantTransform | None = None,
+        *,
+        system: bool = False,
     ) -> None:
         self.codec = codec or AvroCodec()
+        self.system = system
         latest = self.codec.registry.latest(AUDIT_EVENT)
         self._header = MAGIC + latest.fingerprint
         self._schema = latest.parsed
         self._writer = compile_writer(latest.parsed, REPEATED_STRINGS)
         self._transform = transform
 
-    def prepare(self, item: Mapping[str, Any] | AuditEvent, now: datetime) -> Prepared:
-        """Run one event through the pipeline; raise ``ValidationError`` to reject it."""
+    def prepare(
+        self,
+        item: Mapping[str, Any] | AuditEvent,
+        now: datetime,
+        sources: frozenset[str] | None = None,
+    ) -> Prepared:
+        """Run one event through the pipeline; raise ``ValidationError`` to reject it.
+
+        ``sources``, when given, are the only ``source`` values accepted.
+        """
         raw = event_as_mapping(item) if isinstance(item, AuditEvent) else item
-        record = to_record(raw, now)
+        record = to_record(raw, now, system=self.system, sources=sources)
         if self._transform is not None:
             record = self._apply_transform(record)
         value = self.encode(record)

@@ -21,6 +21,11 @@ Lifecycle and guarantees:
   plus ``linger_ms``, so a record that was not acknowledged in time is dropped
   from the client's buffer instead of being written long after its caller was
   told it failed.
+- Two steps use kafka-python internals, each behind a guard
+  (:mod:`velora.kafka_internals`) that falls back to the public path with one
+  warning per process: the batch append (:mod:`ingest.appender`), and the
+  network-client factory that closes a client whose connection failed
+  (:data:`NET_CLIENT`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from kafka.net.compat import KafkaNetClient
 
 from ingest.appender import Appender, Run, TenantPartitioner
 from ingest.pipeline import Pipeline
@@ -46,6 +50,7 @@ from ingest.transform import TenantTransform
 from schemas import AuditEvent, AvroCodec
 from velora.errors import Unavailable, ValidationError
 from velora.kafka_clients import close_producer, kafka_unavailable, new_producer
+from velora.kafka_internals import InternalsChanged, InternalsGuard, require
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,6 +99,8 @@ class AuditProducer:
     each. ``linger_ms``/``batch_size``/``compression_type`` tune kafka-python's
     batching (see ``docs/ingest.md`` for the measured choice); ``fast_append=False``
     always uses kafka-python's public ``send`` (see :mod:`ingest.appender`).
+    ``system=True`` lets this producer write the reserved ``audit_log.`` actions
+    and ``velora.`` sources; only Velora's own in-process auditing sets it.
     """
 
     def __init__(
@@ -109,11 +116,12 @@ class AuditProducer:
         compression_type: str | None = None,
         client_id: str = "velora-ingest",
         fast_append: bool = True,
+        system: bool = False,
     ) -> None:
         self.settings = settings
         self.topic = settings.audit_topic
         self.timeout = timeout
-        self.pipeline = Pipeline(codec, transform)
+        self.pipeline = Pipeline(codec, transform, system=system)
         self._budget = _Budget(max_pending)
         self._partitioner = TenantPartitioner()
         self._fast_append = fast_append
@@ -181,14 +189,20 @@ class AuditProducer:
         return out
 
     def send_many(
-        self, events: Sequence[Event], *, timeout: float | None = None
+        self,
+        events: Sequence[Event],
+        *,
+        timeout: float | None = None,
+        sources: frozenset[str] | None = None,
     ) -> list[SendResult]:
         """Validate and send a batch; return one result per item, in order.
 
         Invalid items are :class:`Rejected` (with ``index`` and the errors) and
         never reach Kafka; the others are :class:`Accepted` with their
-        :class:`Ack`. Returns once Kafka acknowledged every accepted item; raises
-        :class:`Unavailable` (nothing counts as acknowledged) otherwise.
+        :class:`Ack`. ``sources``, when given, are the only ``source`` values
+        accepted (a restricted service token). Returns once Kafka acknowledged
+        every accepted item; raises :class:`Unavailable` (nothing counts as
+        acknowledged) otherwise.
         """
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
@@ -199,7 +213,7 @@ class AuditProducer:
         prepare = self.pipeline.prepare
         for i, item in enumerate(events):
             try:
-                event_id, tenant_id, value = prepare(item, now)
+                event_id, tenant_id, value = prepare(item, now, sources)
             except ValidationError as exc:
                 results[i] = Rejected(i, tuple(exc.details))
                 continue
@@ -292,21 +306,29 @@ class AuditProducer:
             ).start()
 
     def _new_kafka(self) -> KafkaProducer:
-        """A connected KafkaProducer; on failure its half-made client is closed (no leaks)."""
+        """A connected KafkaProducer; on failure its half-made client is closed (no leaks).
+
+        Closing it needs kafka-python's network client class (``kafka_client``);
+        where that is not the pinned one (:data:`NET_CLIENT`), the producer makes
+        its own client and a failed one is left to kafka-python and the garbage
+        collector.
+        """
         servers = self.settings.kafka_bootstrap.split(",")
         if not _any_listening(servers, timeout=min(self.timeout, 2.0)):
             self._failed_until = time.monotonic() + 1.0
             raise Unavailable("Kafka is unreachable", retry_after=RETRY_AFTER_S)
-        clients: list[KafkaNetClient] = []
+        config = dict(self._config)
+        clients: list[Any] = []
+        net_client = NET_CLIENT.internals()
+        if net_client is not None:
 
-        def client_factory(**configs: Any) -> KafkaNetClient:
-            clients.append(KafkaNetClient(**configs))
-            return clients[-1]
+            def client_factory(**configs: Any) -> Any:
+                clients.append(net_client(**configs))
+                return clients[-1]
 
+            config["kafka_client"] = client_factory
         try:
-            return new_producer(
-                self.settings, self._client_id, **self._config, kafka_client=client_factory
-            )
+            return new_producer(self.settings, self._client_id, **config)
         except Unavailable:
             for client in clients:
                 client.close()
@@ -345,6 +367,23 @@ class AuditProducer:
             raise _unavailable(exc) from exc
         finally:
             budget.release(len(records))
+
+
+def _probe_net_client() -> type:
+    """kafka-python's network client class, if it is the producer's default and can close."""
+    from kafka.net.compat import KafkaNetClient
+
+    require(KafkaNetClient, "__init__", "close")
+    default = getattr(KafkaProducer, "DEFAULT_CONFIG", {}).get("kafka_client")
+    if default is not KafkaNetClient:
+        raise InternalsChanged("KafkaProducer's default kafka_client is not KafkaNetClient")
+    return KafkaNetClient
+
+
+NET_CLIENT: InternalsGuard[type] = InternalsGuard(
+    "closing half-made producer clients", _probe_net_client
+)
+"""Guards the use of ``kafka.net.compat.KafkaNetClient`` (probed once per process)."""
 
 
 def _any_listening(servers: Sequence[str], timeout: float) -> bool:

@@ -18,6 +18,13 @@ Two classes of strings, decided per field:
   sequences, combining marks and RTL marks, but no C0/C1 control characters
   (NUL, newline, tab, ESC...) and no lone surrogates.
 
+**Reserved names.** Actions under ``audit_log.`` and sources under ``velora.``
+belong to the system (the query node records reads and failed authentications
+with them): they are refused (422 naming the field) unless the caller is
+in-process system code that asked for ``system=True``. A service token restricted
+to some sources (``VELORA_INGEST_TOKENS`` ``token=src1|src2``) passes them as
+``sources``, and an event with another ``source`` is refused the same way.
+
 Timestamps are RFC 3339 date-time strings (:func:`schemas.times.parse_rfc3339`,
 so always with an offset) or aware ``datetime`` objects from library callers;
 they are normalised to UTC, must not be more than 24 h ahead of ``now`` and not
@@ -62,6 +69,8 @@ from velora.errors import ErrorDetail
 ACTION_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 METADATA_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,39}")
+RESERVED_ACTION_PREFIX = "audit_log."
+RESERVED_SOURCE_PREFIX = "velora."
 
 _EVENT_FIELDS = frozenset(f.name for f in fields(AuditEvent))
 _ACTOR_FIELDS = frozenset(f.name for f in fields(Actor))
@@ -74,18 +83,32 @@ _good_actions: set[str] = set()
 _good_keys: set[str] = set()
 
 
-def validate_event(raw: Mapping[str, Any], now: datetime) -> AuditEvent:
+def validate_event(
+    raw: Mapping[str, Any],
+    now: datetime,
+    *,
+    system: bool = False,
+    sources: frozenset[str] | None = None,
+) -> AuditEvent:
     """Check ``raw`` against every rule and return the typed event.
 
     ``now`` (aware UTC) bounds future timestamps and is the default
     ``received_at``. A missing ``event_id`` becomes a new UUIDv7; a given one is
-    kept as is, so a resend dedups in the ledger. Raises
-    :class:`~velora.errors.ValidationError` listing every failed rule.
+    kept as is, so a resend dedups in the ledger. ``system`` admits the reserved
+    names (in-process system code only); ``sources``, when given, are the only
+    ``source`` values allowed. Raises :class:`~velora.errors.ValidationError`
+    listing every failed rule.
     """
-    return AuditEvent.from_avro(to_record(raw, now))
+    return AuditEvent.from_avro(to_record(raw, now, system=system, sources=sources))
 
 
-def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+def to_record(
+    raw: Mapping[str, Any],
+    now: datetime,
+    *,
+    system: bool = False,
+    sources: frozenset[str] | None = None,
+) -> dict[str, Any]:
     """Like :func:`validate_event`, but return the Avro record the codec writes.
 
     This is the hot path of ingest: one pass over the input building the record
@@ -126,6 +149,8 @@ def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         errors.append(
             ErrorDetail("action", "must match ^[a-z][a-z0-9_]*(\\.[a-z0-9_]+)+$ (at most 128)")
         )
+    if not system and type(action) is str and action.startswith(RESERVED_ACTION_PREFIX):
+        errors.append(ErrorDetail("action", "actions under 'audit_log.' are reserved for Velora"))
 
     occurred_at = timestamp(errors, get("occurred_at"), "occurred_at", now, required=True)
     received_at = timestamp(errors, get("received_at"), "received_at", now, required=False)
@@ -137,6 +162,11 @@ def to_record(raw: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         errors.append(ErrorDetail("crud", f"must be one of {', '.join(CRUD)}"))
 
     source = ident(errors, get("source"), "source", FIELD_LIMITS["source"], required=True)
+    if source is not None:
+        if not system and source.startswith(RESERVED_SOURCE_PREFIX):
+            errors.append(ErrorDetail("source", "sources under 'velora.' are reserved for Velora"))
+        elif sources is not None and source not in sources:
+            errors.append(ErrorDetail("source", "not a source this service token may write"))
     category = ident(errors, get("category"), "category", FIELD_LIMITS["category"])
     request_id = ident(errors, get("request_id"), "request_id", FIELD_LIMITS["request_id"])
     actor = _actor(errors, get("actor"))

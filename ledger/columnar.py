@@ -328,5 +328,17 @@ class Reader:
             keys = pa.array([], pa.string())
         offsets_arr = pa.array(offsets.astype(np.int32), pa.int32())
         if node.kind == "map":
+            if keys is not None and len(keys) > 1:
+                _unique_keys(np.repeat(np.arange(n), counts), keys)
             return pa.MapArray.from_arrays(offsets_arr, keys, values), pos
         return pa.ListArray.from_arrays(offsets_arr, values), pos
+
+
+def _unique_keys(owner: np.ndarray, keys: pa.Array) -> None:
+    """Avro lets a map repeat a key; fastavro keeps the last value. Leave such maps to it.
+
+    (DuckDB would refuse the row, so the two decoders would disagree on it.)
+    """
+    pairs = pa.table({"owner": owner, "key": keys})
+    if pairs.group_by(["owner", "key"], use_threads=False).aggregate([]).num_rows < len(keys):
+        raise Corrupt("a map repeats a key")

@@ -2,15 +2,33 @@
 
 The control topic (one partition, ``cleanup.policy=compact``) holds the full
 current state of each API key (``api_key:<key_id>``) and each tenant's settings
-(``tenant:<tenant_id>``). Folding it from the beginning, latest record per key
-wins, gives every node the same view. A ``None`` value (tombstone) deletes.
+(``tenant:<tenant_id>``). Folding it from the beginning gives every node the same
+view. A ``None`` value (tombstone) deletes.
 
 - :class:`ControlFold` is the pure fold (no Kafka), shared by the follower and
-  by one-shot readers.
+  by one-shot readers. For API keys it is **sticky**: a later record without
+  ``revoked_at`` never un-revokes a key, ``expires_at`` only ever moves earlier
+  and ``rotated_to`` is never cleared, so a writer that acted on a stale view (a
+  rotation racing a revocation) cannot bring a key back. ``last_written`` keeps
+  the last record as written per key, which is what compaction keeps: the key
+  lifecycle (``cli.keys``) rewrites the folded state when the two differ.
 - :class:`ControlState` follows the topic in a background thread (short polls,
   so a revocation applies on a running node well within 2 s) and answers
   look-ups under a lock. ``position`` is the offset of the *next* record to
   fold; :meth:`ControlState.wait_for_offset` waits until a given offset is folded.
+
+  - **Start-up gating.** :meth:`ControlState.serving_problem` names why the API
+    must not authenticate yet: until the fold has reached the end offset seen
+    when the follower first connected, and whenever it is stale.
+  - **Freshness.** About once a second the follower asks for the topic's end
+    offset; once its position reaches that end, the state is known to be as
+    fresh as the moment of the question. Older than
+    ``settings.control_max_staleness_s`` is stale (a Kafka outage, a stuck
+    follower), and authenticated routes answer 503.
+  - **Nothing dies silently.** Any exception in the follower (Kafka, the fold,
+    a bug) is logged with its offset, shown in :meth:`ControlState.readiness`
+    (the class name only: no address or secret), counted in ``restarts``, and
+    the follower restarts with backoff from the offset it had reached.
 - :func:`read_control` folds the topic once, up to its current end (CLI).
 """
 
@@ -19,7 +37,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
@@ -33,13 +53,37 @@ from velora.settings import Settings
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 200
+END_CHECK_INTERVAL_S = 1.0
+"""How often the follower confirms its position against the topic's end offset."""
+BACKOFF_S = (0.5, 10.0)
+"""First and longest wait before the follower restarts after a failure."""
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return min(a, b)
+
+
+def merge_key(previous: ApiKey | None, record: ApiKey) -> ApiKey:
+    """The folded state of a key after ``record``: revocation and expiry are sticky."""
+    if previous is None:
+        return record
+    return replace(
+        record,
+        revoked_at=_earliest(previous.revoked_at, record.revoked_at),
+        expires_at=_earliest(previous.expires_at, record.expires_at),
+        rotated_to=record.rotated_to or previous.rotated_to,
+        updated_at=max(previous.updated_at, record.updated_at),
+    )
 
 
 @dataclass
 class ControlFold:
-    """API keys and tenant settings, latest record per control key."""
+    """API keys and tenant settings, folded from the control topic in log order."""
 
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
+    last_written: dict[str, ApiKey] = field(default_factory=dict)
     tenants: dict[str, TenantSettings] = field(default_factory=dict)
     codec: AvroCodec = field(default_factory=AvroCodec)
     skipped: int = 0
@@ -53,6 +97,7 @@ class ControlFold:
         if value is None:
             if kind == "api_key":
                 self.api_keys.pop(ident, None)
+                self.last_written.pop(ident, None)
             elif kind == "tenant":
                 self.tenants.pop(ident, None)
             return
@@ -63,7 +108,9 @@ class ControlFold:
             log.warning("skipping undecodable control record %s: %s", kind, exc)
             return
         if kind == "api_key" and name == API_KEY:
-            self.api_keys[ident] = ApiKey.from_avro(record)
+            written = ApiKey.from_avro(record)
+            self.last_written[ident] = written
+            self.api_keys[ident] = merge_key(self.api_keys.get(ident), written)
         elif kind == "tenant" and name == TENANT_SETTINGS:
             self.tenants[ident] = TenantSettings.from_avro(record)
         else:
@@ -81,6 +128,9 @@ def _consumer(settings: Settings) -> tuple[KafkaConsumer, TopicPartition]:
         close_quietly(consumer)
         raise
     return consumer, tp
+
+
+ConsumerFactory = Callable[[Settings], tuple[KafkaConsumer, TopicPartition]]
 
 
 def read_control(settings: Settings, timeout: float = 30.0) -> ControlFold:
@@ -105,33 +155,45 @@ def read_control(settings: Settings, timeout: float = 30.0) -> ControlFold:
 
 
 class ControlState:
-    """Follows the control topic in a background thread; thread-safe look-ups."""
+    """Follows the control topic in a background thread; thread-safe look-ups.
 
-    def __init__(self, settings: Settings) -> None:
+    ``fold`` and ``consumer_factory`` are seams for fault-injection tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        fold: ControlFold | None = None,
+        consumer_factory: ConsumerFactory = _consumer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
-        self._fold = ControlFold()
+        self._fold = fold if fold is not None else ControlFold()
+        self._factory = consumer_factory
+        self._clock = clock
         self._cond = threading.Condition()
         self._position = 0
         self._start_end: int | None = None
+        self._confirmed_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: str | None = None
+        self.restarts = 0
 
-    def start(self, wait_timeout: float = 30.0) -> None:
-        """Start following; wait (up to ``wait_timeout``) until caught up with the topic's end."""
-        consumer, tp = _consumer(self._settings)
-        try:
-            with map_kafka_errors("control topic end offsets"):
-                self._start_end = consumer.end_offsets([tp])[tp]
-        except Unavailable:
-            close_quietly(consumer)
-            raise
-        self._thread = threading.Thread(
-            target=self._run, args=(consumer, tp), name="velora-control", daemon=True
-        )
-        self._thread.start()
-        if self._start_end and not self.wait_for_offset(self._start_end - 1, wait_timeout):
-            log.warning("control state not caught up after %.0fs; serving anyway", wait_timeout)
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self, wait_timeout: float = 30.0) -> bool:
+        """Start following; wait (up to ``wait_timeout``) until caught up with the topic.
+
+        Never raises for Kafka trouble: the follower keeps retrying, and until it
+        has caught up :meth:`serving_problem` says so. Returns whether it caught up.
+        """
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="velora-control", daemon=True)
+            self._thread.start()
+        with self._cond:
+            return self._cond.wait_for(self._caught_up, timeout=wait_timeout)
 
     def stop(self) -> None:
         """Stop the follower thread and close its consumer."""
@@ -140,26 +202,84 @@ class ControlState:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def _run(self, consumer: KafkaConsumer, tp: TopicPartition) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-                    position = consumer.position(tp)
-                except KAFKA_ERRORS as exc:
-                    self._error = type(exc).__name__
-                    log.warning("control topic poll failed (%s); retrying", type(exc).__name__)
-                    self._stop.wait(1.0)
-                    continue
+    def _run(self) -> None:
+        backoff = BACKOFF_S[0]
+        while not self._stop.is_set():
+            consumer: KafkaConsumer | None = None
+            attempt_started = time.monotonic()
+            try:
+                consumer, tp = self._factory(self._settings)
+                if self._position > 0:
+                    consumer.seek(tp, self._position)
+                self._follow(consumer, tp)
+                return
+            except Exception as exc:  # anything: never stop following silently
+                if time.monotonic() - attempt_started > 30 * BACKOFF_S[1]:
+                    backoff = BACKOFF_S[0]  # it ran well for a while: start the backoff over
+                self._failed(exc, backoff)
+            finally:
+                if consumer is not None:
+                    close_quietly(consumer)
+            self._stop.wait(backoff)
+            backoff = min(BACKOFF_S[1], backoff * 2)
+
+    def _failed(self, exc: Exception, backoff: float) -> None:
+        with self._cond:
+            self.restarts += 1
+            self._error = f"control follower failed ({type(exc).__name__}); restarting"
+            position = self._position
+        if isinstance(exc, (*KAFKA_ERRORS, Unavailable)):  # their text may name brokers
+            log.warning(
+                "control follower at offset %d: Kafka %s; restart %d in %.1fs",
+                position,
+                type(exc).__name__,
+                self.restarts,
+                backoff,
+            )
+        else:
+            log.error(
+                "control follower at offset %d failed; restart %d in %.1fs",
+                position,
+                self.restarts,
+                backoff,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+
+    def _follow(self, consumer: KafkaConsumer, tp: TopicPartition) -> None:
+        """Poll and fold until stopped; any exception ends this attempt (and restarts)."""
+        pending: tuple[float, int] | None = None
+        next_check = 0.0
+        while not self._stop.is_set():
+            now = self._clock()
+            if now >= next_check:
+                with map_kafka_errors("control topic end offsets"):
+                    end = consumer.end_offsets([tp])[tp]
+                pending = (now, end)
+                next_check = now + END_CHECK_INTERVAL_S
                 with self._cond:
-                    for records in batches.values():
-                        for rec in records:
-                            self._fold.apply(rec.key, rec.value)
-                    self._position = max(self._position, position)
-                    self._error = None
-                    self._cond.notify_all()
-        finally:
-            close_quietly(consumer)
+                    if self._start_end is None:
+                        self._start_end = end
+            with map_kafka_errors("control topic poll"):
+                batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            with self._cond:
+                for records in batches.values():
+                    for rec in records:
+                        self._fold.apply(rec.key, rec.value)
+                        self._position = max(self._position, rec.offset + 1)
+                with map_kafka_errors("control topic position"):
+                    self._position = max(self._position, consumer.position(tp))
+                if pending is not None and self._position >= pending[1]:
+                    self._confirmed_at = pending[0]
+                    pending = None
+                self._error = None
+                self._cond.notify_all()
+
+    # -- state ----------------------------------------------------------------------
+    def _caught_up(self) -> bool:
+        return self._start_end is not None and self._position >= self._start_end
+
+    def _age(self) -> float | None:
+        return None if self._confirmed_at is None else self._clock() - self._confirmed_at
 
     @property
     def position(self) -> int:
@@ -170,7 +290,17 @@ class ControlState:
     def caught_up(self) -> bool:
         """True once everything present at start has been folded."""
         with self._cond:
-            return self._start_end is not None and self._position >= self._start_end
+            return self._caught_up()
+
+    def serving_problem(self) -> str | None:
+        """Why authenticated routes must answer 503 now, or None when the state is usable."""
+        with self._cond:
+            if not self._caught_up():
+                return "API-key state is still loading"
+            age = self._age()
+            if age is None or age > self._settings.control_max_staleness_s:
+                return "API-key state is stale"
+            return None
 
     def wait_for_offset(self, offset: int, timeout: float) -> bool:
         """Block until the record at ``offset`` is folded; False on timeout."""
@@ -196,10 +326,28 @@ class ControlState:
             return self._fold.tenants.get(tenant_id)
 
     def readiness(self) -> dict[str, object]:
-        """``{"caught_up", "position", "error"}`` for the readiness probe."""
+        """The follower's state for ``/readyz``; ``ready`` only when caught up, fresh, healthy."""
         with self._cond:
-            return {
-                "caught_up": self._start_end is not None and self._position >= self._start_end,
+            age = self._age()
+            stale = age is None or age > self._settings.control_max_staleness_s
+            caught_up = self._caught_up()
+            out: dict[str, object] = {
+                "ready": caught_up and not stale and self._error is None,
+                "caught_up": caught_up,
                 "position": self._position,
+                "end_at_start": self._start_end,
+                "age_s": None if age is None else round(age, 1),
+                "stale": caught_up and stale,
                 "error": self._error,
+                "restarts": self.restarts,
             }
+        if not caught_up:
+            out["reason"] = "control state still loading"
+        elif stale:
+            out["reason"] = (
+                f"control state stale: not confirmed against Kafka for more than "
+                f"{self._settings.control_max_staleness_s}s"
+            )
+        elif self._error is not None:
+            out["reason"] = self._error
+        return out

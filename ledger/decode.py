@@ -4,10 +4,21 @@ Values written with the latest ``AuditEvent`` schema go through the vectorized
 decoder (:mod:`ledger.columnar`). Anything else (an older writer schema that needs
 resolution, or a batch the fast path finds corrupt) goes record by record through
 :meth:`schemas.codec.AvroCodec.decode`, which is also the reference the tests
-compare the fast path against. A value that cannot be decoded as an AuditEvent is
-*skipped* and reported (partition and offset only, never its content): the log is
-immutable, so stopping on it would stop the ledger forever, and skipping is
-deterministic, so a replay skips the same records.
+compare the fast path against.
+
+A record that cannot become a row is never silently dropped:
+
+- **unknown writer schema** (a fingerprint the registry does not hold): the record
+  is fine, this node is just missing the schema. Its partition is *held* at that
+  offset (:attr:`Decoded.held`): nothing of it at or after the offset is in the
+  batch, so the materializer stops there until the schema is deployed.
+- **anything else** (corrupt bytes, no value, an Avro body that does not match its
+  schema): the log is immutable and every replay would fail the same way, so the
+  record is *quarantined* (:attr:`Decoded.quarantined`) by partition and offset,
+  never its content, and the offset moves past it in the same transaction.
+
+Both outcomes depend only on the bytes in the log and the deployed schemas, so two
+nodes, or two rebuilds, decide the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from ledger.record_runs import RecordRun
 from ledger.tables import AUDIT_COLUMNS
 from schemas.codec import MAGIC, AvroCodec, SchemaVersion
 from schemas.events import AUDIT_EVENT
-from velora.errors import DecodeError, SchemaError
+from velora.errors import DecodeError, SchemaError, UnknownSchema
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +47,7 @@ METADATA = pa.map_(pa.string(), pa.string())
 #: Arrow schema of the table that :meth:`EventDecoder.decode` returns (= audit_events).
 LEDGER_SCHEMA = pa.schema(
     [
+        ("ledger_key", pa.string()),
         ("event_id", pa.string()),
         ("tenant_id", pa.string()),
         ("occurred_at", TS),
@@ -66,10 +78,13 @@ if tuple(LEDGER_SCHEMA.names) != AUDIT_COLUMNS:
 
 @dataclass
 class Decoded:
-    """One decoded batch: the rows to insert and the records that were skipped."""
+    """One decoded batch: its rows, the records quarantined, the partitions held."""
 
     table: pa.Table
-    skipped: list[tuple[int, int, str]] = field(default_factory=list)  # (partition, offset, why)
+    quarantined: list[tuple[int, int, str]] = field(default_factory=list)
+    """``(partition, offset, reason)`` of each record that can never become a row."""
+    held: dict[int, tuple[int, str]] = field(default_factory=dict)
+    """partition -> ``(offset, fingerprint hex)`` of its first record of an unknown schema."""
 
 
 class EventDecoder:
@@ -91,7 +106,7 @@ class EventDecoder:
         if self._plan is not None and None not in values:
             try:
                 events = decode_batch(self._plan, values, self._header)  # type: ignore[arg-type]
-                return Decoded(dedup(_ledger_table(events, partitions, offsets)))
+                return Decoded(_ledger_table(events, partitions, offsets))
             except Corrupt:
                 log.info("batch of %d needs the per-record decoder", n)
         return self._slow(values, partitions, offsets)
@@ -117,7 +132,7 @@ class EventDecoder:
                 events = decode_spans(
                     self._plan, buf, value_starts, np.concatenate(ends), self._header
                 )
-                return Decoded(dedup(_ledger_table(events, partitions, offsets)))
+                return Decoded(_ledger_table(events, partitions, offsets))
             except Corrupt:
                 log.info("%d records need the per-record decoder", len(offsets))
         values = [v for _, run in runs for v in run.values()]
@@ -127,23 +142,31 @@ class EventDecoder:
         self, values: Sequence[bytes | None], partitions: np.ndarray, offsets: np.ndarray
     ) -> Decoded:
         """The reference path: fastavro per record, with schema resolution."""
-        records, keep, skipped = [], [], []
+        records, keep = [], []
+        out = Decoded(LEDGER_SCHEMA.empty_table())
         for i, value in enumerate(values):
+            partition, offset = int(partitions[i]), int(offsets[i])
+            if partition in out.held:
+                continue  # nothing after a held record of its partition
             try:
                 if value is None:
                     raise DecodeError("record has no value")
                 _, record = self.codec.decode(value, reader=self.latest)
+            except UnknownSchema as exc:
+                out.held[partition] = (offset, exc.fp)
+                continue
             except DecodeError as exc:
-                where = (int(partitions[i]), int(offsets[i]))
-                log.error("skipping undecodable record at partition %d offset %d: %s", *where, exc)
-                skipped.append((*where, str(exc)))
+                log.error(
+                    "quarantining record at partition %d offset %d: %s", partition, offset, exc
+                )
+                out.quarantined.append((partition, offset, f"decode: {exc.message}"))
                 continue
             records.append(record)
             keep.append(i)
         struct = pa.array(records, type=pa.struct(list(_avro_arrow_type(self))))
         idx = np.asarray(keep, dtype=np.int64)
-        table = _ledger_table(struct, partitions[idx], offsets[idx])
-        return Decoded(dedup(table), skipped)
+        out.table = _ledger_table(struct, partitions[idx], offsets[idx])
+        return out
 
 
 def _avro_arrow_type(decoder: EventDecoder) -> pa.StructType:
@@ -158,9 +181,11 @@ def _ledger_table(events: pa.StructArray, partitions: np.ndarray, offsets: np.nd
     """Flatten decoded AuditEvent structs into the audit_events column layout."""
     f = events.field
     actor, outcome = f("actor"), f("outcome")
+    event_id, tenant_id = f("event_id"), f("tenant_id")
     columns = [
-        f("event_id"),
-        f("tenant_id"),
+        ledger_keys(tenant_id, event_id),
+        event_id,
+        tenant_id,
         f("occurred_at").cast(TS),
         f("received_at").cast(TS),
         f("action"),
@@ -185,15 +210,7 @@ def _ledger_table(events: pa.StructArray, partitions: np.ndarray, offsets: np.nd
     return pa.Table.from_arrays(columns, schema=LEDGER_SCHEMA)
 
 
-def dedup(table: pa.Table) -> pa.Table:
-    """Keep the first row (log order) of each event_id that repeats inside one batch.
-
-    DuckDB's ``ON CONFLICT DO NOTHING`` keeps an arbitrary one of two new rows with the
-    same key inside one INSERT (it inserts in parallel), so a rebuild could differ.
-    """
-    ids = table.column("event_id")
-    if pc.count_distinct(ids).as_py() == table.num_rows:
-        return table
-    indexed = table.select(["event_id"]).append_column("i", pa.array(np.arange(table.num_rows)))
-    first = indexed.group_by("event_id", use_threads=False).aggregate([("i", "min")])
-    return table.take(np.sort(first.column("i_min").to_numpy()))
+def ledger_keys(tenant_ids: pa.Array, event_ids: pa.Array) -> pa.Array:
+    """:func:`ledger.tables.ledger_key` for whole columns."""
+    lengths = pc.cast(pc.utf8_length(tenant_ids), pa.string())
+    return pc.binary_join_element_wise(lengths, tenant_ids, event_ids, ":")

@@ -2,22 +2,28 @@
 
 Two threads, one bounded queue between them:
 
-- the **reader** owns the :class:`~kafka.KafkaConsumer` (``read_committed``, no
-  auto-commit, no group): it assigns every partition of the audit topic, seeks
-  each one to the offset stored in DuckDB (or to the beginning), and polls. Each
-  poll becomes one :class:`_Batch`: its records decoded
-  (:class:`~ledger.decode.EventDecoder`) into an Arrow table shaped like
-  ``audit_events``, and per partition the consumer's position after the poll,
-  i.e. the offset of the NEXT record to read.
+- the **reader** (:class:`~ledger.log_reader.LogReader`) assigns every partition of
+  the audit topic, seeks each one to the offset stored in DuckDB, and polls. Each
+  poll becomes one :class:`~ledger.log_reader.Poll`: its records decoded into an
+  Arrow table shaped like ``audit_events``, its quarantined records, and per
+  partition the offset of the NEXT record to read.
 - the **writer** merges whatever polls are queued (up to ``MERGE_POLLS`` polls of
   ``materializer_max_batch`` rows) and hands them to
-  :meth:`~ledger.store.LedgerStore.write_batch`, which commits the rows and the
-  offsets in one transaction.
+  :meth:`~ledger.store.LedgerStore.write_batch`, which commits the rows, the
+  quarantine and the offsets in one transaction.
 
 Kafka parsing and Avro decoding hold the GIL while DuckDB's insert releases it, so
-the two threads overlap on two cores. If a write fails, or the consumer fails,
-both threads stop and the whole loop starts again from the offsets stored in
-DuckDB after a short back-off, so nothing is lost or applied twice.
+the two threads overlap on two cores.
+
+**Nothing dies silently.** Any exception in either thread (a Kafka or DuckDB error,
+an Arrow error, a bug, an exception from the ``on_batch`` callback) stops both
+threads; the supervisor logs it with its traceback, counts it, shows it in
+:meth:`Materializer.status` (a reason naming the stage and the error class, never
+an address or a value) and starts again from the offsets stored in DuckDB after a
+growing back-off (:data:`RETRY_SECONDS` up to :data:`MAX_RETRY_SECONDS`), so
+nothing is lost or applied twice. The reason clears once the loop makes progress
+again. A :class:`~velora.errors.LedgerMismatch` (stored offsets outside the log, a
+recreated topic) is never retried: the materializer stops and reports it as fatal.
 
 Readiness: at start the reader asks for the end offsets (the last stable offsets,
 as ``read_committed`` sees them). The materializer is *caught up* once every
@@ -29,30 +35,27 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import pyarrow as pa
-from kafka import KafkaConsumer
-from kafka.structs import TopicPartition
 
-from ledger.decode import Decoded, EventDecoder, dedup
-from ledger.record_runs import install as install_record_runs
+from ledger.decode import EventDecoder
+from ledger.log_reader import LogReader, Poll
 from ledger.store import LedgerStore
-from velora.errors import Unavailable, VeloraError
-from velora.kafka_clients import KAFKA_ERRORS, close_quietly, new_consumer
+from velora.errors import LedgerMismatch, VeloraError
 from velora.settings import Settings
+from velora.topics import topic_id
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_MS = 50
 REFRESH_SECONDS = 1.0
-RETRY_SECONDS = 1.0
+RETRY_SECONDS = 0.5
+MAX_RETRY_SECONDS = 30.0
 QUEUE_DEPTH = 8
 # A DuckDB transaction costs a lot on its own (the primary-key index, the WAL
 # fsync): 5,000-row transactions commit ~70k rows/s here, 20,000-row ones ~120k/s.
@@ -64,19 +67,19 @@ MERGE_POLLS = 8
 # 5 ms switch interval each hand-back costs up to 5 ms and the writer runs at a
 # third of its speed; 0.5 ms keeps it fed.
 SWITCH_INTERVAL = 0.0005
+TOPIC_ID_KEY = "audit_topic_id"
 
 #: ``on_batch(rows_in_batch, stored_offsets)`` after every commit (progress bars, metrics).
 BatchCallback = Callable[[int, dict[int, int]], None]
 
 
-@dataclass
-class _Batch:
-    """One decoded poll: its rows, and the next offset of every partition it advanced."""
+class StageError(Exception):
+    """An exception of one stage of the loop (``read``, ``write``, ``on_batch``), for the reason."""
 
-    table: pa.Table
-    read: int
-    skipped: int
-    next_offsets: dict[int, int]
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage}: {type(cause).__name__}")
+        self.stage = stage
+        self.cause = cause
 
 
 @dataclass
@@ -89,6 +92,13 @@ class Status:
     target: dict[int, int] | None = None
     end: dict[int, int] = field(default_factory=dict)
     error: str | None = None
+    """Why the loop is restarting (cleared once it makes progress again)."""
+    fatal: str | None = None
+    """Why the loop stopped for good (the ledger does not match the log)."""
+    held: dict[int, tuple[int, str]] = field(default_factory=dict)
+    restarts: int = 0
+    failures: int = 0
+    """Failures since the loop last made progress."""
 
     @property
     def lag(self) -> int:
@@ -121,8 +131,11 @@ class Materializer:
         self._target: dict[int, int] | None = None
         self._end: dict[int, int] = {}
         self._error: str | None = None
+        self._fatal: str | None = None
+        self._held: dict[int, tuple[int, str]] = {}
+        self._restarts = 0
+        self._failures = 0
         self._thread: threading.Thread | None = None
-        self.skipped = 0
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> None:
@@ -150,29 +163,39 @@ class Materializer:
         with self._cond:
             stored = dict(self._stored)
             target = None if self._target is None else dict(self._target)
-            end = dict(self._end)
-        caught_up = target is not None and all(stored.get(p, 0) >= o for p, o in target.items())
-        running = self._thread is not None and self._thread.is_alive()
-        return Status(running, caught_up, stored, target, end, self._error)
+            caught_up = self._caught_up_locked()
+            running = self._thread is not None and self._thread.is_alive()
+            return Status(
+                running,
+                caught_up,
+                stored,
+                target,
+                dict(self._end),
+                self._error,
+                self._fatal,
+                dict(self._held),
+                self._restarts,
+                self._failures,
+            )
 
     def wait_for_offset(self, partition: int, offset: int, timeout: float) -> bool:
-        """Wait until the record at ``offset`` of ``partition`` is materialized (or skipped)."""
+        """Wait until the record at ``offset`` of ``partition`` is materialized (or quarantined)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._stored.get(partition, 0) <= offset:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
+                if left <= 0 or self._stop.is_set() or self._fatal:
                     return False
                 self._cond.wait(left)
         return True
 
     def wait_caught_up(self, timeout: float | None = None) -> bool:
-        """Wait until caught up to the end offsets seen at start."""
+        """Wait until caught up to the end offsets seen at start (False on timeout or fatal)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._caught_up_locked():
                 left = None if deadline is None else deadline - time.monotonic()
-                if (left is not None and left <= 0) or self._stop.is_set():
+                if (left is not None and left <= 0) or self._stop.is_set() or self._fatal:
                     return False
                 self._cond.wait(left if left is not None else 1.0)
         return True
@@ -181,131 +204,113 @@ class Materializer:
         target = self._target
         return target is not None and all(self._stored.get(p, 0) >= o for p, o in target.items())
 
-    # -- the loop ---------------------------------------------------------------
+    # -- the supervisor -----------------------------------------------------------
     def _supervise(self) -> None:
         while not self._stop.is_set():
             try:
                 self._run_once()
-            except (VeloraError, *KAFKA_ERRORS) as exc:
-                self._error = f"{type(exc).__name__}: {exc}"
-                log.error("materializer stopped (%s); resuming from stored offsets", self._error)
-                self._stop.wait(RETRY_SECONDS)
-            else:
-                self._error = None
+            except LedgerMismatch as exc:
+                log.critical("materializer stopped for good: %s", exc.message)
+                with self._cond:
+                    self._fatal = exc.message
+                    self._cond.notify_all()
+                return
+            except Exception as exc:
+                self._failed(exc)
 
+    def _failed(self, exc: Exception) -> None:
+        stage, cause = (exc.stage, exc.cause) if isinstance(exc, StageError) else ("run", exc)
+        reason = f"{stage} failed: {_describe(cause)}"
+        with self._cond:
+            self._error = reason
+            self._restarts += 1
+            self._failures += 1
+            failures = self._failures
+            self._cond.notify_all()
+        delay = min(MAX_RETRY_SECONDS, RETRY_SECONDS * 2 ** min(failures - 1, 10))
+        delay *= random.uniform(0.8, 1.2)
+        log.error(
+            "materializer %s (failure %d in a row); restarting from the stored offsets in %.1fs",
+            reason,
+            failures,
+            delay,
+            exc_info=(type(cause), cause, cause.__traceback__),
+        )
+        self._stop.wait(delay)
+
+    def _progressed(self) -> None:
+        """The loop works again: clear the reason (called with ``_cond`` held)."""
+        if self._error is not None:
+            log.info("materializer recovered after %d restarts", self._restarts)
+        self._error = None
+        self._failures = 0
+
+    # -- one run ------------------------------------------------------------------
     def _run_once(self) -> None:
         stored = self.store.stored_offsets(self.topic)
         with self._cond:
             self._stored = dict(stored)
-        consumer = self._consumer()
-        work: queue.Queue[_Batch | None] = queue.Queue(QUEUE_DEPTH)
+        reader = LogReader(
+            self.settings,
+            self.decoder,
+            record_runs=self.record_runs,
+            topic_id=lambda: topic_id(self.settings, self.topic),
+        )
+        work: queue.Queue[Poll | None] = queue.Queue(QUEUE_DEPTH)
         failure: list[BaseException] = []
         writer = threading.Thread(
             target=self._write_loop, args=(work, failure), name="materializer-writer", daemon=True
         )
         try:
-            tps = self._assign(consumer, stored)
-            writer.start()
-            self._read_loop(consumer, tps, work, lambda: bool(failure) or not writer.is_alive())
+            try:
+                self._open(reader, stored)
+                writer.start()
+                self._read_loop(reader, work, lambda: bool(failure) or not writer.is_alive())
+            except LedgerMismatch:
+                raise
+            except Exception as exc:
+                raise StageError("read", exc) from exc
         finally:
             if writer.is_alive():
                 _put(work, None, lambda: not writer.is_alive())
                 writer.join()
-            close_quietly(consumer)
+            reader.close()
         if failure:
             raise failure[0]
 
-    def _consumer(self) -> KafkaConsumer:
-        return new_consumer(
-            self.settings,
-            "velora-materializer",
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.materializer_max_batch,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-            fetch_max_wait_ms=100,
-            receive_buffer_bytes=4 * 1024 * 1024,
-        )
-
-    def _assign(self, consumer: KafkaConsumer, stored: dict[int, int]) -> list[TopicPartition]:
-        """Assign every partition; seek to the stored next offsets; learn the start targets."""
-        partitions = consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            raise Unavailable(f"topic {self.topic} has no partitions yet", retry_after=1)
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        for tp in tps:
-            if tp.partition in stored:
-                consumer.seek(tp, stored[tp.partition])
-            else:
-                consumer.seek_to_beginning(tp)
-        end = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+    def _open(self, reader: LogReader, stored: dict[int, int]) -> None:
+        end = reader.open(stored, self.store.meta(TOPIC_ID_KEY))
+        current = reader.current_topic_id()
+        if current is not None:
+            self.store.set_meta(TOPIC_ID_KEY, current)
         with self._cond:
             if self._target is None:  # readiness compares with the FIRST start's end offsets
                 self._target = dict(end)
             self._end = dict(end)
             self._cond.notify_all()
-        return tps
 
     def _read_loop(
-        self,
-        consumer: KafkaConsumer,
-        tps: list[TopicPartition],
-        work: queue.Queue[_Batch | None],
-        writer_gone: Callable[[], bool],
+        self, reader: LogReader, work: queue.Queue[Poll | None], writer_gone: Callable[[], bool]
     ) -> None:
-        runs = install_record_runs(consumer) if self.record_runs else False
-        per_run = 100.0  # records per record batch, averaged: sizes polls in records
-        sent = {tp.partition: consumer.position(tp) for tp in tps}
         refreshed = time.monotonic()
         give_up = lambda: writer_gone() or self._stop.is_set()  # noqa: E731
         while not give_up():
-            limit = self.settings.materializer_max_batch
-            if runs:  # then poll() counts record batches, not records
-                limit = max(1, min(limit, int(limit / per_run)))
-            polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=limit)
-            advanced = {}
-            for tp in tps:
-                pos = consumer.position(tp)
-                if pos is not None and pos != sent[tp.partition]:
-                    advanced[tp.partition] = sent[tp.partition] = pos
-            if advanced:
-                decoded, read = self._decode(polled, runs)
-                if runs and polled:
-                    batches = sum(len(rs) for rs in polled.values())
-                    per_run = 0.8 * per_run + 0.2 * (read / max(1, batches))
-                _put(work, _Batch(decoded.table, read, len(decoded.skipped), advanced), give_up)
+            batch = reader.poll()
+            if reader.held != self._held:
+                with self._cond:
+                    self._held = dict(reader.held)
+            if batch is not None:
+                _put(work, batch, give_up)
+            reader.recheck_holds()
             if time.monotonic() - refreshed >= REFRESH_SECONDS:
                 refreshed = time.monotonic()
-                self._refresh(consumer, tps)
+                end = reader.end_offsets()
+                with self._cond:
+                    self._end = end
+                    self._progressed()
 
-    def _decode(self, polled: dict[TopicPartition, list[Any]], runs: bool) -> tuple[Decoded, int]:
-        """One poll -> rows; ``runs``: the poll holds RecordRuns, else ConsumerRecords."""
-        if runs:
-            items = [(tp.partition, run) for tp, rs in polled.items() for run in rs]
-            return self.decoder.decode_runs(items), sum(len(run) for _, run in items)
-        values: list[bytes | None] = []
-        partitions: list[int] = []
-        offsets: list[int] = []
-        for tp, records in polled.items():
-            values.extend([r.value for r in records])
-            offsets.extend([r.offset for r in records])
-            partitions.extend([tp.partition] * len(records))
-        decoded = self.decoder.decode(
-            values, np.asarray(partitions, np.int32), np.asarray(offsets, np.int64)
-        )
-        return decoded, len(values)
-
-    def _refresh(self, consumer: KafkaConsumer, tps: list[TopicPartition]) -> None:
-        """Refresh end offsets (for the lag); restart if partitions were added."""
-        partitions = consumer.partitions_for_topic(self.topic) or set()
-        if len(partitions) != len(tps):
-            raise Unavailable(f"{self.topic} now has {len(partitions)} partitions; reassigning")
-        end = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
-        with self._cond:
-            self._end = end
-
-    def _write_loop(self, work: queue.Queue[_Batch | None], failure: list[BaseException]) -> None:
+    # -- the writer -----------------------------------------------------------------
+    def _write_loop(self, work: queue.Queue[Poll | None], failure: list[BaseException]) -> None:
         limit = self.settings.materializer_max_batch * MERGE_POLLS
         try:
             while True:
@@ -326,29 +331,42 @@ class Materializer:
                 self._write(batches)
                 if done:
                     return
-        except BaseException as exc:  # handed to the reader, which restarts the loop
+        except StageError as exc:
             failure.append(exc)
+        except Exception as exc:
+            failure.append(StageError("write", exc))
 
-    def _write(self, batches: list[_Batch]) -> None:
+    def _write(self, batches: list[Poll]) -> None:
+        """Commit queued polls in one transaction (the store keeps the first copy of a key)."""
         table = batches[0].table
-        if len(batches) > 1:  # polls are deduplicated; across polls it is done here
-            table = dedup(pa.concat_tables([b.table for b in batches]))
+        if len(batches) > 1:
+            table = pa.concat_tables([b.table for b in batches])
         next_offsets: dict[int, int] = {}
+        quarantined: list[tuple[int, int, str]] = []
         for b in batches:
             next_offsets.update(b.next_offsets)
-        self.store.write_batch(table, self.topic, next_offsets)
+            quarantined.extend(b.quarantined)
+        self.store.write_batch(table, self.topic, next_offsets, quarantined)
         with self._cond:
             self._stored.update(next_offsets)
-            self.skipped += sum(b.skipped for b in batches)
             stored = dict(self._stored)
+            self._progressed()
             self._cond.notify_all()
         if self.on_batch is not None:
-            self.on_batch(sum(b.read for b in batches), stored)
+            try:
+                self.on_batch(sum(b.read for b in batches), stored)
+            except Exception as exc:
+                raise StageError("on_batch callback", exc) from exc
 
 
-def _put(
-    work: queue.Queue[_Batch | None], item: _Batch | None, give_up: Callable[[], bool]
-) -> None:
+def _describe(exc: BaseException) -> str:
+    """An error for a log line or a probe: our own message (no addresses), else the class."""
+    if isinstance(exc, VeloraError):
+        return f"{type(exc).__name__}: {exc.message}"
+    return type(exc).__name__
+
+
+def _put(work: queue.Queue[Poll | None], item: Poll | None, give_up: Callable[[], bool]) -> None:
     """Put into the bounded queue, unless ``give_up()`` turns true while it is full."""
     while True:
         try:

@@ -17,7 +17,9 @@ from typing import TypeVar
 
 import duckdb
 
-from ledger.materializer import BatchCallback, Materializer
+from ledger.decode import EventDecoder
+from ledger.layout import LedgerState, prepare_ledger
+from ledger.materializer import BatchCallback, Materializer, Status
 from ledger.store import LedgerStore
 from velora.errors import Unavailable
 from velora.settings import Settings
@@ -36,25 +38,42 @@ class QueryNode:
         *,
         on_batch: BatchCallback | None = None,
         store_factory: Callable[[Path], LedgerStore] = LedgerStore,
+        decoder: EventDecoder | None = None,
     ) -> None:
-        """``store_factory`` opens the DuckDB file (a seam for fault-injection tests)."""
+        """``store_factory`` opens the DuckDB file and ``decoder`` decodes the log (seams
+        for fault-injection tests)."""
         self.settings = settings
         self._on_batch = on_batch
         self._store_factory = store_factory
+        self._decoder = decoder
         self.store: LedgerStore | None = None
         self.materializer: Materializer | None = None
+        self.state: LedgerState | None = None
+        """What the node found at start: a fresh, current or outdated (rebuilt) ledger."""
         self._lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> None:
-        """Open DuckDB and start materializing (returns at once; see :meth:`readiness`)."""
+        """Open DuckDB and start materializing (returns at once; see :meth:`readiness`).
+
+        A ledger file of an older layout is moved aside first and rebuilt from the log
+        (:attr:`state` is then ``REBUILD``), so a layout change never needs a migration.
+        """
         with self._lock:
             if self.store is not None:
                 return
+            self.state = prepare_ledger(self.settings.duckdb_path)
             self.store = self._store_factory(self.settings.duckdb_path)
-            self.materializer = Materializer(self.settings, self.store, on_batch=self._on_batch)
+            self.materializer = Materializer(
+                self.settings, self.store, decoder=self._decoder, on_batch=self._on_batch
+            )
             self.materializer.start()
-        log.info("query node ledger open at %s", self.settings.duckdb_path)
+        log.info("query node ledger open at %s (%s)", self.settings.duckdb_path, self.state.value)
+
+    @property
+    def replaying(self) -> bool:
+        """Whether this start replays the whole log (a new or rebuilt ledger)."""
+        return self.state in (LedgerState.FRESH, LedgerState.REBUILD)
 
     def stop(self) -> None:
         """Stop the materializer (committing the batch in flight), close DuckDB."""
@@ -72,13 +91,20 @@ class QueryNode:
 
     # -- readiness ----------------------------------------------------------------
     def readiness(self) -> dict[str, object]:
-        """``ready`` once caught up to the end offsets seen at start; ``lag`` in records."""
-        materializer = self.materializer
-        if materializer is None:
+        """``ready`` once caught up to the end offsets seen at start and working.
+
+        Not ready, with a ``reason``, while the materializer restarts after an error,
+        while a partition is held for a schema that is not deployed, after a fatal
+        mismatch with the log, or while catching up. Reasons name stages, error classes,
+        partitions and offsets, never addresses or data.
+        """
+        materializer, store = self.materializer, self.store
+        if materializer is None or store is None:
             return {"ready": False, "lag": None, "reason": "not started"}
         s = materializer.status()
+        reason = _reason(s)
         out: dict[str, object] = {
-            "ready": s.caught_up and s.running,
+            "ready": reason is None,
             "lag": s.lag,
             "partitions": {
                 str(p): {
@@ -89,11 +115,22 @@ class QueryNode:
                 for p, end in sorted(s.end.items())
             },
         }
-        if materializer.skipped:
-            out["skipped"] = materializer.skipped
-        if s.error:
-            out["error"] = s.error
+        out["restarts"] = s.restarts
+        out["quarantined"] = store.quarantined
+        out["conflicts"] = store.conflicts
+        if reason is not None:
+            out["reason"] = reason
+        if s.held:
+            out["held"] = {
+                str(p): {"offset": o, "fingerprint": fp} for p, (o, fp) in sorted(s.held.items())
+            }
         return out
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the materializer stopped for good (the ledger does not match the log)."""
+        materializer = self.materializer
+        return None if materializer is None else materializer.status().fatal
 
     def wait_for_offset(self, partition: int, offset: int, timeout: float) -> bool:
         """Read-your-writes: wait until the audit record at ``offset`` is materialized."""
@@ -114,3 +151,19 @@ class QueryNode:
         if store is None:
             raise Unavailable("the query node is not started", retry_after=1)
         return store
+
+
+def _reason(s: Status) -> str | None:
+    """Why a node is not ready, or None when it is."""
+    if s.fatal:
+        return s.fatal
+    if s.error:
+        return f"materializer restarting: {s.error}"
+    if s.held:
+        p, (offset, fp) = min(s.held.items())
+        return f"partition {p} held at offset {offset}: deploy schema {fp}"
+    if not s.running:
+        return "materializer not running"
+    if not s.caught_up:
+        return "catching up with the log"
+    return None

@@ -43,6 +43,9 @@ class ReplayProgress:
         with self._lock:
             if self._finished:
                 return
+            if total == 0:  # the log was empty at start: nothing to replay, no bar
+                self._finished = True
+                return
             if self._bar is None:
                 self._bar = tqdm(
                     total=total, desc=self.description, unit="ev", unit_scale=True, file=sys.stderr

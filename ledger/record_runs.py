@@ -12,27 +12,32 @@ at once (:mod:`ledger.columnar`), and the values are never copied into ``bytes``
 Everything around the records stays kafka-python's own: fetch sessions, positions,
 CRC checks, compression, and under ``read_committed`` the skipping of aborted
 transactions and control batches (the batch-level code below mirrors
-``Fetcher.PartitionRecords._unpack_records`` of kafka-python 3.0). :func:`install`
-returns False, and the consumer keeps its own path, if those internals are not
-what this module expects. A test compares both paths on the same log.
+``Fetcher.PartitionRecords._unpack_records`` of kafka-python 3.0). A test compares
+both paths on the same log.
+
+The internals are guarded (:mod:`velora.kafka_internals`): the private modules
+(``kafka.consumer.fetcher``, ``kafka.protocol.consumer``,
+``kafka.record.default_records``, ``kafka.record.memory_records``) are imported
+only by :func:`_probe`, which runs once per process on the pinned kafka-python
+version, checks every class, method and attribute used here, and reads a small
+transactional batch it builds through the fast path. If anything differs,
+:func:`install` returns False, one warning is logged per process, and the consumer
+keeps kafka-python's own per-record path.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer
-from kafka.consumer.fetcher import Fetcher
 from kafka.errors import CorruptRecordError
-from kafka.protocol.consumer import IsolationLevel
+from kafka.structs import TopicPartition
 
 from ledger.columnar import Corrupt, Reader
-
-log = logging.getLogger(__name__)
+from velora.kafka_internals import InternalsChanged, InternalsGuard, require
 
 _PAD = 16
 
@@ -59,18 +64,120 @@ class RecordRun:
 
 
 def install(consumer: KafkaConsumer) -> bool:
-    """Make ``consumer.poll()`` return :class:`RecordRun` items; False if not possible."""
-    fetcher = getattr(consumer, "_fetcher", None)
-    base = getattr(fetcher, "PartitionRecords", None)
-    needed = ("_unpack_records", "_consume_aborted_transactions_up_to", "_is_batch_aborted")
-    if not isinstance(fetcher, Fetcher) or not all(hasattr(base, n) for n in needed):
-        log.warning("kafka-python internals changed; reading records one by one")
+    """Make ``consumer.poll()`` return :class:`RecordRun` items; False if not possible.
+
+    Never raises: if kafka-python's internals are not the ones this module was
+    written against, the consumer is left alone (and one warning per process says so).
+    """
+    internals = GUARD.internals()
+    if internals is None:
         return False
-    fetcher.PartitionRecords = _run_records_class(base)  # type: ignore[attr-defined]
+    fetcher = getattr(consumer, "_fetcher", None)
+    if not isinstance(fetcher, internals.fetcher):
+        GUARD.decline("KafkaConsumer._fetcher is not a Fetcher")
+        return False
+    current = getattr(fetcher, "PartitionRecords", None)
+    if current is internals.runs:
+        return True
+    if current is not internals.base:
+        GUARD.decline("Fetcher.PartitionRecords is not kafka-python's own")
+        return False
+    fetcher.PartitionRecords = internals.runs
     return True
 
 
-def _run_records_class(base: type) -> type:
+@dataclass(frozen=True)
+class _Internals:
+    """What the probe found: the fetcher class, its records class, and our subclass of it."""
+
+    fetcher: type
+    base: type
+    runs: type
+
+
+_PARTITION_RECORDS_USES = (
+    "__init__",
+    "_unpack_records",
+    "_consume_aborted_transactions_up_to",
+    "_contains_abort_marker",
+    "_is_batch_aborted",
+    "_maybe_skip_record",
+    "drain",
+    "take",
+)
+_BATCH_USES = (
+    "validate_crc",
+    "magic",
+    "leader_epoch",
+    "has_producer_id",
+    "last_offset",
+    "producer_id",
+    "is_transactional",
+    "is_control_batch",
+    "next_offset",
+    "base_offset",
+    "size_in_bytes",
+    "records_count",
+    "_maybe_uncompress",
+)
+
+
+def _probe() -> _Internals:
+    """Import and check every kafka-python internal used here; raise if one differs."""
+    from kafka.consumer.fetcher import Fetcher
+    from kafka.protocol.consumer import IsolationLevel
+    from kafka.record.default_records import DefaultRecordBatch
+    from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
+
+    require(Fetcher, "PartitionRecords")
+    base = Fetcher.PartitionRecords
+    require(base, *_PARTITION_RECORDS_USES)
+    require(DefaultRecordBatch, *_BATCH_USES)
+    require(IsolationLevel, "READ_COMMITTED")
+    require(MemoryRecords, "next_batch")
+    runs = _run_records_class(base, IsolationLevel.READ_COMMITTED)
+    _self_test(runs, IsolationLevel.READ_COMMITTED, MemoryRecords, MemoryRecordsBuilder)
+    return _Internals(Fetcher, base, runs)
+
+
+def _self_test(runs: type, read_committed: Any, records: type, builder_class: type) -> None:
+    """Read a transactional batch built here through ``runs``; raise unless it reads right.
+
+    This checks what ``hasattr`` on classes cannot: the attributes kafka-python sets
+    on its objects (``fetch_offset``, ``next_fetch_offset``, ``_buffer``, ``_pos``, ...)
+    and the calls of the ``read_committed`` checks, on a batch with a null value,
+    read from its second record on.
+    """
+    builder = builder_class(
+        2, 0, 1024, transactional=True, producer_id=7, producer_epoch=0, base_sequence=0
+    )
+    for value in (b"first", b"second", None):
+        builder.append(0, b"key", value, [])
+    builder.close()
+    part = runs(
+        1,
+        TopicPartition("probe", 0),
+        records(bytes(builder.buffer())),
+        check_crcs=True,
+        isolation_level=read_committed,
+    )
+    got = part.take()
+    if (
+        len(got) != 1
+        or not isinstance(got[0], RecordRun)
+        or got[0].offsets.tolist() != [1, 2]
+        or got[0].values() != [b"second", None]
+        or part.next_fetch_offset != 3
+        or part.records_read != 2
+    ):
+        raise InternalsChanged("reading a record batch through PartitionRecords gave other records")
+
+
+GUARD: InternalsGuard[_Internals] = InternalsGuard("the ledger's record runs", _probe)
+"""Probes this module's kafka-python internals once per process."""
+
+
+def _run_records_class(base: type, read_committed: Any) -> type:
     class RunPartitionRecords(base):  # type: ignore[misc, valid-type]
         """kafka-python's PartitionRecords, yielding one RecordRun per record batch."""
 
@@ -89,10 +196,7 @@ def _run_records_class(base: type) -> type:
                 if batch.magic != 2:
                     raise CorruptRecordError(f"message format v{batch.magic} is not supported")
                 self.leader_epoch = batch.leader_epoch
-                if (
-                    self.isolation_level == IsolationLevel.READ_COMMITTED
-                    and batch.has_producer_id()
-                ):
+                if self.isolation_level == read_committed and batch.has_producer_id():
                     self._consume_aborted_transactions_up_to(batch.last_offset)
                     producer_id = batch.producer_id
                     if self._contains_abort_marker(batch):

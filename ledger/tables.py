@@ -1,16 +1,35 @@
-"""The DuckDB layout of the ledger: the materialized audit events and the stored offsets.
+"""The DuckDB layout of the ledger: audit events, stored offsets, quarantine, conflicts, meta.
 
 The Kafka log is the source of truth; these tables are a view that a replay rebuilds
-with identical content. ``ledger_offsets`` holds, per topic partition, the offset of
-the *next* record to read: the materializer commits it in the same transaction as
-the rows it covers, and resumes *at* it (never after it) on start.
+with identical content.
+
+- ``audit_events``: one row per ``(tenant_id, event_id)``. The key is held in one
+  column, ``ledger_key`` (see :func:`ledger_key`), because DuckDB answers point
+  look-ups and ``ON CONFLICT`` from a single-column ART index only; a two-column key
+  would make every single-event read a scan. The first copy of a key in log order
+  wins: within a partition the lowest offset, across partitions (only possible after
+  partitions were added to the topic) the lowest partition.
+- ``ledger_offsets``: per topic partition, the offset of the *next* record to read.
+  The materializer commits it in the same transaction as the rows it covers, and
+  resumes *at* it (never after it) on start.
+- ``ledger_quarantine``: records that can never become a row (undecodable, or
+  refused by DuckDB), by topic, partition and offset, with the reason; committed in
+  the same transaction as the offset that passes them, so they are not retried.
+- ``ledger_conflicts``: a copy of a ``(tenant_id, event_id)`` whose content differs
+  from the row that won (ids, offsets and content hashes only, never the payload).
+- ``ledger_meta``: the layout version (:data:`LAYOUT_VERSION`) and the identity of
+  the topic the file was built from.
 """
 
 from __future__ import annotations
 
+LAYOUT_VERSION = 2
+"""Bumped whenever a table changes; a node finding an older file rebuilds it from the log."""
+
 AUDIT_EVENTS_DDL = """
 CREATE TABLE IF NOT EXISTS audit_events (
-    event_id          VARCHAR PRIMARY KEY,
+    ledger_key        VARCHAR PRIMARY KEY,
+    event_id          VARCHAR NOT NULL,
     tenant_id         VARCHAR NOT NULL,
     occurred_at       TIMESTAMPTZ NOT NULL,
     received_at       TIMESTAMPTZ NOT NULL,
@@ -45,8 +64,42 @@ CREATE TABLE IF NOT EXISTS ledger_offsets (
 )
 """
 
+QUARANTINE_DDL = """
+CREATE TABLE IF NOT EXISTS ledger_quarantine (
+    topic      VARCHAR NOT NULL,
+    partition  INTEGER NOT NULL,
+    "offset"   BIGINT NOT NULL,
+    stage      VARCHAR NOT NULL,
+    reason     VARCHAR NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")
+)
+"""
+
+CONFLICTS_DDL = """
+CREATE TABLE IF NOT EXISTS ledger_conflicts (
+    topic              VARCHAR NOT NULL,
+    tenant_id          VARCHAR NOT NULL,
+    event_id           VARCHAR NOT NULL,
+    kept_partition     INTEGER NOT NULL,
+    kept_offset        BIGINT NOT NULL,
+    kept_hash          VARCHAR NOT NULL,
+    dropped_partition  INTEGER NOT NULL,
+    dropped_offset     BIGINT NOT NULL,
+    dropped_hash       VARCHAR NOT NULL,
+    PRIMARY KEY (topic, dropped_partition, dropped_offset)
+)
+"""
+
+META_DDL = """
+CREATE TABLE IF NOT EXISTS ledger_meta (
+    key    VARCHAR PRIMARY KEY,
+    value  VARCHAR NOT NULL
+)
+"""
+
 # Columns of audit_events in table order (the Arrow batch the materializer builds).
 AUDIT_COLUMNS: tuple[str, ...] = (
+    "ledger_key",
     "event_id",
     "tenant_id",
     "occurred_at",
@@ -71,4 +124,27 @@ AUDIT_COLUMNS: tuple[str, ...] = (
     "kafka_offset",
 )
 
-ALL_DDL: tuple[str, ...] = (AUDIT_EVENTS_DDL, OFFSETS_DDL)
+CONTENT_COLUMNS: tuple[str, ...] = tuple(
+    c
+    for c in AUDIT_COLUMNS
+    if c not in {"ledger_key", "received_at", "schema_version", "kafka_partition", "kafka_offset"}
+)
+"""What a conflict compares: everything the caller said, not when or where it was logged.
+
+``received_at`` is left out because ingest stamps it when the caller does not: an
+honest resend of the same event differs only there.
+"""
+
+CONTENT_HASH = f"md5(to_json(struct_pack({', '.join(CONTENT_COLUMNS)})))"
+"""SQL for the content hash of a row of ``audit_events`` (or of a batch shaped like it)."""
+
+ALL_DDL: tuple[str, ...] = (AUDIT_EVENTS_DDL, OFFSETS_DDL, QUARANTINE_DDL, CONFLICTS_DDL, META_DDL)
+
+
+def ledger_key(tenant_id: str, event_id: str) -> str:
+    """The one-column form of the ledger key ``(tenant_id, event_id)``; unambiguous.
+
+    The tenant is length-prefixed, so no tenant or event id, whatever it holds,
+    can make two different pairs share a key.
+    """
+    return f"{len(tenant_id)}:{tenant_id}:{event_id}"

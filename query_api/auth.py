@@ -1,11 +1,21 @@
 """Bearer API-key authentication and scope checks.
 
-``Authorization: Bearer vlk_live_<key_id>_<secret>``. The key_id finds the
-``ApiKey`` record (folded from the control topic by ``ledger.control.ControlState``);
-the secret's HMAC is compared with the stored hash by :func:`hmac.compare_digest`.
-An unknown key id still computes and compares a hash, so timing does not tell an
-unknown key from a wrong secret. Missing, malformed, unknown, wrong, revoked or
-expired keys all answer the same 401; the token never reaches a log or an error.
+``Authorization: Bearer vlk_live_<key_id>_<secret>`` (``vlk_test_`` for staging
+keys). The key_id finds the ``ApiKey`` record (folded from the control topic by
+``ledger.control.ControlState``); the secret's HMAC under the pepper the record
+names is compared with the stored hash by :func:`hmac.compare_digest`. An unknown
+key id still computes and compares a hash, so timing does not tell an unknown key
+from a wrong secret.
+
+:meth:`Authenticator.check` returns a :class:`Principal` or a :class:`Failure`,
+in this order of checks: header and format, known key id, secret, environment
+(a node serves ``settings.environment`` only; a key of the other one, or a token
+whose prefix disagrees with its record, is refused), status (revoked, expired),
+and the key's IP allow-list. Every failure but the last answers the same 401,
+and the token never reaches a log or an error; a request from outside the key's
+allow-list answers 403 naming the reason but not the list. The failure's
+``reason`` class (``wrong_secret``, ``revoked``, ...) and, for a known key id, its
+tenant, are what the caller records in that tenant's trail.
 
 The tenant of every request is the key's tenant; nothing in the request can
 choose another one.
@@ -22,9 +32,10 @@ from typing import Protocol
 
 from starlette.requests import Request
 
-from query_api.tokens import hash_secret, key_status, parse_token
+from query_api.tokens import Peppers, hash_secret, key_status, parse_token
 from schemas.events import ApiKey
-from velora.errors import AuthenticationError, ErrorDetail, PermissionDenied
+from velora.errors import AuthenticationError, ErrorDetail, PermissionDenied, VeloraError
+from velora.networks import NetworkSet
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,12 +62,32 @@ class Principal:
     name: str | None = None
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A refused credential: the error to answer and what to record about it.
+
+    ``reason`` is a class (``missing``, ``malformed``, ``unknown_key``,
+    ``wrong_secret``, ``pepper_retired``, ``wrong_environment``, ``revoked``,
+    ``expired``, ``ip_not_allowed``), never a secret. ``key_id`` is set when the
+    token was well-formed, ``tenant_id`` when that key id is a known key.
+    """
+
+    error: VeloraError
+    reason: str
+    key_id: str | None = None
+    tenant_id: str | None = None
+
+
 def _fail(message: str, reason: str) -> AuthenticationError:
     return AuthenticationError(message, (ErrorDetail("Authorization", reason),))
 
 
+def _invalid() -> AuthenticationError:
+    return _fail(INVALID_KEY, "invalid key")
+
+
 class Authenticator:
-    """Turns an ``Authorization`` header into a :class:`Principal` or a 401."""
+    """Turns an ``Authorization`` header (and the client address) into a Principal or Failure."""
 
     def __init__(
         self,
@@ -64,36 +95,63 @@ class Authenticator:
         keys: KeySource,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._pepper = settings.key_pepper
+        self._peppers = Peppers(settings)
+        self._environment = settings.environment
         self._keys = keys
         self._clock = clock
 
-    def authenticate(self, header: str | None) -> Principal:
-        """The caller of a request with this header; raises AuthenticationError."""
+    def check(self, header: str | None, client_ip: str | None) -> Principal | Failure:
+        """The caller of a request with this header from ``client_ip``, or why not."""
         if not header:
-            raise _fail(
+            error = _fail(
                 "missing Authorization header; send 'Authorization: Bearer <key>'", "missing"
             )
+            return Failure(error, "missing")
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise _fail("the Authorization header must be 'Bearer <key>'", "wrong scheme")
+            error = _fail("the Authorization header must be 'Bearer <key>'", "wrong scheme")
+            return Failure(error, "malformed")
         parsed = parse_token(token.strip())
         if parsed is None:
-            raise _fail("malformed API key; expected vlk_live_<8 hex>_<32 hex>", "malformed key")
-        key_id, secret = parsed
+            error = _fail("malformed API key; expected vlk_live_<8 hex>_<32 hex>", "malformed key")
+            return Failure(error, "malformed")
+        key_id = parsed.key_id
         record = self._keys.api_key(key_id)
-        candidate = hash_secret(self._pepper, secret)
-        matches = hmac.compare_digest(
-            candidate, record.secret_hash if record is not None else _DUMMY_HASH
-        )
-        if record is None or not matches:
-            log.info("authentication failed: unknown key or wrong secret (key_id %s)", key_id)
-            raise _fail(INVALID_KEY, "invalid key")
+        pepper = self._peppers.get(record.pepper_id) if record is not None else None
+        candidate = hash_secret(pepper or self._peppers.current()[1], parsed.secret)
+        stored = record.secret_hash if record is not None and pepper is not None else _DUMMY_HASH
+        matches = hmac.compare_digest(candidate, stored)
+        if record is None:
+            return self._refused("unknown_key", key_id, None)
+        if pepper is None:
+            return self._refused("pepper_retired", key_id, record.tenant_id)
+        if not matches:
+            return self._refused("wrong_secret", key_id, record.tenant_id)
+        if record.environment != self._environment or parsed.environment != record.environment:
+            return self._refused("wrong_environment", key_id, record.tenant_id)
         status = key_status(record, self._clock())
         if status != "active":
-            log.info("authentication failed: key %s is %s", key_id, status)
-            raise _fail(INVALID_KEY, "invalid key")
+            return self._refused(status, key_id, record.tenant_id)
+        if record.allowed_ips and client_ip not in NetworkSet(record.allowed_ips):
+            log.info("authentication refused: key %s used from outside its allow-list", key_id)
+            error = PermissionDenied(
+                "this API key may not be used from your network address",
+                (ErrorDetail("client_ip", "not in the API key's allowed networks"),),
+            )
+            return Failure(error, "ip_not_allowed", key_id, record.tenant_id)
         return Principal(key_id, record.tenant_id, frozenset(record.scopes), record.name)
+
+    @staticmethod
+    def _refused(reason: str, key_id: str, tenant_id: str | None) -> Failure:
+        log.info("authentication failed: %s (key_id %s)", reason, key_id)
+        return Failure(_invalid(), reason, key_id, tenant_id)
+
+    def authenticate(self, header: str | None, client_ip: str | None = None) -> Principal:
+        """Like :meth:`check`, but raise the failure's error."""
+        outcome = self.check(header, client_ip)
+        if isinstance(outcome, Failure):
+            raise outcome.error
+        return outcome
 
 
 def principal_of(request: Request) -> Principal:

@@ -10,7 +10,10 @@ JSON ``{"v": 1, "o": <occurred_at micros>, "e": <event_id>}`` and ``tag`` is the
 first 16 bytes of ``HMAC-SHA256(settings.cursor_secret, tenant | filters | payload)``.
 The tag binds the cursor to the tenant of the key and to the query's filters: a
 tampered cursor, one from another tenant, or one reused with other filters fails
-verification and answers 422. Clients must treat cursors as opaque.
+verification and answers 422. A verified payload is still checked field by field
+(``v`` the integer 1, ``o`` an integer from 0 to the year 9999, ``e`` a string of
+1-128 characters), so a cursor forged with a leaked secret gives 422 as well,
+never a 500. Clients must treat cursors as opaque.
 """
 
 from __future__ import annotations
@@ -21,13 +24,17 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from schemas.limits import MAX_EVENT_ID
+from schemas.times import micros
 from velora.errors import ErrorDetail, ValidationError
 from velora.settings import Secret
 
 VERSION = 1
 TAG_BYTES = 16
+MAX_OCCURRED_US = micros(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+"""The largest ``occurred_at`` a cursor may hold (a datetime's range, in epoch micros)."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +92,18 @@ def decode(secret: Secret, tenant_id: str, filters_fp: str, cursor: str) -> Posi
         raise _invalid()
     try:
         data = json.loads(payload)
-        position = Position(int(data["o"]), str(data["e"]))
-        ok = data.get("v") == VERSION and len(position.event_id) <= MAX_EVENT_ID
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, RecursionError):
         raise _invalid() from None
-    if not ok:
+    if not isinstance(data, dict):
         raise _invalid()
-    return position
+    version, occurred, event_id = data.get("v"), data.get("o"), data.get("e")
+    if (
+        type(version) is not int  # never a bool, a float or a huge number
+        or version != VERSION
+        or type(occurred) is not int
+        or not 0 <= occurred <= MAX_OCCURRED_US
+        or type(event_id) is not str
+        or not 0 < len(event_id) <= MAX_EVENT_ID
+    ):
+        raise _invalid()
+    return Position(occurred, event_id)

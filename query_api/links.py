@@ -7,7 +7,8 @@ The base of every such URL is, in order:
    the public scheme, host or port;
 2. else ``scheme://host[:port]`` from the request's ``Host`` header when
    :func:`velora.urls.clean_authority` accepts it (normalised, never the raw
-   header; ``X-Forwarded-*`` headers are never read);
+   header). The scheme is the connection's, or ``X-Forwarded-Proto`` only from a
+   proxy in ``VELORA_TRUSTED_PROXIES`` (applied inside the app);
 3. else the address the server is bound to;
 4. else (no address at all, say a Unix socket) no base: the link is relative.
 

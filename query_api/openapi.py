@@ -48,18 +48,24 @@ def _error(description: str, **extra_headers: dict[str, Any]) -> dict[str, Any]:
 
 _ERRORS = {
     "401": _error(
-        "Missing, malformed, unknown, revoked or expired API key.",
+        "Missing, malformed, unknown, revoked or expired API key, or a key of the other "
+        "environment (vlk_live_ / vlk_test_).",
         **{"WWW-Authenticate": _header("Always `Bearer`.", {"type": "string"})},
     ),
-    "403": _error("The API key lacks the scope this operation needs (named in the message)."),
+    "403": _error(
+        "The API key lacks the scope this operation needs (named in the message), or the call "
+        "comes from outside the key's IP allow-list (`details[].field` is `client_ip`)."
+    ),
     "422": _error("A query parameter is invalid (named in `details[].field`)."),
     "429": _error(
-        "Rate limit exceeded for this key, or too many failed authentications from this client.",
+        "Rate limit exceeded for this key, or too many failed authentications from this client "
+        "or for this key id (valid keys are never refused by the latter).",
         **{"Retry-After": _header("Seconds to wait before retrying.", {"type": "integer"})},
     ),
     "500": _error("Unexpected server error (no internals in the body)."),
     "503": _error(
-        "The ledger is temporarily unavailable.",
+        "The ledger or the API-key state is temporarily unavailable (loading, or stale), or "
+        "the read could not be recorded in the audit trail.",
         **{"Retry-After": _header("Seconds to wait before retrying.", {"type": "integer"}, False)},
     ),
 }

@@ -25,6 +25,7 @@ from typing import Any
 
 import duckdb
 
+from ledger.tables import ledger_key
 from query_api.cursor import Position
 from query_api.filters import Filters
 from schemas.times import from_micros
@@ -138,7 +139,7 @@ def get_event(cur: duckdb.DuckDBPyConnection, tenant_id: str, event_id: str) -> 
     """One event of one tenant by id (the primary-key index answers it), or None."""
     rows = _rows(
         cur,
-        f"SELECT {COLUMNS} FROM audit_events WHERE event_id = ? AND tenant_id = ?",  # noqa: S608
-        [event_id, tenant_id],
+        f"SELECT {COLUMNS} FROM audit_events WHERE ledger_key = ?",  # noqa: S608
+        [ledger_key(tenant_id, event_id)],
     )
     return rows[0] if rows else None

@@ -1,20 +1,35 @@
 """Reads are audited: every authenticated public call becomes an event in the caller's trail.
 
 The middleware hands each ``audit_log.viewed`` event to :class:`ReadAuditor`,
-which queues it (no added latency) and sends it from a worker thread through an
-``ingest.AuditProducer``-like sink whose ``send`` returns a future that resolves
-once Kafka acknowledged. Nothing is lost silently: a failed send, a full queue or
-events still pending at shutdown are logged (with the event id, never a key) and
-counted in :attr:`ReadAuditor.stats`.
+which sends it through an ``ingest.AuditProducer``-like sink (in system mode:
+only Velora writes ``audit_log.`` actions and ``velora.`` sources) whose ``send``
+returns a future that resolves once Kafka acknowledged. Two modes
+(``VELORA_READ_AUDIT``):
+
+- ``required`` (the default): :meth:`ReadAuditor.confirm` sends the event and
+  waits, at most ``timeout`` seconds, for Kafka's acknowledgement; the middleware
+  answers the read only then, else 503 with ``Retry-After``. HIPAA's audit-controls
+  standard (45 CFR 164.312(b)) asks that access to ePHI be recorded, so a read
+  that cannot be recorded is not served.
+- ``best_effort``: :meth:`ReadAuditor.record` queues the event (no added latency)
+  and a worker thread sends it; the read is answered either way.
+
+Failed authentications of a known key (``audit_log.auth_failed``,
+:func:`auth_failed_event`) are always queued: the answer is a refusal anyway.
+Nothing is lost silently: a failed send, a full queue or events still pending at
+shutdown are logged (with the event id, never a key) and counted in
+:attr:`ReadAuditor.stats`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import queue
 import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -23,12 +38,17 @@ import uuid_utils
 
 from query_api.auth import Principal
 from schemas.events import Actor, AuditEvent, Outcome, Target
+from schemas.limits import FIELD_LIMITS
 from schemas.rules import clip, scrub
+from velora.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000
 SOURCE = "velora.query_api"
+CONFIRM_TIMEOUT_S = 5.0
+"""How long a read waits for its audit record's acknowledgement in ``required`` mode."""
+RETRY_AFTER_S = 5.0
 _STOP = object()
 
 
@@ -64,6 +84,7 @@ class AuditStats:
     acked: int = 0
     failed: int = 0
     dropped: int = 0
+    refused_reads: int = 0
 
 
 def read_event(
@@ -90,7 +111,7 @@ def read_event(
         actor=Actor(
             type="api_key",
             id=principal.key_id,
-            name=principal.name,
+            name=scrub(principal.name, FIELD_LIMITS["actor.name"]) if principal.name else None,
             ip=_ip(client_ip),
             user_agent=scrub(user_agent, 1024) if user_agent else None,
         ),
@@ -102,10 +123,54 @@ def read_event(
     )
 
 
-class ReadAuditor:
-    """Queue read events and send them from one worker thread."""
+def auth_failed_event(
+    *,
+    key_id: str,
+    tenant_id: str,
+    reason: str,
+    client_ip: str | None,
+    user_agent: str | None,
+    method: str,
+    path: str,
+) -> AuditEvent:
+    """The ``audit_log.auth_failed`` event of a refused key (the reason class, never a secret)."""
+    now = datetime.now(UTC)
+    return AuditEvent(
+        event_id=str(uuid_utils.uuid7()),
+        tenant_id=tenant_id,
+        occurred_at=now,
+        received_at=now,
+        action="audit_log.auth_failed",
+        crud="read",
+        category="audit",
+        actor=Actor(
+            type="api_key",
+            id=key_id,
+            ip=_ip(client_ip),
+            user_agent=scrub(user_agent, 1024) if user_agent else None,
+        ),
+        targets=(Target("audit_log", tenant_id),),
+        outcome=Outcome(result="denied", reason=reason),
+        source=SOURCE,
+        metadata={"reason": reason, "method": scrub(method, 16), "path": scrub(path, 500)},
+    )
 
-    def __init__(self, sink: AuditSink, max_pending: int = MAX_PENDING) -> None:
+
+class ReadAuditor:
+    """Send audit events: confirmed one by one (``required``) or queued (``best_effort``)."""
+
+    def __init__(
+        self,
+        sink: AuditSink,
+        max_pending: int = MAX_PENDING,
+        *,
+        mode: str = "required",
+        timeout: float = CONFIRM_TIMEOUT_S,
+    ) -> None:
+        if mode not in ("required", "best_effort"):
+            raise ValueError(f"unknown read-audit mode {mode!r}")
+        self.mode = mode
+        self.timeout = timeout
         self._sink = sink
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._run, name="velora-read-audit", daemon=True)
@@ -130,6 +195,32 @@ class ReadAuditor:
                 event.event_id,
                 event.tenant_id,
             )
+
+    async def confirm(self, event: AuditEvent) -> None:
+        """Send ``event`` and wait until Kafka acknowledged it; else raise Unavailable (503)."""
+        try:
+            await asyncio.wait_for(self._send_and_wait(event), self.timeout)
+        except Exception as exc:  # the sink is another package: any failure refuses the read
+            with self._lock:
+                self.stats.failed += 1
+                self.stats.refused_reads += 1
+            log.error(
+                "read audit event %s of tenant %s not acknowledged (%s): read refused",
+                event.event_id,
+                event.tenant_id,
+                type(exc).__name__,
+            )
+            raise Unavailable(
+                "the read could not be recorded in the audit trail; retry later",
+                retry_after=RETRY_AFTER_S,
+            ) from None
+        with self._lock:
+            self.stats.queued += 1
+            self.stats.acked += 1
+
+    async def _send_and_wait(self, event: AuditEvent) -> None:
+        future = await asyncio.to_thread(self._sink.send, event)
+        await _acknowledged(future)
 
     def _run(self) -> None:
         while True:
@@ -185,3 +276,24 @@ class ReadAuditor:
             self._sink.close()
         except Exception as exc:  # the sink is another package: log any failure
             log.error("read audit sink close failed: %s", type(exc).__name__)
+
+
+async def _acknowledged(future: Any) -> None:
+    """Wait for a sink's future: a ``concurrent.futures.Future`` or kafka-python's."""
+    if isinstance(future, Future):
+        await asyncio.wrap_future(future)
+        return
+    if not (hasattr(future, "add_callback") and hasattr(future, "add_errback")):
+        return  # a sink without futures has nothing more to wait for
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def ok(_meta: Any) -> None:
+        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+    def failed(exc: BaseException) -> None:
+        loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(exc))
+
+    future.add_callback(ok)
+    future.add_errback(failed)
+    await done

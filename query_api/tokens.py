@@ -2,11 +2,18 @@
 
 Token format (50 characters: 9 + 8 + 1 + 32; the public index says 49, its own example has 50)::
 
-    vlk_live_ | 8 hex lookup (the key_id) | _ | 32 hex secret (128 bits)
+    vlk_live_ | 8 hex lookup (the key_id) | _ | 32 hex secret (128 bits)    (live keys)
+    vlk_test_ | 8 hex lookup (the key_id) | _ | 32 hex secret (128 bits)    (staging keys)
 
-Only ``HMAC-SHA256(settings.key_pepper, secret)`` is stored, as an ``ApiKey``
-record on the control topic; the operator commands that mint, rotate and revoke
-keys live with the CLI (``cli.keys``).
+The prefix names the key's environment; a node serves one environment
+(``settings.environment``) and refuses keys of the other.
+
+Only ``HMAC-SHA256(pepper, secret)`` is stored, as an ``ApiKey`` record on the
+control topic, with the id of the pepper that made it (:class:`Peppers`): new
+keys use the newest ``VELORA_KEY_PEPPERS`` entry (or, with none configured, the
+legacy unversioned ``VELORA_KEY_PEPPER``, recorded as no id); a key verifies
+while its pepper is still configured. The operator commands that mint, rotate
+and revoke keys live with the CLI (``cli.keys``).
 """
 
 from __future__ import annotations
@@ -14,30 +21,66 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from velora.settings import Secret
+from velora.settings import Secret, Settings
 
 if TYPE_CHECKING:
     from schemas.events import ApiKey
 
-PREFIX = "vlk_live_"
+PREFIXES: dict[str, str] = {"live": "vlk_live_", "staging": "vlk_test_"}
+"""Token prefix of each key environment."""
+PREFIX = PREFIXES["live"]
 KEY_LENGTH = 50  # the seed says "49 characters", but its parts and its example add up to 50
 SCOPES: tuple[str, ...] = ("audit:read", "audit:export", "webhooks:write")
-TOKEN_RE = re.compile(r"vlk_live_([0-9a-f]{8})_([0-9a-f]{32})")
+TOKEN_RE = re.compile(r"vlk_(live|test)_([0-9a-f]{8})_([0-9a-f]{32})")
 KEY_ID_RE = re.compile(r"[0-9a-f]{8}")
+_ENVIRONMENT_OF = {"live": "live", "test": "staging"}
 
 
-def parse_token(token: str) -> tuple[str, str] | None:
-    """``(key_id, secret)`` of a well-formed key, else None."""
+@dataclass(frozen=True)
+class ParsedToken:
+    """The parts of a well-formed token."""
+
+    environment: str
+    key_id: str
+    secret: str
+
+
+def parse_token(token: str) -> ParsedToken | None:
+    """The parts of a well-formed key, else None."""
     m = TOKEN_RE.fullmatch(token)
-    return (m[1], m[2]) if m else None
+    return ParsedToken(_ENVIRONMENT_OF[m[1]], m[2], m[3]) if m else None
+
+
+def format_token(environment: str, key_id: str, secret: str) -> str:
+    """The token a client sends for a key of ``environment``."""
+    return f"{PREFIXES[environment]}{key_id}_{secret}"
 
 
 def hash_secret(pepper: Secret, secret: str) -> str:
     """Hex HMAC-SHA256 of the secret under the server pepper."""
     return hmac.new(pepper.reveal().encode(), secret.encode(), hashlib.sha256).hexdigest()
+
+
+class Peppers:
+    """The pepper that hashes new keys, and every pepper that still verifies old ones."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._legacy = settings.key_pepper
+        self._versioned = dict(settings.key_peppers)
+        newest = settings.key_peppers[0] if settings.key_peppers else None
+        self._current: tuple[str | None, Secret] = newest or (None, self._legacy)
+
+    def current(self) -> tuple[str | None, Secret]:
+        """``(pepper_id, pepper)`` for new keys (``None``: the legacy pepper)."""
+        return self._current
+
+    def get(self, pepper_id: str | None) -> Secret | None:
+        """The pepper a stored key names, or None when it is no longer configured."""
+        return self._legacy if pepper_id is None else self._versioned.get(pepper_id)
 
 
 def key_status(key: ApiKey, now: datetime) -> str:

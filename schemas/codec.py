@@ -28,7 +28,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import validate
 
-from velora.errors import DecodeError, EncodeError, ErrorDetail, SchemaError
+from velora.errors import DecodeError, EncodeError, ErrorDetail, SchemaError, UnknownSchema
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
@@ -56,43 +56,45 @@ class SchemaRegistry:
     version that writers use and readers resolve to.
     """
 
-    def __init__(self, versions: Iterable[SchemaVersion]) -> None:
+    def __init__(self, versions: Iterable[SchemaVersion], folder: Path | None = None) -> None:
         self._by_fp: dict[bytes, SchemaVersion] = {}
         self._by_name: dict[str, dict[int, SchemaVersion]] = {}
+        self._folder = folder
         for v in versions:
-            if v.fingerprint in self._by_fp:
-                other = self._by_fp[v.fingerprint]
-                raise SchemaError(f"{v.path.name} is identical to {other.path.name}")
-            self._by_fp[v.fingerprint] = v
-            self._by_name.setdefault(v.full_name, {})[v.version] = v
-            short = v.full_name.rsplit(".", 1)[-1]
-            self._by_name.setdefault(short, self._by_name[v.full_name])
+            self._add(v)
+
+    def _add(self, v: SchemaVersion) -> None:
+        if v.fingerprint in self._by_fp:
+            other = self._by_fp[v.fingerprint]
+            raise SchemaError(f"{v.path.name} is identical to {other.path.name}")
+        self._by_fp[v.fingerprint] = v
+        self._by_name.setdefault(v.full_name, {})[v.version] = v
+        short = v.full_name.rsplit(".", 1)[-1]
+        self._by_name.setdefault(short, self._by_name[v.full_name])
 
     @classmethod
     def load(cls, folder: Path = SCHEMA_DIR) -> SchemaRegistry:
         """Parse every ``*.avsc`` in ``folder`` once."""
-        versions = []
-        for path in sorted(folder.glob("*.avsc")):
-            m = _FILE_RE.match(path.name)
-            if not m:
-                raise SchemaError(f"{path.name}: schema files must be named <Name>.v<N>.avsc")
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-                parsed = fastavro.parse_schema(raw, named_schemas={})
-            except (ValueError, TypeError, KeyError) as exc:
-                raise SchemaError(f"{path.name}: {exc}") from exc
-            full_name = parsed["name"]
-            if full_name.rsplit(".", 1)[-1] != m["name"]:
-                raise SchemaError(f"{path.name}: file name does not match record {full_name}")
-            fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
-            versions.append(
-                SchemaVersion(
-                    full_name, int(m["version"]), fp, parsed, raw, path, _shape_of(raw, {})
-                )
-            )
-        if not versions:
-            raise SchemaError(f"no .avsc files in {folder}")
-        return cls(versions)
+        return cls(_parse_folder(folder), folder)
+
+    def refresh(self) -> int:
+        """Add versions deployed to the folder since it was loaded; return how many.
+
+        Versions already known are never replaced (a written version is immutable).
+        A reader holding a message of an unknown writer schema calls this to pick up
+        the schema once it is deployed, without a restart.
+        """
+        if self._folder is None:
+            return 0
+        added = 0
+        for v in _parse_folder(self._folder):
+            if v.fingerprint not in self._by_fp:
+                known = self._by_name.get(v.full_name, {}).get(v.version)
+                if known is not None:
+                    raise SchemaError(f"{v.path.name} changed after it was loaded")
+                self._add(v)
+                added += 1
+        return added
 
     def latest(self, name: str) -> SchemaVersion:
         """The newest version of ``name`` (full or short name)."""
@@ -114,7 +116,7 @@ class SchemaRegistry:
         try:
             return self._by_fp[fp]
         except KeyError:
-            raise DecodeError(f"unknown schema fingerprint {fp.hex()}") from None
+            raise UnknownSchema(f"unknown schema fingerprint {fp.hex()}", fp=fp.hex()) from None
 
     def __iter__(self) -> Any:
         return iter(self._by_fp.values())
@@ -189,6 +191,30 @@ class AvroCodec:
         if bytes(data[:2]) != MAGIC:
             raise DecodeError("message does not start with the single-object marker C3 01")
         return self.registry.by_fingerprint(bytes(data[2:HEADER_LEN]))
+
+
+def _parse_folder(folder: Path) -> list[SchemaVersion]:
+    """Every ``<Name>.v<N>.avsc`` of ``folder``, parsed."""
+    versions = []
+    for path in sorted(folder.glob("*.avsc")):
+        m = _FILE_RE.match(path.name)
+        if not m:
+            raise SchemaError(f"{path.name}: schema files must be named <Name>.v<N>.avsc")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            parsed = fastavro.parse_schema(raw, named_schemas={})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SchemaError(f"{path.name}: {exc}") from exc
+        full_name = parsed["name"]
+        if full_name.rsplit(".", 1)[-1] != m["name"]:
+            raise SchemaError(f"{path.name}: file name does not match record {full_name}")
+        fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
+        versions.append(
+            SchemaVersion(full_name, int(m["version"]), fp, parsed, raw, path, _shape_of(raw, {}))
+        )
+    if not versions:
+        raise SchemaError(f"no .avsc files in {folder}")
+    return versions
 
 
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1

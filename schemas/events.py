@@ -21,6 +21,7 @@ TENANT_SETTINGS = "health.velora.control.TenantSettings"
 CRUD = ("create", "read", "update", "delete", "other")
 OUTCOME_RESULTS = ("success", "failure", "denied", "unknown")
 PHI_MODES = ("server", "client", "sidecar")
+KEY_ENVIRONMENTS = ("live", "staging")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,10 @@ class AuditEvent:
 class ApiKey:
     """Current state of one API key (schema ``ApiKey``, on the control topic).
 
-    Holds an HMAC of the secret, never the key itself.
+    Holds an HMAC of the secret, never the key itself. ``pepper_id`` names the
+    ``VELORA_KEY_PEPPERS`` entry that hashed it (None: the legacy
+    ``VELORA_KEY_PEPPER``); ``environment`` is ``live`` or ``staging``;
+    ``allowed_ips`` holds canonical CIDRs (empty: any address).
     """
 
     key_id: str
@@ -143,6 +147,9 @@ class ApiKey:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     rotated_to: str | None = None
+    pepper_id: str | None = None
+    environment: str = "live"
+    allowed_ips: tuple[str, ...] = ()
 
     def to_avro(self) -> dict[str, Any]:
         """The record as the codec takes it."""
@@ -161,6 +168,9 @@ class ApiKey:
             else to_micros(self.revoked_at, "revoked_at"),
             "rotated_to": self.rotated_to,
             "updated_at": to_micros(self.updated_at, "updated_at"),
+            "pepper_id": self.pepper_id,
+            "environment": self.environment,
+            "allowed_ips": list(self.allowed_ips),
         }
 
     @classmethod
@@ -182,6 +192,9 @@ class ApiKey:
             revoked_at=opt("revoked_at"),
             rotated_to=record.get("rotated_to"),
             updated_at=from_micros(record["updated_at"]),
+            pepper_id=record.get("pepper_id"),
+            environment=record.get("environment", "live"),
+            allowed_ips=tuple(record.get("allowed_ips") or ()),
         )
 
 

@@ -16,6 +16,8 @@ MAX_TARGETS = 50
 MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY_LEN = 40
 MAX_METADATA_VALUE_LEN = 500
+MAX_KEY_NAME = 128
+"""Longest API-key name (it becomes ``actor.name`` of the key's read-audit events)."""
 MAX_FILTER_TEXT = 256
 """Longest text value of a public-API filter."""
 

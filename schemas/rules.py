@@ -3,6 +3,8 @@
 - **Tenant ids** are 1-64 characters of ``[A-Za-z0-9_.:-]``, starting with a letter
   or digit. Ingest, the key commands, the API and every CLI use :func:`valid_tenant`
   / :func:`check_tenant`, so an id one of them accepts, all of them accept.
+- **API-key names** are 1-128 printable characters (no control, format or
+  separator characters but the space), not blank: :func:`check_key_name`.
 - **Free text** may hold any Unicode except C0/C1 control characters and lone
   surrogates (:data:`TEXT_FORBIDDEN`).
 - **Identifiers** must be :meth:`str.isprintable` (no control, format, separator
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.limits import MAX_TENANT_ID
+from schemas.limits import MAX_KEY_NAME, MAX_TENANT_ID
 from velora.errors import ErrorDetail, ValidationError
 
 CONTROL_CLASS = r"\x00-\x1f\x7f-\x9f"
@@ -36,6 +38,24 @@ def check_tenant(value: str, field: str = "tenant") -> str:
     if not valid_tenant(value):
         reason = f"must be {TENANT_RULE}"
         raise ValidationError(f"{field} {reason}", details=(ErrorDetail(field, reason),))
+    return value
+
+
+KEY_NAME_RULE = (
+    f"1-{MAX_KEY_NAME} printable characters (no control, format or line-break characters)"
+)
+
+
+def check_key_name(value: str, field: str = "name") -> str:
+    """``value`` if it is an acceptable API-key name, else a 422 naming ``field``."""
+    if (
+        type(value) is not str
+        or not value.strip()
+        or len(value) > MAX_KEY_NAME
+        or not value.isprintable()
+    ):
+        reason = f"must be {KEY_NAME_RULE}"
+        raise ValidationError(f"key {field} {reason}", details=(ErrorDetail(field, reason),))
     return value
 
 

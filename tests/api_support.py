@@ -14,14 +14,13 @@ from pathlib import Path
 import httpx
 import uuid_utils
 import uvicorn
-from kafka import KafkaProducer
 from starlette.applications import Starlette
 
 from cli.keys import IssuedKey, create_key
 from ledger.control import ControlState
 from ledger.duck import LedgerFile
+from ledger.tables import ledger_key
 from query_api.app import create_app
-from schemas.codec import AvroCodec
 from schemas.events import Actor, AuditEvent, Outcome, Target
 from tests.helpers import wait_for
 from velora.settings import Settings
@@ -29,7 +28,8 @@ from velora.settings import Settings
 BASE = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 INSERT = """
 INSERT INTO audit_events VALUES (
-    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, map(?::VARCHAR[], ?::VARCHAR[]), ?, ?, ?
+    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+    map(?::VARCHAR[], ?::VARCHAR[]), ?, ?, ?
 )
 """
 
@@ -71,7 +71,8 @@ def insert_events(reader: LedgerFile, events: Iterable[AuditEvent], start_offset
     for n, e in enumerate(events):
         a = e.actor
         rows.append([
-            e.event_id, e.tenant_id, e.occurred_at, e.received_at, e.action, e.crud, e.category,
+            ledger_key(e.tenant_id, e.event_id), e.event_id, e.tenant_id,
+            e.occurred_at, e.received_at, e.action, e.crud, e.category,
             a.type, a.id, a.name, a.email, a.ip, a.user_agent,
             [{"type": t.type, "id": t.id, "name": t.name} for t in e.targets],
             e.outcome.result, e.outcome.reason, e.request_id, e.source,
@@ -84,29 +85,11 @@ def insert_events(reader: LedgerFile, events: Iterable[AuditEvent], start_offset
         cur.close()
 
 
-class KafkaAuditSink:
-    """Sends read-audit events to the real audit topic (what ingest's AuditProducer does)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._topic = settings.audit_topic
-        self._codec = AvroCodec()
-        self._producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-
-    def send(self, event: AuditEvent):
-        value = self._codec.encode("AuditEvent", event.to_avro())
-        return self._producer.send(self._topic, key=event.tenant_id.encode(), value=value)
-
-    def close(self) -> None:
-        self._producer.close(timeout=10)
-
-
 def audit_sink(settings: Settings):
-    """ingest.producer.AuditProducer when it exists, else the equivalent Kafka sink."""
-    try:
-        from ingest.producer import AuditProducer
-    except ImportError:
-        return KafkaAuditSink(settings)
-    return AuditProducer(settings)
+    """The read-audit producer the node makes: ingest's AuditProducer in system mode."""
+    from ingest.producer import AuditProducer
+
+    return AuditProducer(settings, system=True, timeout=5.0, linger_ms=0)
 
 
 @dataclass
@@ -162,7 +145,14 @@ def free_port() -> int:
 @contextmanager
 def live_server(app: Starlette) -> Iterator[str]:
     """Serve ``app`` with a real uvicorn on 127.0.0.1:<port 0>; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=False,  # as every Velora server: forwarded headers only via the app
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -174,3 +164,14 @@ def live_server(app: Starlette) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def audit_trail(settings: Settings, action: str, count: int, timeout: float = 20.0) -> list[dict]:
+    """Wait until the audit topic holds at least ``count`` records of ``action``; return them."""
+    from tests.test_producer import read_topic
+
+    def found() -> list[dict]:
+        records = [r for _p, _o, _k, r in read_topic(settings) if r["action"] == action]
+        return records if len(records) >= count else []
+
+    return wait_for(found, timeout=timeout, interval=0.5, what=f"{count} {action} records")

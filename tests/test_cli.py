@@ -63,3 +63,43 @@ def test_every_heavy_module_is_really_detected():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert "starlette" in out.stdout and "duckdb" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "variable"),
+    [
+        (["node", "--host", "0.0.0.0", "--port", "0"], {}, "VELORA_KEY_PEPPER"),
+        (
+            ["node", "--host", "0.0.0.0", "--port", "0"],
+            {"VELORA_KEY_PEPPER": "own-pepper-0123456789"},
+            "VELORA_CURSOR_SECRET",
+        ),
+        (
+            ["ingest", "serve", "--host", "0.0.0.0", "--port", "0"],
+            {"VELORA_INGEST_TOKENS": "dev-ingest-token-change-me"},
+            "VELORA_INGEST_TOKENS",
+        ),
+    ],
+)
+def test_services_refuse_published_secrets_on_a_non_loopback_bind(tmp_path, argv, env, variable):
+    """Issue 8 finding 8: stopped before binding or touching Kafka, naming the variable."""
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "VELORA_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "VELORA_STATE_DIR": str(tmp_path),
+        **env,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", *argv],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"velora: error: {variable} is a development value")
+    assert "non-loopback" in last
+    assert "change-me" not in proc.stderr and "Traceback" not in proc.stderr

@@ -25,6 +25,7 @@ from velora.errors import CodecError, DecodeError, EncodeError, SchemaError, Vel
 WRITTEN_FINGERPRINTS = {
     ("health.velora.audit.AuditEvent", 1): "fa16d75761c2faee",
     ("health.velora.control.ApiKey", 1): "0bd2ab4e203b5d7a",
+    ("health.velora.control.ApiKey", 2): "29dc7e5a9a6a1d63",
     ("health.velora.control.TenantSettings", 1): "06734747d4f6334f",
 }
 

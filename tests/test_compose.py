@@ -2,9 +2,11 @@
 
 Docker does not run here, so the files are parsed: every velora service runs a real
 ``velora`` subcommand, every ``VELORA_*`` variable is one :data:`ENV_VARS` knows and
-its value (with compose's ``${VAR:-default}`` resolved) passes
-:meth:`Settings.from_env`; the Kafka service is a consistent single-node KRaft setup
-of the same Kafka version the local runtime uses.
+its value (with compose's ``${VAR:-default}`` resolved, and the secrets that
+``${VAR:?message}`` requires taken from an operator's ``.env``) passes
+:meth:`Settings.from_env`; the secrets have no default and no published value; the
+Kafka service is a consistent single-node KRaft setup of the same Kafka version the
+local runtime uses.
 """
 
 from __future__ import annotations
@@ -22,21 +24,31 @@ from cli.main import subcommand_names
 from ingest.http import create_ingest_app
 from query_api.health import health_routes
 from tests.helpers import REPO
-from velora.settings import ENV_VARS, Settings
+from velora.settings import DEV_SECRET_VALUES, ENV_VARS, Settings, check_bind_secrets
 
 COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text(encoding="utf-8"))
 DOCKERFILE = (REPO / "Dockerfile").read_text(encoding="utf-8")
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 VELORA_SERVICES = sorted(name for name, svc in SERVICES.items() if "build" in svc)
-_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}")
+REQUIRED_SECRETS = ("VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET", "VELORA_INGEST_TOKENS")
+OPERATOR_ENV = {name: f"operator-{name.lower()}-0123456789" for name in REQUIRED_SECRETS}
+"""What an operator's .env provides: the secrets compose requires."""
 
 
-def interpolate(value: object) -> str:
-    """Resolve compose's ``${VAR:-default}`` as ``docker compose up`` does with no .env."""
+def interpolate(value: object, env: dict[str, str] | None = None) -> str:
+    """Resolve ``${VAR:-default}`` and ``${VAR:?message}`` as ``docker compose up`` does.
+
+    ``env`` is the shell or ``.env``; a required variable missing from it fails.
+    """
     text = str(value).lower() if isinstance(value, bool) else str(value)
+    given = OPERATOR_ENV if env is None else env
 
     def sub(m: re.Match[str]) -> str:
         assert m["op"] is not None, f"${{{m['name']}}} has no default: compose up would fail"
+        if m["op"].endswith("?"):
+            assert m["name"] in given, f"compose up stops: {m['default']}"
+            return given[m["name"]]
         return m["default"]
 
     return _VAR.sub(sub, text).replace("$$", "$")
@@ -109,6 +121,31 @@ def test_health_probes_hit_routes_that_exist():
     ingest_settings = Settings.from_env(environment("ingest"))
     app = create_ingest_app(ingest_settings, producer=object())  # type: ignore[arg-type]
     assert "/healthz" in [getattr(r, "path", None) for r in app.routes]
+
+
+def test_secrets_are_required_and_never_defaulted():
+    """Issue 8 finding 8: compose no longer passes the published development values."""
+    text = (REPO / "compose.yaml").read_text(encoding="utf-8")
+    for value in DEV_SECRET_VALUES:
+        assert value not in text
+    for service, names in (
+        ("node", ("VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET")),
+        ("ingest", ("VELORA_INGEST_TOKENS",)),
+    ):
+        raw = SERVICES[service]["environment"]
+        for name in names:
+            assert re.fullmatch(rf"\$\{{{name}:\?[^}}]*{name}[^}}]*\}}", raw[name]), raw[name]
+            missing = {k: v for k, v in OPERATOR_ENV.items() if k != name}
+            with pytest.raises(AssertionError, match=f"compose up stops: set {name}"):
+                interpolate(raw[name], missing)
+
+
+@pytest.mark.parametrize(
+    ("service", "host_var"), [("node", "VELORA_NODE_HOST"), ("ingest", "VELORA_INGEST_HOST")]
+)
+def test_the_services_pass_the_secret_check_on_their_bind_address(service, host_var):
+    env = environment(service)
+    assert check_bind_secrets(Settings.from_env(env), service, env[host_var]) == []
 
 
 def test_ingest_has_service_tokens_and_node_has_secrets():
@@ -219,5 +256,8 @@ def test_interpolation_helper():
     assert interpolate("${A:-x}") == "x"
     assert interpolate("${A-y}/$$HOME") == "y/$HOME"
     assert interpolate(8080) == "8080"
+    assert interpolate("${A:?set A}", {"A": "given"}) == "given"
+    with pytest.raises(AssertionError, match="compose up stops: set A"):
+        interpolate("${A:?set A}", {})
     with pytest.raises(AssertionError, match="has no default"):
         interpolate("${A}")

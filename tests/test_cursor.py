@@ -79,3 +79,58 @@ def test_api_refuses_foreign_or_reused_cursors(api: Api):
         resp = api.get(EVENTS, key.token, params=params)
         assert resp.status_code == 422, params
         assert resp.json()["error"]["details"][0]["field"] == "cursor"
+
+
+def _forge(payload: object, tenant: str = "acme", fp: str = FP, secret: Secret = SECRET) -> str:
+    """A cursor with a valid tag over any payload: what a leaked secret allows."""
+    raw = (
+        json.dumps(payload, separators=(",", ":")).encode()
+        if not isinstance(payload, bytes)
+        else payload
+    )
+    return cursor._b64(raw) + "." + cursor._b64(cursor._tag(secret, tenant, fp, raw))
+
+
+OUT_OF_RANGE = [
+    b'{"v":1,"o":1e400,"e":"x"}',  # float('inf'): int() raised OverflowError (a 500)
+    b'{"v":1,"o":1234567890123456789012345678901234567890,"e":"x"}',
+    {"v": 1, "o": -1, "e": "x"},
+    {"v": 1, "o": True, "e": "x"},
+    {"v": True, "o": 1, "e": "x"},
+    {"v": 1.0, "o": 1, "e": "x"},
+    {"v": 1, "o": 1.5, "e": "x"},
+    {"v": 1, "o": 1, "e": 7},
+    {"v": 1, "o": 1, "e": ""},
+    {"v": 1, "o": 1, "e": "x" * 129},
+    {"v": 1, "o": 1, "e": None},
+    {"v": 2, "o": 1, "e": "x"},
+    {"v": 1, "o": "1", "e": "x"},
+    {"v": 1, "o": 253402300800000000, "e": "x"},  # past the year 9999
+    [1, 2, 3],
+    "just a string",
+    None,
+    b'{"v":1,"o":' + b"[" * 5000 + b"]" * 5000 + b',"e":"x"}',  # deep nesting
+    b"\xff\xfe not json",
+]
+
+
+@pytest.mark.parametrize("payload", OUT_OF_RANGE, ids=range(len(OUT_OF_RANGE)))
+def test_forged_out_of_range_cursors_are_422_not_500(payload):
+    """Issue 8 finding 9: a forged cursor with huge numbers gave 500 via OverflowError."""
+    with pytest.raises(ValidationError) as info:
+        cursor.decode(SECRET, "acme", FP, _forge(payload))
+    assert info.value.details[0].field == "cursor"
+
+
+def test_the_largest_valid_position_round_trips():
+    pos = Position(cursor.MAX_OCCURRED_US, "e" * 128)
+    assert cursor.decode(SECRET, "acme", FP, cursor.encode(SECRET, "acme", FP, pos)) == pos
+
+
+def test_forged_cursor_through_the_api_is_422(settings):
+    with running_api(settings) as api:
+        key = api.issue("acme")
+        forged = _forge(OUT_OF_RANGE[0], fp=FP, secret=settings.cursor_secret)
+        resp = api.get(EVENTS, key.token, params={"cursor": forged})
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["error"]["details"][0]["field"] == "cursor"

@@ -229,3 +229,29 @@ def test_to_avro_refuses_naive_datetimes(make):
 def test_structs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         FULL_EVENT.tenant_id = "other"  # type: ignore[misc]
+
+
+# -- ApiKey v1 -> v2 -------------------------------------------------------------------
+
+
+def test_v1_api_key_records_read_as_v2_with_the_defaults():
+    """Keys written before v2 keep working: the legacy pepper, live, no allow-list."""
+    v1 = CODEC.registry.version("ApiKey", 1)
+    assert CODEC.registry.latest("ApiKey").version == 2
+    record = {
+        k: v for k, v in KEYS[0].to_avro().items() if k in {f["name"] for f in v1.raw["fields"]}
+    }
+    old = CODEC.encode("ApiKey", record, version=1)
+    _name, decoded = CODEC.decode(old)
+    key = ApiKey.from_avro(decoded)
+    assert key == dataclasses.replace(KEYS[0], pepper_id=None, environment="live", allowed_ips=())
+
+
+def test_v2_api_key_records_read_by_a_v1_reader_drop_the_new_fields():
+    v1 = CODEC.registry.version("ApiKey", 1)
+    staged = dataclasses.replace(
+        KEYS[0], pepper_id="p2", environment="staging", allowed_ips=("10.0.0.0/8",)
+    )
+    _, decoded = CODEC.decode(CODEC.encode("ApiKey", staged.to_avro()), reader=v1)
+    assert set(decoded) == {f["name"] for f in v1.raw["fields"]}
+    assert decoded["key_id"] == staged.key_id and decoded["revoked_at"] == staged.revoked_at

@@ -48,7 +48,9 @@ def ingest_settings(settings: Settings) -> Settings:
 def serve(app: Starlette) -> Iterator[httpx.Client]:
     """A real uvicorn on 127.0.0.1:<port 0> in a thread, and a client for it."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", proxy_headers=False
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -631,3 +633,49 @@ def test_uploads_past_the_memory_budget_get_503_before_their_body_is_read(
     # back-pressure, not a fault: no ERROR line, one (throttled) warning for both refusals
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len([r for r in caplog.records if "budget" in r.getMessage()]) == 1
+
+
+# -- reserved names and restricted tokens (issue 8 finding 10) -------------------------
+
+RESTRICTED = "svc-token-restricted-0123"
+
+
+def test_reserved_actions_and_sources_are_refused_with_422_naming_the_field(client):
+    forged_read = raw_event(1, action="audit_log.viewed", source="velora.query_api")
+    resp = post(client, [forged_read])
+    assert resp.status_code == 422
+    assert sorted(error_fields(resp)) == [(0, "action"), (0, "source")]
+    reasons = {d["field"]: d["reason"] for d in resp.json()["error"]["details"]}
+    assert "reserved" in reasons["action"] and "reserved" in reasons["source"]
+    mixed = post(client, [raw_event(2), raw_event(3, action="audit_log.auth_failed")])
+    assert mixed.status_code == 200
+    assert [i["status"] for i in mixed.json()["items"]] == ["accepted", "rejected"]
+    assert mixed.json()["items"][1]["errors"][0]["field"] == "action"
+
+
+def test_a_token_restricted_to_sources_cannot_write_others(settings):
+    restricted = settings.with_overrides(
+        ingest_tokens=Settings.from_env(
+            {"VELORA_INGEST_TOKENS": f"{TOKEN},{RESTRICTED}=billing|claims-api"}
+        ).ingest_tokens
+    )
+    headers = {"Authorization": f"Bearer {RESTRICTED}", "Content-Type": "application/json"}
+    with AuditProducer(restricted, timeout=10.0) as producer:
+        with serve(create_ingest_app(restricted, producer)) as c:
+            resp = post(
+                c,
+                [raw_event(1, source="claims-api"), raw_event(2, source="pharmacy")],
+                headers,
+            )
+            assert resp.status_code == 200
+            items = resp.json()["items"]
+            assert [i["status"] for i in items] == ["accepted", "rejected"]
+            assert items[1]["errors"] == [
+                {"field": "source", "reason": "not a source this service token may write"}
+            ]
+            only_bad = post(c, [raw_event(3, source="pharmacy")], headers)
+            assert only_bad.status_code == 422 and error_fields(only_bad) == [(0, "source")]
+            # The unrestricted token writes any non-reserved source.
+            assert post(c, [raw_event(4, source="pharmacy")]).status_code == 200
+    sources = sorted(r["source"] for _p, _o, _k, r in read_topic(restricted))
+    assert sources == ["claims-api", "pharmacy"]

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from cli.keys import parse_scopes
+from cli.keys import create_key, parse_allow_ips, parse_scopes
 from cli.main import main
 from ledger.control import read_control
-from query_api.tokens import KEY_LENGTH, TOKEN_RE, hash_secret, parse_token
+from query_api.tokens import KEY_LENGTH, TOKEN_RE, ParsedToken, hash_secret, parse_token
 from velora.errors import ValidationError
 
 
@@ -49,7 +49,9 @@ def test_create_prints_the_key_once_on_the_last_line(cli, settings):
     assert len(token) == KEY_LENGTH == 50
     assert TOKEN_RE.fullmatch(token)
     assert sum(token in line for line in lines) == 1
-    key_id, secret = parse_token(token)
+    parsed = parse_token(token)
+    key_id, secret = parsed.key_id, parsed.secret
+    assert parsed.environment == "live" and token.startswith("vlk_live_")
     stored = read_control(settings).api_keys[key_id]
     assert stored.tenant_id == "acme" and stored.name == "SIEM"
     assert stored.scopes == ("audit:read", "audit:export", "webhooks:write")
@@ -99,13 +101,15 @@ def test_bad_input_is_a_clear_error(cli):
 
 
 def test_key_format_helpers():
-    assert parse_token("vlk_live_a3f7b921_c8e4d2f6109a4bc7e2f3859d1a4b0c92") == (
-        "a3f7b921",
-        "c8e4d2f6109a4bc7e2f3859d1a4b0c92",
+    assert parse_token("vlk_live_a3f7b921_c8e4d2f6109a4bc7e2f3859d1a4b0c92") == ParsedToken(
+        "live", "a3f7b921", "c8e4d2f6109a4bc7e2f3859d1a4b0c92"
+    )
+    assert parse_token("vlk_test_a3f7b921_c8e4d2f6109a4bc7e2f3859d1a4b0c92") == ParsedToken(
+        "staging", "a3f7b921", "c8e4d2f6109a4bc7e2f3859d1a4b0c92"
     )
     for bad in (
         "vlk_live_a3f7b921_c8e4",
-        "vlk_test_a3f7b921_c8e4d2f6109a4bc7e2f3859d1a4b0c92",
+        "vlk_prod_a3f7b921_c8e4d2f6109a4bc7e2f3859d1a4b0c92",
         "vlk_live_A3F7B921_c8e4d2f6109a4bc7e2f3859d1a4b0c92",
         "",
     ):
@@ -117,3 +121,65 @@ def test_key_format_helpers():
         "[0-9a-f]{64}",
         hash_secret(__import__("velora.settings").settings.Secret("pepper-pepper-pepper"), "x"),
     )
+
+
+def test_staging_keys_and_allow_lists_are_stored(cli, settings):
+    code, out, _ = cli(
+        "keys", "create", "--tenant", "acme", "--scopes", "audit:read", "--environment",
+        "staging", "--allow-ip", "203.0.113.0/24", "--allow-ip", "2001:db8::/48",
+        "--allow-ip", "198.51.100.7", "--json",
+    )  # fmt: skip
+    assert code == 0
+    created = json.loads(out.strip().splitlines()[-1])
+    assert created["key"].startswith(f"vlk_test_{created['key_id']}_")
+    assert len(created["key"]) == KEY_LENGTH
+    assert created["environment"] == "staging"
+    assert created["allowed_ips"] == ["203.0.113.0/24", "2001:db8::/48", "198.51.100.7/32"]
+    stored = read_control(settings).api_keys[created["key_id"]]
+    assert stored.environment == "staging"
+    assert stored.allowed_ips == ("203.0.113.0/24", "2001:db8::/48", "198.51.100.7/32")
+    # Without --environment a key gets the environment this process serves.
+    staging = settings.with_overrides(environment="staging")
+    assert create_key(staging, "acme", ("audit:read",)).token.startswith("vlk_test_")
+    assert create_key(settings, "acme", ("audit:read",)).token.startswith("vlk_live_")
+
+
+@pytest.mark.parametrize("cidr", ["203.0.113.5/24", "300.1.1.1/8", "not-an-ip", "10.0.0.0/33", ""])
+def test_bad_allow_ip_is_a_clear_error(cli, cidr):
+    code, out, err = cli(
+        "keys", "create", "--tenant", "acme", "--scopes", "audit:read", "--allow-ip", cidr
+    )
+    assert code == 2 and "--allow-ip" in err and "vlk_" not in out
+    with pytest.raises(ValidationError) as info:
+        parse_allow_ips(["10.0.0.0/8", cidr])
+    assert info.value.details[0].field == "allow_ip"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "line\nbreak",
+        "x" * 129,
+        "tab\there",
+        "bidi\u202eoverride",
+        "zero\u200bwidth",
+        "",
+        "   ",
+        "nul\x00",
+    ],
+)
+def test_bad_key_names_are_refused_before_anything_is_written(cli, settings, name):
+    """Issue 14 finding 4: a name the read auditor cannot record is never stored."""
+    before = read_control(settings).api_keys
+    code, out, err = cli("keys", "create", "--tenant", "acme", "--scopes", "audit:read",
+                         "--name", name)  # fmt: skip
+    assert code == 2
+    assert "name" in err and "printable" in err
+    assert "vlk_" not in out
+    assert read_control(settings).api_keys == before
+
+
+@pytest.mark.parametrize("name", ["acme SIEM", "x" * 128, "Équipe sécurité 🔒", "a/b:c (prod)"])
+def test_good_key_names_are_kept(settings, name):
+    issued = create_key(settings, "acme", ("audit:read",), name)
+    assert read_control(settings).api_keys[issued.record.key_id].name == name

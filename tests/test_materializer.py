@@ -12,7 +12,7 @@ import pytest
 from ledger.decode import EventDecoder
 from ledger.materializer import Materializer
 from ledger.store import LedgerStore
-from tests.factory import EventFactory, Made, produce, sample_record
+from tests.factory import EventFactory, produce, sample_record
 from tests.helpers import wait_for
 from velora.topics import end_offsets
 
@@ -135,22 +135,6 @@ def test_wait_for_offset_returns_once_materialized(settings, factory):
         store.close()
 
 
-def test_undecodable_records_are_skipped_and_counted(settings, factory):
-    good = [factory.make() for _ in range(10)]
-    bad = Made("x", b"tenant-00", b"\xc3\x01not-a-known-fingerprint")
-    produce(settings, [*good[:5], bad, *good[5:]])
-    store = LedgerStore(settings.duckdb_path)
-    m = Materializer(settings, store)
-    m.start()
-    try:
-        assert m.wait_caught_up(timeout=60)
-        assert store.count() == 10
-        assert m.skipped == 1
-    finally:
-        m.stop()
-        store.close()
-
-
 def test_stop_is_prompt_and_idempotent(settings):
     store = LedgerStore(settings.duckdb_path)
     m = Materializer(settings, store)
@@ -201,16 +185,24 @@ def test_fast_decode_rejects_corruption_like_fastavro(factory):
     values[9] = values[9] + b"\x00"  # trailing byte
     out = decoder.decode(values, np.zeros(20, dtype=np.int32), np.arange(20, dtype=np.int64))
     assert out.table.num_rows == 18
-    assert [o for _, o, _ in out.skipped] == [7, 9]
+    assert [o for _, o, _ in out.quarantined] == [7, 9]
+    assert all(why.startswith("decode: ") for *_, why in out.quarantined)
 
 
-def test_duplicates_inside_one_batch_keep_the_first(factory):
+def test_duplicates_inside_one_batch_keep_the_lowest_position(factory):
+    from ledger.duplicates import first_copies
+
     decoder = EventDecoder(factory.codec)
     events = [factory.make() for _ in range(5)]
-    values = [e.value for e in events] + [events[1].value]
-    out = decoder.decode(values, np.zeros(6, dtype=np.int32), np.arange(6, dtype=np.int64))
-    assert out.table.column("event_id").to_pylist() == [e.event_id for e in events]
-    assert out.table.column("kafka_offset").to_pylist() == [0, 1, 2, 3, 4]
+    values = [events[1].value] + [e.value for e in events]
+    # the repeat is read first but sits later in the log (partition 1 > partition 0)
+    parts = np.asarray([1, 0, 0, 0, 0, 0], dtype=np.int32)
+    out = decoder.decode(values, parts, np.arange(6, dtype=np.int64))
+    winners, losers = first_copies(out.table)
+    assert sorted(winners.column("event_id").to_pylist()) == sorted(e.event_id for e in events)
+    assert winners.column("kafka_offset").to_pylist() == [1, 2, 3, 4, 5]
+    assert losers.column("kafka_partition").to_pylist() == [1]
+    assert first_copies(winners)[1] is None  # unique keys: nothing to drop
 
 
 def test_factory_output_equals_codec_encoding(factory):
@@ -337,7 +329,7 @@ def test_materializer_paths_give_equal_tables(settings, factory, tmp_path):
 
 
 def test_merged_polls_keep_the_first_copy_of_a_repeated_event(settings, factory):
-    from ledger.materializer import _Batch
+    from ledger.log_reader import Poll
 
     decoder = EventDecoder(factory.codec)
     events = [factory.make() for _ in range(4)]
@@ -348,7 +340,7 @@ def test_merged_polls_keep_the_first_copy_of_a_repeated_event(settings, factory)
             np.zeros(len(evs), dtype=np.int32),
             np.arange(first_offset, first_offset + len(evs), dtype=np.int64),
         ).table
-        return _Batch(table, len(evs), 0, {0: first_offset + len(evs)})
+        return Poll(table, len(evs), {0: first_offset + len(evs)})
 
     store = LedgerStore(settings.duckdb_path)
     m = Materializer(settings, store)

@@ -31,9 +31,9 @@ class GatedStore(LedgerStore):
 
     gate = threading.Event()
 
-    def write_batch(self, table, topic, offsets):
+    def write_batch(self, table, topic, offsets, quarantine=()):
         assert self.gate.wait(60)
-        super().write_batch(table, topic, offsets)
+        super().write_batch(table, topic, offsets, quarantine)
 
 
 def _client(node):

@@ -20,13 +20,14 @@ from kafka.structs import TopicPartition
 
 import ingest
 from ingest import Accepted, Ack, AuditProducer, Rejected, SendResult
-from ingest.appender import PINNED_KAFKA_PYTHON, Run, fast_path_supported
+from ingest.appender import Run, fast_path_supported
 from ingest.avro_writer import compile_writer
 from ingest.pipeline import Pipeline
 from ingest.validation import to_record
 from schemas import AUDIT_EVENT, Actor, AuditEvent, AvroCodec, Outcome
 from velora.broker import free_port
 from velora.errors import Unavailable, ValidationError, VeloraError
+from velora.kafka_internals import PINNED_KAFKA_PYTHON
 from velora.settings import Settings
 from velora.topics import end_offsets
 
@@ -132,10 +133,10 @@ def test_send_returns_a_future_resolving_to_the_ack(
         tenant_id="acme",
         occurred_at=now,
         received_at=now,
-        action="audit_log.viewed",
+        action="claim.viewed",
         actor=Actor("api_key", "k1"),
         outcome=Outcome("success"),
-        source="velora.query_api",
+        source="claims-api",
         crud="read",
     )
     futures = [producer.send(typed), producer.send(raw_event(3))]
@@ -145,7 +146,7 @@ def test_send_returns_a_future_resolving_to_the_ack(
     assert uuid.UUID(acks[0].event_id).version == 7
     by_id = {rec["event_id"]: (p, off, rec) for p, off, _, rec in read_topic(settings)}
     assert by_id[acks[0].event_id][:2] == (acks[0].partition, acks[0].offset)
-    assert by_id[acks[0].event_id][2]["action"] == "audit_log.viewed"
+    assert by_id[acks[0].event_id][2]["action"] == "claim.viewed"
     assert by_id[acks[1].event_id][:2] == (acks[1].partition, acks[1].offset)
     assert producer.pending == 0
 

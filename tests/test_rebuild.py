@@ -12,11 +12,11 @@ from tests.factory import EventFactory, produce
 from tests.helpers import REPO, wait_for
 from tests.test_node import NodeProcess, node_env
 
-# Every column of every row, in event_id order, hashed: to_json(row) renders all
-# columns (NULLs included) of audit_events, so any difference changes the digest.
+# Every column of every row, in key order, hashed: to_json(row) renders all columns
+# (NULLs included) of audit_events, so any difference changes the digest.
 CHECKSUM = (
-    "SELECT count(*), md5(string_agg(to_json(e)::VARCHAR, chr(10) ORDER BY event_id)) "
-    "FROM audit_events e"
+    "SELECT count(*), md5(string_agg(to_json(e)::VARCHAR, chr(10) ORDER BY tenant_id, event_id))"
+    " FROM audit_events e"
 )
 
 
@@ -44,7 +44,7 @@ def checksum(path) -> Digest:
         columns = store.cursor().execute("DESCRIBE audit_events").fetchall()
         assert len(columns) >= 22
         digest = Digest(store.cursor().execute(CHECKSUM).fetchall()[0])
-        query = "SELECT * FROM audit_events ORDER BY event_id"
+        query = "SELECT * FROM audit_events ORDER BY tenant_id, event_id"
         digest.table = store.cursor().sql(query).to_arrow_table()
         return digest
     finally:
@@ -77,7 +77,7 @@ def test_restarting_on_an_empty_duckdb_rebuilds_the_same_table(loaded, tmp_path)
     _run_node_until_ready(settings, tmp_path / "node.log")
     after = checksum(settings.duckdb_path)
     assert after == before, before.explain(after)
-    assert "replaying audit log into an empty ledger" in (tmp_path / "node.log").read_text()
+    assert "replaying the audit log into the ledger" in (tmp_path / "node.log").read_text()
 
 
 def test_velora_ledger_rebuild_replays_into_an_equal_table(loaded, tmp_path):

@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 
 from velora.errors import ConfigError
-from velora.settings import ENV_VARS, Secret, Settings
+from velora.settings import (
+    ENV_VARS,
+    Secret,
+    ServiceToken,
+    Settings,
+    check_bind_secrets,
+    dev_secrets,
+)
 
 PEPPER = "pepper-0123456789-abcdef"
 CURSOR = "cursor-0123456789-abcdef"
@@ -43,11 +50,22 @@ GOOD: dict[str, tuple[str, Any]] = {
     "VELORA_INGEST_PORT": ("18081", 18081),
     "VELORA_INGEST_TOKENS": (f"{TOKEN_A}, {TOKEN_B},", (Secret(TOKEN_A), Secret(TOKEN_B))),
     "VELORA_KEY_PEPPER": (PEPPER, Secret(PEPPER)),
+    "VELORA_KEY_PEPPERS": (
+        f"p2:{PEPPER}-2, p1:{PEPPER}",
+        (("p2", Secret(f"{PEPPER}-2")), ("p1", Secret(PEPPER))),
+    ),
     "VELORA_CURSOR_SECRET": (CURSOR, Secret(CURSOR)),
+    "VELORA_ENVIRONMENT": ("Staging", "staging"),
+    "VELORA_TRUSTED_PROXIES": (
+        "10.0.0.0/8, 192.0.2.7,2001:db8::/32",
+        ("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"),
+    ),
     "VELORA_RATE_LIMIT_PER_SECOND": ("2.5", 2.5),
     "VELORA_RATE_LIMIT_BURST": ("50", 50),
     "VELORA_AUTH_FAILURE_LIMIT": ("5", 5),
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("0", 0),
+    "VELORA_CONTROL_MAX_STALENESS_S": ("15", 15),
+    "VELORA_READ_AUDIT": ("best_effort", "best_effort"),
     "VELORA_MATERIALIZER_MAX_BATCH": ("20000", 20000),
     "VELORA_LOG_LEVEL": ("debug", "DEBUG"),
     "VELORA_PUBLIC_BASE_URL": ("HTTPS://API.Example.com:8443/", "https://api.example.com:8443"),
@@ -80,11 +98,21 @@ BAD: dict[str, tuple[str, ...]] = {
     "VELORA_INGEST_PORT": ("-5",),
     "VELORA_INGEST_TOKENS": ("short", f"{TOKEN_A},tooshort"),
     "VELORA_KEY_PEPPER": ("tooshort", ""),
+    "VELORA_KEY_PEPPERS": (
+        f"{PEPPER}",  # no id
+        "p1:tooshort",
+        f"p1:{PEPPER},p1:{PEPPER}-2",  # duplicate id
+        f"bad id:{PEPPER}",
+    ),
     "VELORA_CURSOR_SECRET": ("123",),
+    "VELORA_ENVIRONMENT": ("prod", "test", ""),
+    "VELORA_TRUSTED_PROXIES": ("*", "10.0.0.1/8", "localhost", "10.0.0.0/33"),
     "VELORA_RATE_LIMIT_PER_SECOND": ("0", "nan", "inf", "fast"),
     "VELORA_RATE_LIMIT_BURST": ("0", "1.5"),
     "VELORA_AUTH_FAILURE_LIMIT": ("0",),
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("-1", str(91 * 86_400)),
+    "VELORA_CONTROL_MAX_STALENESS_S": ("0", "1.5", "86401"),
+    "VELORA_READ_AUDIT": ("off", "optional", ""),
     "VELORA_MATERIALIZER_MAX_BATCH": ("0", "100001"),
     "VELORA_LOG_LEVEL": ("trace", "verbose", ""),
     "VELORA_PUBLIC_BASE_URL": (
@@ -110,7 +138,12 @@ BAD: dict[str, tuple[str, ...]] = {
     "VELORA_INGEST_MEMORY_BUDGET_MB": ("4", "1.5", "lots"),
 }
 
-SECRET_VARS = {"VELORA_INGEST_TOKENS", "VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET"}
+SECRET_VARS = {
+    "VELORA_INGEST_TOKENS",
+    "VELORA_KEY_PEPPER",
+    "VELORA_KEY_PEPPERS",
+    "VELORA_CURSOR_SECRET",
+}
 
 
 def test_every_variable_is_covered():
@@ -159,8 +192,8 @@ def test_bad_value_is_a_config_error_naming_the_variable(var, raw):
     assert info.value.__cause__ is None and info.value.__suppress_context__
     if var in SECRET_VARS:
         assert "<redacted>" in message
-        for part in raw.split(","):
-            assert not part or part not in message
+        for part in raw.replace(":", ",").split(","):
+            assert len(part) < 4 or part not in message
 
 
 def test_unknown_velora_variable_is_rejected():
@@ -264,3 +297,77 @@ def test_the_cli_reports_a_bad_value_and_exits_2(tmp_path):
         "must be an integer between 1 and 1000"
     )
     assert "Traceback" not in proc.stderr
+
+
+# -- service tokens, peppers and published development secrets ----------------------
+
+
+def test_service_tokens_may_be_restricted_to_sources():
+    raw = f"{TOKEN_A}=claims-api|billing, {TOKEN_B}, base64-token-0123456789==="
+    tokens = Settings.from_env({"VELORA_INGEST_TOKENS": raw}).ingest_tokens
+    assert [t.reveal() for t in tokens] == [TOKEN_A, TOKEN_B, "base64-token-0123456789==="]
+    assert [t.sources for t in tokens] == [frozenset({"claims-api", "billing"}), None, None]
+    assert tokens[0] == ServiceToken(TOKEN_A, frozenset({"billing", "claims-api"}))
+    assert tokens[0] != ServiceToken(TOKEN_A)
+    assert "claims" not in repr(tokens) and TOKEN_A not in repr(tokens)
+    for bad in (f"{TOKEN_A}=velora.query_api", f"{TOKEN_A}=a b", f"{TOKEN_A}=ok||x"):
+        with pytest.raises(ConfigError, match="VELORA_INGEST_TOKENS=<redacted> is invalid"):
+            Settings.from_env({"VELORA_INGEST_TOKENS": bad})
+
+
+DEV_PEPPER = Settings().key_pepper.reveal()
+DEV_CURSOR = Settings().cursor_secret.reveal()
+DEV_TOKEN = "dev-ingest-token-change-me"
+
+
+@pytest.mark.parametrize(
+    ("service", "env", "variable"),
+    [
+        ("node", {"VELORA_CURSOR_SECRET": CURSOR}, "VELORA_KEY_PEPPER"),
+        ("node", {"VELORA_KEY_PEPPER": PEPPER}, "VELORA_CURSOR_SECRET"),
+        (
+            "node",
+            {
+                "VELORA_KEY_PEPPER": PEPPER,
+                "VELORA_CURSOR_SECRET": CURSOR,
+                "VELORA_KEY_PEPPERS": f"new:{DEV_CURSOR}",
+            },
+            "VELORA_KEY_PEPPERS",
+        ),
+        ("ingest", {"VELORA_INGEST_TOKENS": f"{TOKEN_A},{DEV_TOKEN}"}, "VELORA_INGEST_TOKENS"),
+    ],
+)
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "node.internal"])
+def test_published_secrets_refuse_a_non_loopback_bind(service, env, variable, host):
+    settings = Settings.from_env(env)
+    with pytest.raises(ConfigError) as info:
+        check_bind_secrets(settings, service, host)
+    message = str(info.value)
+    assert message.startswith(variable + " ") and "non-loopback" in message
+    for value in (DEV_PEPPER, DEV_CURSOR, DEV_TOKEN, PEPPER, CURSOR, TOKEN_A):
+        assert value not in message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_published_secrets_on_loopback_log_one_warning(host, caplog):
+    with caplog.at_level("WARNING", logger="velora.settings"):
+        found = check_bind_secrets(Settings.from_env({}), "node", host)
+    assert found == ["VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET"]
+    lines = [r for r in caplog.records if r.name == "velora.settings"]
+    assert len(lines) == 1 and lines[0].levelname == "WARNING"
+    assert "VELORA_KEY_PEPPER" in lines[0].getMessage()
+    assert DEV_PEPPER not in caplog.text and DEV_CURSOR not in caplog.text
+
+
+def test_own_secrets_bind_anywhere_without_a_word(caplog):
+    env = {
+        "VELORA_KEY_PEPPER": PEPPER,
+        "VELORA_CURSOR_SECRET": CURSOR,
+        "VELORA_INGEST_TOKENS": TOKEN_A,
+    }
+    settings = Settings.from_env(env)
+    with caplog.at_level("WARNING"):
+        assert check_bind_secrets(settings, "node", "0.0.0.0") == []
+        assert check_bind_secrets(settings, "ingest", "0.0.0.0") == []
+    assert not caplog.records
+    assert dev_secrets(Settings.from_env({}), "ingest") == []  # no token: refused elsewhere

@@ -120,10 +120,44 @@ def test_required_nested_fields(path: str) -> None:
 
 @pytest.mark.parametrize(
     "action",
-    ["claim.viewed", "a.b", "audit_log.viewed", "x1.y_2.z3", "patient.record.exported"],
+    ["claim.viewed", "a.b", "audit_logs.viewed", "x1.y_2.z3", "patient.record.exported"],
 )
 def test_action_pattern_accepts(action: str) -> None:
     assert validate_event(event(action=action), NOW).action == action
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"action": "audit_log.viewed"}, "action"),
+        ({"action": "audit_log.auth_failed"}, "action"),
+        ({"action": "audit_log.anything_else"}, "action"),
+        ({"source": "velora.query_api"}, "source"),
+        ({"source": "velora.anything"}, "source"),
+    ],
+)
+def test_reserved_names_are_refused_unless_system(changes: dict[str, str], field: str) -> None:
+    """Only Velora writes audit_log. actions and velora. sources (issue 8, finding 10)."""
+    errors = errors_of(event(**changes))
+    assert list(errors) == [field]
+    assert "reserved" in errors[field]
+    typed = validate_event(event(**changes), NOW, system=True)
+    assert getattr(typed, field) == changes[field]
+
+
+def test_reserved_check_is_not_bypassed_by_the_cache_of_known_actions() -> None:
+    validate_event(event(action="audit_log.viewed"), NOW, system=True)  # now a known action
+    assert "action" in errors_of(event(action="audit_log.viewed"))
+
+
+def test_a_restricted_token_writes_only_its_sources() -> None:
+    allowed = frozenset({"claims-service", "billing"})
+    assert validate_event(event(source="billing"), NOW, sources=allowed).source == "billing"
+    with pytest.raises(ValidationError) as info:
+        validate_event(event(source="pharmacy"), NOW, sources=allowed)
+    assert [(d.field, d.reason) for d in info.value.details] == [
+        ("source", "not a source this service token may write")
+    ]
 
 
 @pytest.mark.parametrize(

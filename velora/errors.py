@@ -6,10 +6,12 @@
     ├── ConfigError                  500  a VELORA_* setting is missing or invalid
     ├── BrokerError                  500  the local Kafka runtime could not be fetched/started
     ├── SchemaError                  500  the Avro contract itself is broken (bad .avsc)
+    ├── LedgerMismatch               500  the DuckDB ledger does not belong to this log: rebuild
     ├── BadRequest                   400  the HTTP request itself is malformed (framing)
     ├── CodecError                   422  a record could not be encoded or decoded
     │   ├── EncodeError              422  wrong type, missing field, naive datetime
-    │   └── DecodeError              422  truncated bytes, bad magic, unknown fingerprint
+    │   └── DecodeError              422  truncated bytes, bad magic, corrupt body
+    │       └── UnknownSchema        422  the writer schema's fingerprint is not deployed here
     ├── ValidationError              422  request or event failed validation (names the field)
     ├── AuthenticationError          401  missing, malformed, unknown or revoked credential
     ├── PermissionDenied             403  authenticated, but the scope is missing
@@ -87,6 +89,12 @@ class SchemaError(VeloraError):
     type_name = "schema_error"
 
 
+class LedgerMismatch(VeloraError):
+    """The ledger's stored offsets or topic identity do not match the log (never rewind)."""
+
+    type_name = "ledger_mismatch"
+
+
 class BadRequest(VeloraError):
     """The HTTP request is malformed (framing, request line, header syntax)."""
 
@@ -109,6 +117,15 @@ class DecodeError(CodecError):
     """Bytes are not a valid single-object-encoded record of a known schema."""
 
     type_name = "decode_error"
+
+
+@dataclass
+class UnknownSchema(DecodeError):
+    """A message names a writer schema (``fp``, hex fingerprint) this process does not hold."""
+
+    fp: str = ""
+
+    type_name = "unknown_schema"
 
 
 class ValidationError(VeloraError):
@@ -188,6 +205,7 @@ HTTP_STATUS: dict[type[VeloraError], int] = {
     ConfigError: 500,
     BrokerError: 500,
     SchemaError: 500,
+    LedgerMismatch: 500,
     BadRequest: 400,
     CodecError: 422,
     ValidationError: 422,

@@ -8,14 +8,19 @@ project understands is listed in :data:`ENV_VARS`; a bad value raises
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from velora.errors import ConfigError
+from velora.networks import is_loopback_host, parse_network
 from velora.urls import parse_base_url
+
+log = logging.getLogger(__name__)
 
 PREFIX = "VELORA_"
 
@@ -45,6 +50,29 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+class ServiceToken(Secret):
+    """An ingest service token, optionally restricted to some event ``source`` values.
+
+    ``sources`` is None for a token that may write any non-reserved source.
+    """
+
+    __slots__ = ("sources",)
+
+    def __init__(self, value: str, sources: frozenset[str] | None = None) -> None:
+        super().__init__(value)
+        self.sources = sources
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Secret)
+            and other.reveal() == self.reveal()
+            and getattr(other, "sources", None) == self.sources
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.reveal(), self.sources))
 
 
 def _int(lo: int, hi: int) -> Callable[[str], int]:
@@ -106,12 +134,33 @@ def _topic_prefix(raw: str) -> str:
     return raw
 
 
-def _tokens(raw: str) -> tuple[Secret, ...]:
-    tokens = tuple(Secret(t.strip()) for t in raw.split(",") if t.strip())
-    for t in tokens:
-        if len(t.reveal()) < 16:
+_SOURCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
+
+
+def _tokens(raw: str) -> tuple[ServiceToken, ...]:
+    """``token[=source|source...]``, comma-separated.
+
+    The sources follow the *last* ``=``; a trailing ``=`` (base64 padding) is part
+    of the token. A token without sources may write any non-reserved source.
+    """
+    tokens = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        head, sep, tail = entry.rpartition("=")
+        token, sources = (head, tail) if sep and tail else (entry, "")
+        if len(token) < 16:
             raise ValueError("each service token must be at least 16 characters")
-    return tokens
+        allowed: frozenset[str] | None = None
+        if sources:
+            names = [s.strip() for s in sources.split("|")]
+            if not all(_SOURCE_RE.fullmatch(n) for n in names):
+                raise ValueError("token sources must be source names separated by '|'")
+            if any(n.startswith("velora.") for n in names):
+                raise ValueError("sources under 'velora.' are reserved for the system")
+            allowed = frozenset(names)
+        tokens.append(ServiceToken(token, allowed))
+    return tuple(tokens)
 
 
 def _secret(raw: str) -> Secret:
@@ -124,6 +173,40 @@ def _base_url(raw: str) -> str | None:
     return parse_base_url(raw) if raw else None
 
 
+_PEPPER_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def _peppers(raw: str) -> tuple[tuple[str, Secret], ...]:
+    """``id:value,id:value``, newest first; ids unique, values 16+ characters."""
+    out: list[tuple[str, Secret]] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        ident, sep, value = entry.partition(":")
+        if not sep or not _PEPPER_ID_RE.fullmatch(ident):
+            raise ValueError("each entry must be id:value with an id of 1-32 [A-Za-z0-9_-]")
+        if len(value) < 16:
+            raise ValueError("each pepper must be at least 16 characters")
+        if any(ident == known for known, _ in out):
+            raise ValueError("pepper ids must be unique")
+        out.append((ident, Secret(value)))
+    return tuple(out)
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    return tuple(parse_network(part) for part in raw.split(",") if part.strip())
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
 def _log_level(raw: str) -> str:
     level = raw.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -134,6 +217,11 @@ def _log_level(raw: str) -> str:
 # Development defaults only; production sets VELORA_KEY_PEPPER and VELORA_CURSOR_SECRET.
 _DEV_PEPPER = Secret("velora-dev-pepper-change-me")
 _DEV_CURSOR_SECRET = Secret("velora-dev-cursor-secret-change-me")
+_DEV_INGEST_TOKEN = "dev-ingest-token-change-me"  # noqa: S105 - the value published in the repo
+DEV_SECRET_VALUES = frozenset(
+    {_DEV_PEPPER.reveal(), _DEV_CURSOR_SECRET.reveal(), _DEV_INGEST_TOKEN}
+)
+"""Secret values published in this repository (defaults, docs, old compose files)."""
 
 
 @dataclass(frozen=True)
@@ -154,13 +242,18 @@ class Settings:
     node_port: int = 8080
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8081
-    ingest_tokens: tuple[Secret, ...] = ()
+    ingest_tokens: tuple[ServiceToken, ...] = ()
     key_pepper: Secret = _DEV_PEPPER
+    key_peppers: tuple[tuple[str, Secret], ...] = ()
     cursor_secret: Secret = _DEV_CURSOR_SECRET
+    environment: str = "live"
+    trusted_proxies: tuple[str, ...] = ()
     rate_limit_per_second: float = 20.0
     rate_limit_burst: int = 100
     auth_failure_limit: int = 20
     key_rotation_grace_seconds: int = 86_400
+    control_max_staleness_s: int = 60
+    read_audit: str = "required"
     materializer_max_batch: int = 5000
     log_level: str = "INFO"
     public_base_url: str | None = None
@@ -248,9 +341,55 @@ class Settings:
 
 def _shown(var: str, raw: str) -> str:
     """Never echo a secret back in an error message."""
-    if var in {"VELORA_INGEST_TOKENS", "VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET"}:
+    if var in SECRET_VARS:
         return "<redacted>"
     return repr(raw)
+
+
+SECRET_VARS = frozenset(
+    {"VELORA_INGEST_TOKENS", "VELORA_KEY_PEPPER", "VELORA_KEY_PEPPERS", "VELORA_CURSOR_SECRET"}
+)
+
+
+def dev_secrets(settings: Settings, service: str) -> list[str]:
+    """The variables whose value, for ``service`` (``node`` or ``ingest``), is a published one."""
+    found = []
+    if service == "node":
+        if settings.key_pepper.reveal() in DEV_SECRET_VALUES:
+            found.append("VELORA_KEY_PEPPER")
+        if any(p.reveal() in DEV_SECRET_VALUES for _, p in settings.key_peppers):
+            found.append("VELORA_KEY_PEPPERS")
+        if settings.cursor_secret.reveal() in DEV_SECRET_VALUES:
+            found.append("VELORA_CURSOR_SECRET")
+    elif service == "ingest":
+        if any(t.reveal() in DEV_SECRET_VALUES for t in settings.ingest_tokens):
+            found.append("VELORA_INGEST_TOKENS")
+    else:
+        raise ValueError(f"unknown service {service!r}")
+    return found
+
+
+def check_bind_secrets(settings: Settings, service: str, host: str) -> list[str]:
+    """Refuse published secret values on a non-loopback bind; warn once on loopback.
+
+    Raises :class:`ConfigError` naming the first such variable when ``host`` is
+    not a loopback address; on loopback logs one warning line and returns the
+    variables (empty when every secret is the operator's own).
+    """
+    found = dev_secrets(settings, service)
+    if not found:
+        return found
+    if not is_loopback_host(host):
+        raise ConfigError(
+            f"{found[0]} is a development value published in the Velora repository; "
+            f"set it before binding the {service} to a non-loopback address"
+        )
+    log.warning(
+        "%s uses development secret values (%s); fine on loopback, never in production",
+        service,
+        ", ".join(found),
+    )
+    return found
 
 
 ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -270,11 +409,16 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_INGEST_PORT": ("ingest_port", _int(0, 65535)),
     "VELORA_INGEST_TOKENS": ("ingest_tokens", _tokens),
     "VELORA_KEY_PEPPER": ("key_pepper", _secret),
+    "VELORA_KEY_PEPPERS": ("key_peppers", _peppers),
     "VELORA_CURSOR_SECRET": ("cursor_secret", _secret),
+    "VELORA_ENVIRONMENT": ("environment", _choice("live", "staging")),
+    "VELORA_TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "VELORA_RATE_LIMIT_PER_SECOND": ("rate_limit_per_second", _float(0.01, 1e6)),
     "VELORA_RATE_LIMIT_BURST": ("rate_limit_burst", _int(1, 1_000_000)),
     "VELORA_AUTH_FAILURE_LIMIT": ("auth_failure_limit", _int(1, 1_000_000)),
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("key_rotation_grace_seconds", _int(0, 90 * 86_400)),
+    "VELORA_CONTROL_MAX_STALENESS_S": ("control_max_staleness_s", _int(1, 86_400)),
+    "VELORA_READ_AUDIT": ("read_audit", _choice("required", "best_effort")),
     "VELORA_MATERIALIZER_MAX_BATCH": ("materializer_max_batch", _int(1, 100_000)),
     "VELORA_LOG_LEVEL": ("log_level", _log_level),
     "VELORA_PUBLIC_BASE_URL": ("public_base_url", _base_url),

@@ -139,3 +139,22 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
             return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
     finally:
         close_quietly(consumer)
+
+
+def topic_id(settings: Settings, topic: str) -> str | None:
+    """The broker's id of ``topic`` (KIP-516), or None if the broker reports none.
+
+    A topic that is deleted and created again under the same name gets a new id;
+    the ledger records the id it was built from and refuses to continue on another.
+    """
+    admin = new_admin(settings)
+    try:
+        with map_kafka_errors("topic metadata"):
+            described = admin.describe_topics([topic])
+    finally:
+        close_quietly(admin)
+    for entry in described:
+        if entry.get("name") == topic and entry.get("topic_id") is not None:
+            value = str(entry["topic_id"])
+            return None if value == "00000000-0000-0000-0000-000000000000" else value
+    return None

@@ -1,8 +1,11 @@
 """``velora ingest serve``: the internal HTTP ingest service (``ingest.http``).
 
-Served like every service (``velora.http_server``: uvicorn with the
-``VELORA_HTTP_*`` limits) on a socket bound here, so with ``--port 0`` the port the
-OS chose is logged as ``listening on http://HOST:PORT``.
+Refuses to start without a service token, and with a published development token
+on a non-loopback bind (``check_bind_secrets``; a warning on loopback). Served like
+every service (``velora.http_server``: uvicorn with the ``VELORA_HTTP_*`` limits,
+and uvicorn's own proxy-header handling off: forwarded headers are trusted only
+from ``VELORA_TRUSTED_PROXIES``, inside the app) on a socket bound here, so with
+``--port 0`` the port the OS chose is logged as ``listening on http://HOST:PORT``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import argparse
 import logging
 
 from velora.errors import ConfigError
-from velora.settings import Settings
+from velora.settings import Settings, check_bind_secrets
 
 log = logging.getLogger("velora.ingest")
 
@@ -45,6 +48,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     host = args.host or settings.ingest_host
     port = settings.ingest_port if args.port is None else args.port
+    check_bind_secrets(settings, "ingest", host)
     sock = listen(host, port, settings.http_backlog)
     try:
         server = make_server(create_ingest_app(settings), settings, access_log=args.access_log)

@@ -24,7 +24,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     create = ks.add_parser("create", help="mint a key; prints it once, on the last line")
     create.add_argument("--tenant", required=True, help="the tenant the key reads")
     create.add_argument("--scopes", required=True, help=f"comma-separated: {','.join(SCOPES)}")
-    create.add_argument("--name", help="a label for operators")
+    create.add_argument("--name", help="a label for operators (1-128 printable characters)")
+    create.add_argument(
+        "--environment",
+        choices=("live", "staging"),
+        help="live (vlk_live_ keys) or staging (vlk_test_ keys); default VELORA_ENVIRONMENT",
+    )
+    create.add_argument(
+        "--allow-ip",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="only accept the key from this IPv4/IPv6 network (repeatable; default: anywhere)",
+    )
     create.add_argument("--json", action="store_true", help="print one JSON object")
     create.set_defaults(func=_create)
 
@@ -51,12 +63,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _create(args: argparse.Namespace, settings: Settings) -> int:
     from cli.keys import create_key, parse_scopes
 
-    issued = create_key(settings, args.tenant, parse_scopes(args.scopes), args.name)
+    issued = create_key(
+        settings,
+        args.tenant,
+        parse_scopes(args.scopes),
+        args.name,
+        environment=args.environment,
+        allowed_ips=args.allow_ip,
+    )
     if args.json:
         print(json.dumps(issued.to_json()))
         return 0
     rec = issued.record
-    print(f"created key {rec.key_id} for tenant {rec.tenant_id} with scopes {','.join(rec.scopes)}")
+    print(
+        f"created {rec.environment} key {rec.key_id} for tenant {rec.tenant_id} "
+        f"with scopes {','.join(rec.scopes)}"
+    )
     print("the full key is shown once; store it in a secrets manager now:")
     print(issued.token)
     return 0

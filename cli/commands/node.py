@@ -2,11 +2,15 @@
 
 Creates the topics if missing, opens the DuckDB ledger, starts the materializer
 and serves ``query_api.app.create_app(settings, node)`` with the server every
-service uses (``velora.http_server``: uvicorn with the ``VELORA_HTTP_*`` limits).
-The socket is bound here, before uvicorn starts, so with ``--port 0`` (or
-``VELORA_NODE_PORT=0``) the port the OS chose is logged as ``listening on
-http://HOST:PORT``. SIGTERM and SIGINT stop uvicorn, then the materializer (the
-batch in flight is committed) and DuckDB, cleanly.
+service uses (``velora.http_server``: uvicorn with the ``VELORA_HTTP_*`` limits,
+and uvicorn's own proxy-header handling off: forwarded headers are trusted only
+from ``VELORA_TRUSTED_PROXIES``, inside the app). Before anything starts, published
+development secrets (pepper, cursor secret) are refused on a non-loopback bind and
+warned about on loopback (``check_bind_secrets``). The socket is bound here,
+before uvicorn starts, so with ``--port 0`` (or ``VELORA_NODE_PORT=0``) the port
+the OS chose is logged as ``listening on http://HOST:PORT``. SIGTERM and SIGINT
+stop uvicorn, then the materializer (the batch in flight is committed) and
+DuckDB, cleanly.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import signal
 import threading
 from typing import TYPE_CHECKING
 
-from velora.settings import Settings
+from velora.errors import LedgerMismatch
+from velora.settings import Settings, check_bind_secrets
 
 if TYPE_CHECKING:
     import uvicorn
@@ -45,10 +50,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.node_host
     port = settings.node_port if args.port is None else args.port
     settings = settings.with_overrides(node_host=host, node_port=port)
+    check_bind_secrets(settings, "node", host)
     ensure_topics(settings)
-    fresh = not settings.duckdb_path.exists()
-    progress = ReplayProgress("replaying audit log into an empty ledger") if fresh else None
-    node = QueryNode(settings, on_batch=progress.on_batch if progress else None)
+    progress = ReplayProgress("replaying the audit log into the ledger")
+    node = QueryNode(settings, on_batch=progress.on_batch)
     sock = listen(host, port, settings.http_backlog)
     server: uvicorn.Server | None = None
     stopping = threading.Event()
@@ -61,22 +66,35 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             server.should_exit = True
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def watch_fatal() -> None:
+        # A ledger that does not match the log must not keep serving stale data.
+        while not stopping.wait(0.5):
+            if node.fatal:
+                stopping.set()
+                if server is not None:
+                    server.should_exit = True
+
     try:
         node.start()
-        if progress is not None and node.materializer is not None:
+        if node.replaying and node.materializer is not None:
             progress.attach(node.materializer)
+        threading.Thread(target=watch_fatal, name="velora-fatal-watch", daemon=True).start()
         server = make_server(create_app(settings, node), settings)
         log.info("listening on %s", url_of(sock))
         if not stopping.is_set():
             server.run(sockets=[sock])
     finally:
+        stopping.set()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if progress is not None:
-            progress.close()
+        progress.close()
+        fatal = node.fatal
         node.stop()
         sock.close()
         log.info("query node stopped")
+    if fatal:
+        raise LedgerMismatch(fatal)
     return 0
 
 

@@ -62,12 +62,22 @@ def _ddl(table: str) -> str:
 ROLLUP_DDL: tuple[str, ...] = tuple(_ddl(table) for table, _ in ROLLUP_TABLES)
 
 
+def utc_trunc(unit: str, column: str) -> str:
+    """SQL truncating the TIMESTAMPTZ ``column`` to ``unit`` in UTC, as a TIMESTAMPTZ.
+
+    A plain ``date_trunc`` on a TIMESTAMPTZ follows the session's ``TimeZone``, which
+    a DuckDB cursor does not inherit from its connection (it starts from the
+    machine's zone): in Asia/Kolkata an hour would start at :30 UTC.
+    """
+    return f"(date_trunc('{unit}', {column} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+
+
 def _append(table: str, unit: str, relation: str, sign: int) -> str:
     """Append ``sign`` x the grouped counts of ``relation`` (rows shaped like audit_events)."""
     # Only this module's constants and the caller's constant relation are formatted in.
     return (
         f"INSERT INTO {table} ({', '.join(_KEY)}, events) "  # noqa: S608
-        f"SELECT tenant_id, date_trunc('{unit}', occurred_at), action, outcome_result, "
+        f"SELECT tenant_id, {utc_trunc(unit, 'occurred_at')}, action, outcome_result, "
         f"source, actor_type, {sign} * count(*) FROM ({relation}) GROUP BY ALL"
     )
 
@@ -107,7 +117,7 @@ def mismatch_sql(table: str, unit: str) -> str:
     return (
         f"WITH r AS (SELECT {keys}, sum(events) AS n FROM {table} GROUP BY ALL "  # noqa: S608
         "HAVING sum(events) <> 0), "
-        f"e AS (SELECT tenant_id, date_trunc('{unit}', occurred_at) AS bucket, action, "
+        f"e AS (SELECT tenant_id, {utc_trunc(unit, 'occurred_at')} AS bucket, action, "
         "outcome_result AS outcome, source, actor_type, count(*) AS n FROM audit_events "
         f"GROUP BY ALL) SELECT {keys}, r.n, e.n FROM r FULL OUTER JOIN e USING ({keys}) "
         "WHERE r.n IS DISTINCT FROM e.n"

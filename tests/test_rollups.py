@@ -77,8 +77,7 @@ def test_a_replaced_row_is_subtracted_and_its_replacement_added(tmp_path):
         assert cur.execute("SELECT action FROM audit_events").fetchall() == [("claim.viewed",)]
         assert assert_rollups_exact(cur) == 1
         by_action = cur.execute(
-            "SELECT action, sum(events) FROM audit_rollup_hour GROUP BY 1 "
-            "HAVING sum(events) <> 0"
+            "SELECT action, sum(events) FROM audit_rollup_hour GROUP BY 1 HAVING sum(events) <> 0"
         ).fetchall()
         assert by_action == [("claim.viewed", 1)]
     finally:
@@ -124,5 +123,21 @@ def test_a_failed_commit_leaves_the_rollups_untouched(tmp_path, factory):
         store.fail = False
         store.write_batch(table, TOPIC, {1: 40})
         assert assert_rollups_exact(store.cursor()) == 40
+    finally:
+        store.close()
+
+
+def test_buckets_are_utc_whatever_the_session_time_zone(tmp_path, factory):
+    store = LedgerStore(tmp_path / "l.duckdb")
+    try:
+        store._writer.execute("SET TimeZone = 'Asia/Kolkata'")  # +05:30: hours start at :30 UTC
+        store.write_batch(_decoded([factory.make().value for _ in range(50)], 0, 0), TOPIC, {0: 50})
+        cur = store.cursor()
+        cur.execute("SET TimeZone = 'America/St_Johns'")  # -03:30 for the recount
+        for table, unit in ROLLUP_TABLES:
+            step = 60_000_000 if unit == "minute" else 3_600_000_000
+            off = cur.execute(f"SELECT max(epoch_us(bucket) % {step}) FROM {table}").fetchall()
+            assert off == [(0,)], table
+        assert_rollups_exact(cur)
     finally:
         store.close()

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from ledger.control import ControlState
+from query_api.analytics_routes import analytics_routes
 from query_api.auth import Authenticator
 from query_api.db import LedgerReader
 from query_api.docs import docs_routes
@@ -106,6 +107,7 @@ def create_app(
         *health_routes(_Readiness(node, control_state)),
         *docs_routes(PREFIX),
         *event_routes(PREFIX),
+        *analytics_routes(PREFIX),
     ]
     app = Starlette(
         routes=routes,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from query_api.analytics_routes import analytics_routes
 from query_api.auth import Authenticator
 from query_api.db import LedgerReader
 from query_api.docs import docs_routes
+from query_api.export_routes import export_routes, make_export_jobs
 from query_api.health import ReadinessSource, health_routes
 from query_api.middleware import FAILURE_WINDOW_S, PublicApiMiddleware
 from query_api.openapi import PREFIX
@@ -85,6 +87,7 @@ def create_app(
         try:
             yield
         finally:
+            await asyncio.to_thread(app.state.export_jobs.close)  # before the auditor: it records
             state["auditor"] = None
             await asyncio.to_thread(auditor.close)
             if owns_control:
@@ -100,7 +103,8 @@ def create_app(
             ),
             auditor=lambda: state["auditor"],
             prefix=PREFIX + "/",
-            open_paths=(f"{PREFIX}/openapi.json", f"{PREFIX}/docs"),
+            # a signed export download carries its own credential (query_api/export_jobs.py)
+            open_paths=(f"{PREFIX}/openapi.json", f"{PREFIX}/docs", f"{PREFIX}/audit/export-files"),
         )
     ]
     routes = [
@@ -108,6 +112,7 @@ def create_app(
         *docs_routes(PREFIX),
         *event_routes(PREFIX),
         *analytics_routes(PREFIX),
+        *export_routes(PREFIX),
     ]
     app = Starlette(
         routes=routes,
@@ -118,4 +123,7 @@ def create_app(
     app.state.settings = settings
     app.state.ledger = node
     app.state.control = control_state
+    app.state.api_prefix = PREFIX
+    app.state.export_streams = threading.BoundedSemaphore(settings.export_max_streams)
+    app.state.export_jobs = make_export_jobs(settings, app.state)
     return app

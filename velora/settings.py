@@ -158,6 +158,10 @@ class Settings:
     key_rotation_grace_seconds: int = 86_400
     materializer_max_batch: int = 5000
     log_level: str = "INFO"
+    export_max_streams: int = 4
+    export_max_jobs: int = 2
+    export_link_ttl_seconds: int = 900
+    export_retention_seconds: int = 86_400
 
     @property
     def audit_topic(self) -> str:
@@ -252,6 +256,10 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("key_rotation_grace_seconds", _int(0, 90 * 86_400)),
     "VELORA_MATERIALIZER_MAX_BATCH": ("materializer_max_batch", _int(1, 100_000)),
     "VELORA_LOG_LEVEL": ("log_level", _log_level),
+    "VELORA_EXPORT_MAX_STREAMS": ("export_max_streams", _int(1, 64)),
+    "VELORA_EXPORT_MAX_JOBS": ("export_max_jobs", _int(1, 64)),
+    "VELORA_EXPORT_LINK_TTL_SECONDS": ("export_link_ttl_seconds", _int(10, 7 * 86_400)),
+    "VELORA_EXPORT_RETENTION_SECONDS": ("export_retention_seconds", _int(60, 30 * 86_400)),
 }
 
 # Variables read by the test suite and scripts, not by the application itself.

@@ -50,6 +50,10 @@ GOOD: dict[str, tuple[str, Any]] = {
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("0", 0),
     "VELORA_MATERIALIZER_MAX_BATCH": ("20000", 20000),
     "VELORA_LOG_LEVEL": ("debug", "DEBUG"),
+    "VELORA_EXPORT_MAX_STREAMS": ("8", 8),
+    "VELORA_EXPORT_MAX_JOBS": ("1", 1),
+    "VELORA_EXPORT_LINK_TTL_SECONDS": ("60", 60),
+    "VELORA_EXPORT_RETENTION_SECONDS": ("3600", 3600),
 }
 
 # variable: bad raw values, each of which must be rejected
@@ -77,6 +81,10 @@ BAD: dict[str, tuple[str, ...]] = {
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("-1", str(91 * 86_400)),
     "VELORA_MATERIALIZER_MAX_BATCH": ("0", "100001"),
     "VELORA_LOG_LEVEL": ("trace", "verbose", ""),
+    "VELORA_EXPORT_MAX_STREAMS": ("0", "65"),
+    "VELORA_EXPORT_MAX_JOBS": ("0", "two"),
+    "VELORA_EXPORT_LINK_TTL_SECONDS": ("9", str(8 * 86_400)),
+    "VELORA_EXPORT_RETENTION_SECONDS": ("59", "1.5"),
 }
 
 SECRET_VARS = {"VELORA_INGEST_TOKENS", "VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET"}

@@ -28,6 +28,7 @@ from query_api.export_routes import export_routes, make_export_jobs
 from query_api.health import ReadinessSource, health_routes
 from query_api.middleware import FAILURE_WINDOW_S, PublicApiMiddleware
 from query_api.openapi import PREFIX
+from query_api.portal_routes import portal_routes
 from query_api.ratelimit import BucketMap
 from query_api.read_audit import AuditSink, ReadAuditor
 from query_api.routes import event_routes
@@ -113,6 +114,7 @@ def create_app(
         *event_routes(PREFIX),
         *analytics_routes(PREFIX),
         *export_routes(PREFIX),
+        *portal_routes(settings),
     ]
     app = Starlette(
         routes=routes,

@@ -262,3 +262,13 @@ def test_the_page_and_its_files_are_served_without_a_key_and_without_a_cdn(setti
         assert api.client.get("/portal/vendor/package.json").status_code == 404
         js = api.client.get("/portal/static/app.js").text
         assert "sessionStorage" in js and "localStorage" not in js
+
+
+def test_make_run_prints_the_portal_url(capsys):
+    from cli.commands.run import _banner
+
+    _banner("http://127.0.0.1:8080", "http://127.0.0.1:8081", "vlk_live_0123abcd_" + "0" * 32)
+    out = capsys.readouterr().out
+    assert "portal      http://127.0.0.1:8080/portal" in out
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "| portal | http://127.0.0.1:8080/portal" in readme

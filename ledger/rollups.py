@@ -72,13 +72,14 @@ def utc_trunc(unit: str, column: str) -> str:
     return f"(date_trunc('{unit}', {column} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
 
 
-def _append(table: str, unit: str, relation: str, sign: int) -> str:
+def _append(table: str, unit: str, relation: str, sign: int, ordered: bool = False) -> str:
     """Append ``sign`` x the grouped counts of ``relation`` (rows shaped like audit_events)."""
     # Only this module's constants and the caller's constant relation are formatted in.
     return (
         f"INSERT INTO {table} ({', '.join(_KEY)}, events) "  # noqa: S608
         f"SELECT tenant_id, {utc_trunc(unit, 'occurred_at')}, action, outcome_result, "
         f"source, actor_type, {sign} * count(*) FROM ({relation}) GROUP BY ALL"
+        + (" ORDER BY 2, 1" if ordered else "")
     )
 
 
@@ -101,7 +102,8 @@ def rebuild_sql() -> str:
     parts = []
     for table, _ in ROLLUP_TABLES:
         parts.append(f"DELETE FROM {table}")  # noqa: S608
-    parts.append(add_sql("SELECT * FROM audit_events"))
+    # in time order, as live batches append them (so the zone maps on bucket can skip)
+    parts += [_append(t, unit, "SELECT * FROM audit_events", 1, True) for t, unit in ROLLUP_TABLES]
     return "; ".join(parts)
 
 

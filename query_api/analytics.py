@@ -279,21 +279,34 @@ def top(
     }
 
 
-def _distinct(cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters) -> tuple[int, int]:
-    """Distinct actor ids and distinct target ids of the matching events (from the rows)."""
+def _distinct(
+    cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters, split: datetime
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Distinct actor ids and target ids of the matching events (from the rows), at or
+    after ``split`` and before it, in one pass over each."""
     where, params = filter_sql(tenant_id, f)
     cond = " AND ".join(where)
-    sql = (
-        f"SELECT (SELECT count(DISTINCT actor_id) FROM audit_events WHERE {cond}), "  # noqa: S608
-        "(SELECT count(DISTINCT id) FROM (SELECT unnest(list_transform(targets, lambda t: t.id)) "
-        f"AS id FROM audit_events WHERE {cond}))"
+    actors = (
+        "SELECT count(DISTINCT actor_id) FILTER (WHERE occurred_at >= ?), "  # noqa: S608
+        f"count(DISTINCT actor_id) FILTER (WHERE occurred_at < ?) FROM audit_events WHERE {cond}"
     )
-    actors, targets = cur.execute(sql, params + params).fetchall()[0]
-    return int(actors), int(targets)
+    targets = (
+        "SELECT count(DISTINCT id) FILTER (WHERE occ >= ?), "  # noqa: S608
+        "count(DISTINCT id) FILTER (WHERE occ < ?) FROM (SELECT occurred_at AS occ, "
+        f"unnest(list_transform(targets, lambda t: t.id)) AS id FROM audit_events WHERE {cond})"
+    )
+    a_now, a_before = cur.execute(actors, [split, split, *params]).fetchall()[0]
+    t_now, t_before = cur.execute(targets, [split, split, *params]).fetchall()[0]
+    return (int(a_now), int(t_now)), (int(a_before), int(t_before))
 
 
 def _figures(
-    cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters, interval: str, rollups: bool
+    cur: duckdb.DuckDBPyConnection,
+    tenant_id: str,
+    f: Filters,
+    interval: str,
+    rollups: bool,
+    distinct: tuple[int, int],
 ) -> dict[str, Any]:
     assert f.since is not None and f.until is not None
     by_outcome = {g: n for _, g, n in counts(cur, tenant_id, f, group="outcome", rollups=rollups)}
@@ -301,7 +314,7 @@ def _figures(
     failures = sum(by_outcome.get(o, 0) for o in FAILED_OUTCOMES)
     buckets = counts(cur, tenant_id, f, unit=interval, rollups=rollups)
     busiest = min(buckets, key=lambda r: (-r[2], r[0]), default=None)
-    actors, targets = _distinct(cur, tenant_id, f)
+    actors, targets = distinct
     return {
         "since": f.since.isoformat(),
         "until": f.until.isoformat(),
@@ -341,8 +354,10 @@ def summary(
     assert f.since is not None and f.until is not None
     length = f.until - f.since
     previous = replace(f, since=f.since - length, until=f.since)
-    now = _figures(cur, tenant_id, f, interval, rollups)
-    before = _figures(cur, tenant_id, previous, interval, rollups)
+    both = replace(f, since=previous.since)
+    distinct_now, distinct_before = _distinct(cur, tenant_id, both, f.since)
+    now = _figures(cur, tenant_id, f, interval, rollups, distinct_now)
+    before = _figures(cur, tenant_id, previous, interval, rollups, distinct_before)
     return {
         "interval": interval,
         "current": now,

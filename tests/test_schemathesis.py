@@ -40,6 +40,7 @@ def live(kafka_bootstrap, tmp_path_factory) -> Iterator[tuple[Api, str]]:
         topic_prefix=f"st{uuid.uuid4().hex[:12]}",
         audit_partitions=3,
         duckdb_path=tmp / "ledger.duckdb",
+        state_dir=tmp / "state",
         cache_dir=CACHE_DIR,
         rate_limit_burst=1_000_000,
         rate_limit_per_second=1_000_000.0,

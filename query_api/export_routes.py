@@ -203,6 +203,10 @@ async def export_stream(request: Request) -> Response:
             stop.set()
             producer.stop.set()
             await asyncio.to_thread(producer.join)
+            try:  # wake a get() still waiting for the cancelled read of a chunk
+                producer.queue.put_nowait(_DONE)
+            except queue.Full:
+                pass
             cur.close()
             slots.release()
             _record(

@@ -107,7 +107,13 @@ def _recovers(node: QueryNode, expected: int, reason: str) -> None:
     watch = Watch(node, expected)
     try:
         node.start()
-        wait_for(lambda: node.readiness()["ready"], timeout=60, what="recovery")
+        # The injected failure may come after the commit that catches up (an on_batch
+        # callback runs after it): ready before the restart is not yet the recovery.
+        wait_for(
+            lambda: node.readiness()["ready"] and node.readiness()["restarts"] >= 1,
+            timeout=60,
+            what="recovery",
+        )
     finally:
         watch.stop()
     assert any(reason in r for r in watch.reasons()), watch.reasons()

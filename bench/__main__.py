@@ -28,6 +28,7 @@ SUITES = {
     "ledger": ("bench.ledger", "ledger: materializer catch-up and freshness"),
     "query": ("bench.query", "query: public API latency"),
     "soak": ("bench.soak", "soak: 5 min of HTTP ingest at 5,000 events/s while 4 clients page"),
+    "analytics": ("bench.analytics", "analytics: endpoint latency, rollups vs rows, exports"),
 }
 
 

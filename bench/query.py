@@ -66,11 +66,16 @@ def tenant_shares() -> list[float]:
     return [w / total for w in weights]
 
 
-def generate(path: Path, n: int, end: datetime) -> float:
-    """Build a ledger file of ``n`` events in log order ending at ``end``; seconds taken."""
+def generate(path: Path, n: int, end: datetime, shares: list[float] | None = None) -> float:
+    """Build a ledger file of ``n`` events in log order ending at ``end``; seconds taken.
+
+    ``shares`` (one per tenant, biggest first; default :func:`tenant_shares`) sets how
+    the events are spread over the 20 tenants. The rollups are left empty (see
+    ``bench.analytics``, which fills them).
+    """
     path.unlink(missing_ok=True)
     cases, cum = [], 0.0
-    for k, share in enumerate(tenant_shares()[:-1]):
+    for k, share in enumerate((shares or tenant_shares())[:-1]):
         cum += share
         cases.append(f"WHEN u < {cum:.6f} THEN 'tenant-{k:02d}'")
     tenant = f"CASE {' '.join(cases)} ELSE 'tenant-{TENANTS - 1:02d}' END"
@@ -81,10 +86,13 @@ def generate(path: Path, n: int, end: datetime) -> float:
     # Only constants of this module are formatted into the statement.
     sql = f"""
     INSERT INTO audit_events
+    SELECT length(tenant)::VARCHAR || ':' || tenant || ':' || event_id, event_id, tenant, *
+           EXCLUDE (event_id, tenant)
+    FROM (
     SELECT
       printf('%08x-%04x-7%03x-8%03x-%012x', (ts // 65536000) % 4294967296, (ts // 1000) % 65536,
-             i % 4096, (i // 4096) % 4096, i),
-      {tenant}, make_timestamptz(ts), make_timestamptz(ts + 5000),
+             i % 4096, (i // 4096) % 4096, i) AS event_id,
+      {tenant} AS tenant, make_timestamptz(ts), make_timestamptz(ts + 5000),
       {actions}[1 + (h % 8)::INT], 'read', 'claims',
       CASE WHEN h % 5 = 0 THEN 'service' ELSE 'user' END,
       'usr_' || lpad(((h // 8) % 2000)::VARCHAR, 4, '0'), NULL, NULL, '10.0.0.1', NULL,
@@ -94,7 +102,7 @@ def generate(path: Path, n: int, end: datetime) -> float:
       0, i
     FROM (SELECT i, hash(i) AS h, (hash(i * 7919) % 1000000) / 1000000.0 AS u,
                  {start_us} + i * {step_us} AS ts
-          FROM range({n}) t(i))
+          FROM range({n}) t(i)))
     """
     t0 = time.perf_counter()
     con = duckdb.connect(str(path))

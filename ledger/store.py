@@ -38,7 +38,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ledger import duplicates
+from ledger import duplicates, rollups
 from ledger.duck import SharedConnection, duckdb_errors
 from ledger.layout import LAYOUT_KEY, stored_layout
 from ledger.tables import ALL_DDL, AUDIT_COLUMNS, LAYOUT_VERSION
@@ -59,8 +59,21 @@ _QUARANTINE = "INSERT INTO ledger_quarantine SELECT * FROM _quarantine ON CONFLI
 _INSERT = f"INSERT INTO audit_events ({_COLUMNS}) SELECT {_COLUMNS} FROM _batch"  # noqa: S608
 # Without the conflict clause: 2-3x faster in DuckDB, and correct whenever no key of
 # the batch is stored yet; a duplicate makes the whole transaction fail instead.
-WRITE_FRESH = f"BEGIN TRANSACTION; {_INSERT}; {_UPSERT_OFFSETS}"
+# The rollups (ledger/rollups.py) count exactly the rows inserted, in the same transaction.
+_COUNT_BATCH = rollups.add_sql("SELECT * FROM _batch")
+WRITE_FRESH = f"BEGIN TRANSACTION; {_INSERT}; {_COUNT_BATCH}; {_UPSERT_OFFSETS}"
 INSERT_DEDUP = f"{_INSERT} ON CONFLICT DO NOTHING RETURNING ledger_key"
+# The rollups count the rows RETURNING reported as inserted, no others.
+_COUNT_INSERTED = rollups.add_sql(
+    "SELECT * FROM _batch WHERE ledger_key IN (SELECT ledger_key FROM _inserted)"
+)
+# The batch copies that replace stored rows (only across partitions): the first of each key.
+_REPLACEMENTS = (
+    "SELECT * FROM _losers WHERE ledger_key IN (SELECT ledger_key FROM _replace) "
+    "QUALIFY row_number() OVER (PARTITION BY ledger_key "
+    "ORDER BY kafka_partition, kafka_offset) = 1"
+)
+_REPLACED = "SELECT * FROM audit_events WHERE ledger_key IN (SELECT ledger_key FROM _replace)"
 # After a batch with a duplicate, this many batches go straight to the dedup path.
 DEDUP_BATCHES = 16
 # DuckDB errors that a row's data causes (so bisection can find the row).
@@ -250,7 +263,7 @@ class LedgerStore:
                 if self._dedup(cur, table, losers, topic, bool(quarantine)):
                     self.conflicts = self._count("ledger_conflicts")
         finally:
-            for name in ("_batch", "_offsets", "_quarantine", "_losers"):
+            for name in ("_batch", "_offsets", "_quarantine", "_losers", "_inserted", "_replace"):
                 try:
                     cur.unregister(name)
                 except duckdb.Error:
@@ -287,6 +300,8 @@ class LedgerStore:
         cur.execute("BEGIN TRANSACTION")
         try:
             inserted = {r[0] for r in cur.execute(INSERT_DEDUP).fetchall()}
+            cur.register("_inserted", pa.table({"ledger_key": pa.array(inserted, pa.string())}))
+            cur.execute(_COUNT_INSERTED)
             conflicts = False
             if table.num_rows > len(inserted) or losers is not None:
                 conflicts = self._resolve(cur, table, losers, inserted, topic)
@@ -318,16 +333,16 @@ class LedgerStore:
         outcome = duplicates.resolve(copies, stored)
         if outcome.replace:
             # only across partitions: the stored row loses to a copy of this batch
-            marks = ", ".join("?" * len(outcome.replace))
-            replace = sorted(outcome.replace)
-            cur.execute(f"DELETE FROM audit_events WHERE ledger_key IN ({marks})", replace)  # noqa: S608
+            # the rollups lose the stored rows and gain their replacements
+            cur.register("_replace", pa.table({"ledger_key": sorted(outcome.replace)}))
+            cur.execute(rollups.subtract_sql(_REPLACED))
             cur.execute(
-                f"INSERT INTO audit_events ({_COLUMNS}) SELECT {_COLUMNS} FROM ("  # noqa: S608
-                "SELECT * FROM _losers WHERE ledger_key IN (SELECT unnest(?)) "
-                "QUALIFY row_number() OVER (PARTITION BY ledger_key "
-                "ORDER BY kafka_partition, kafka_offset) = 1)",
-                [replace],
+                "DELETE FROM audit_events WHERE ledger_key IN (SELECT ledger_key FROM _replace)"
             )
+            cur.execute(
+                f"INSERT INTO audit_events ({_COLUMNS}) SELECT {_COLUMNS} FROM ({_REPLACEMENTS})"  # noqa: S608
+            )
+            cur.execute(rollups.add_sql(_REPLACEMENTS))
         if not outcome.conflicts:
             return False
         conflicts = pa.Table.from_pylist(

@@ -19,11 +19,16 @@ with identical content.
   from the row that won (ids, offsets and content hashes only, never the payload).
 - ``ledger_meta``: the layout version (:data:`LAYOUT_VERSION`) and the identity of
   the topic the file was built from.
+- ``audit_rollup_minute``, ``audit_rollup_hour``: per-tenant event counts per minute
+  and per hour by action, outcome, source and actor type, written in the same
+  transaction as the rows they count (:mod:`ledger.rollups`). Layout v3 added them.
 """
 
 from __future__ import annotations
 
-LAYOUT_VERSION = 2
+from ledger.rollups import ROLLUP_DDL
+
+LAYOUT_VERSION = 3
 """Bumped whenever a table changes; a node finding an older file rebuilds it from the log."""
 
 AUDIT_EVENTS_DDL = """
@@ -138,7 +143,14 @@ honest resend of the same event differs only there.
 CONTENT_HASH = f"md5(to_json(struct_pack({', '.join(CONTENT_COLUMNS)})))"
 """SQL for the content hash of a row of ``audit_events`` (or of a batch shaped like it)."""
 
-ALL_DDL: tuple[str, ...] = (AUDIT_EVENTS_DDL, OFFSETS_DDL, QUARANTINE_DDL, CONFLICTS_DDL, META_DDL)
+ALL_DDL: tuple[str, ...] = (
+    AUDIT_EVENTS_DDL,
+    OFFSETS_DDL,
+    QUARANTINE_DDL,
+    CONFLICTS_DDL,
+    META_DDL,
+    *ROLLUP_DDL,
+)
 
 
 def ledger_key(tenant_id: str, event_id: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,12 +26,15 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from ledger.control import ControlState
+from query_api.analytics_routes import analytics_routes
 from query_api.auth import Authenticator
 from query_api.db import LedgerReader
 from query_api.docs import docs_routes
+from query_api.export_routes import export_routes, make_export_jobs
 from query_api.health import ReadinessSource, health_routes
 from query_api.middleware import FailureGate, PublicApiMiddleware
 from query_api.openapi import PREFIX
+from query_api.portal_routes import portal_routes
 from query_api.ratelimit import BucketMap
 from query_api.read_audit import CONFIRM_TIMEOUT_S, AuditSink, ReadAuditor
 from query_api.routes import event_routes
@@ -103,6 +107,7 @@ def create_app(
         try:
             yield
         finally:
+            await asyncio.to_thread(app.state.export_jobs.close)  # before the auditor: it records
             state["auditor"] = None
             await asyncio.to_thread(auditor.close)
             if owns_control:
@@ -118,13 +123,17 @@ def create_app(
             failures=FailureGate(settings.auth_failure_limit),
             auditor=lambda: state["auditor"],
             prefix=PREFIX + "/",
-            open_paths=(f"{PREFIX}/openapi.json", f"{PREFIX}/docs"),
+            # a signed export download carries its own credential (query_api/export_jobs.py)
+            open_paths=(f"{PREFIX}/openapi.json", f"{PREFIX}/docs", f"{PREFIX}/audit/export-files"),
         )
     ]
     routes = [
         *health_routes(_Readiness(node, control_state)),
         *docs_routes(PREFIX),
         *event_routes(PREFIX),
+        *analytics_routes(PREFIX),
+        *export_routes(PREFIX),
+        *portal_routes(settings),
     ]
     app = Starlette(
         routes=routes,
@@ -135,4 +144,7 @@ def create_app(
     app.state.settings = settings
     app.state.ledger = node
     app.state.control = control_state
+    app.state.api_prefix = PREFIX
+    app.state.export_streams = threading.BoundedSemaphore(settings.export_max_streams)
+    app.state.export_jobs = make_export_jobs(settings, app.state)
     return app

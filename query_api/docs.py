@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from query_api.links import base_url
 from query_api.openapi import openapi_document
 
 SWAGGER_STATIC = Path(swagger_ui.__file__).with_name("static")
@@ -41,7 +42,7 @@ def docs_routes(prefix: str) -> list[BaseRoute]:
     """The OpenAPI document, the reference page and its static files."""
 
     async def openapi_json(request: Request) -> JSONResponse:
-        base = str(request.base_url).rstrip("/")
+        base = base_url(request, request.app.state.settings)
         return JSONResponse(openapi_document(base))
 
     async def docs_page(request: Request) -> HTMLResponse:

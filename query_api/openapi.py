@@ -246,6 +246,8 @@ _SCHEMAS: dict[str, Any] = {
 
 def openapi_document(server_url: str | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document; ``server_url`` becomes its only server when given."""
+    from query_api import openapi_extra  # analytics and exports (it imports this module)
+
     list_errors = dict(_ERRORS)
     get_errors = dict(_ERRORS)
     get_errors["422"] = _error("A query parameter was given; this operation takes none.")
@@ -309,6 +311,7 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                     },
                 }
             },
+            **openapi_extra.paths(PREFIX),
         },
         "components": {
             "securitySchemes": {
@@ -327,6 +330,6 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                     "Seconds until the allowance is full again.", {"type": "integer"}
                 ),
             },
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **openapi_extra.SCHEMAS},
         },
     }

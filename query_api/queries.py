@@ -50,7 +50,11 @@ ORDER = "ORDER BY occurred_at DESC, event_id DESC"
 Row = dict[str, Any]
 
 
-def _filter_sql(tenant_id: str, f: Filters) -> tuple[list[str], list[Any]]:
+def filter_sql(tenant_id: str, f: Filters) -> tuple[list[str], list[Any]]:
+    """``(conditions, params)`` selecting one tenant's rows of ``audit_events`` matching ``f``.
+
+    The one SQL form of the list filters, shared by the list, analytics and exports.
+    """
     where = ["tenant_id = ?"]
     params: list[Any] = [tenant_id]
     simple = (
@@ -95,7 +99,7 @@ def list_events(
     now: datetime | None = None,
 ) -> list[Row]:
     """Up to ``limit`` events of one tenant, newest first, strictly after ``after``."""
-    where, params = _filter_sql(tenant_id, filters)
+    where, params = filter_sql(tenant_id, filters)
     if after is not None:
         at = from_micros(after.occurred_us)
         where.append("occurred_at <= ? AND (occurred_at < ? OR event_id < ?)")

@@ -30,7 +30,8 @@ from velora.settings import Settings
 READ_SCOPE = "audit:read"
 
 
-def _reader(request: Request) -> LedgerReader:
+def ledger_reader(request: Request) -> LedgerReader:
+    """The ledger this app reads (503 when the node has none)."""
     reader = getattr(request.app.state, "ledger", None)
     if reader is None:
         raise Unavailable("the ledger is not available on this node", retry_after=5)
@@ -52,7 +53,7 @@ async def list_audit_events(request: Request) -> JSONResponse:
         after = cursor.decode(
             settings.cursor_secret, principal.tenant_id, fingerprint, query.cursor
         )
-    rows = await _reader(request).read(
+    rows = await ledger_reader(request).read(
         lambda cur: queries.list_events(
             cur, principal.tenant_id, query.filters, after, query.limit + 1
         )
@@ -90,7 +91,7 @@ async def get_audit_event(request: Request) -> JSONResponse:
     request.scope["state"]["audit_target"] = Target("audit_event", shown)
     if len(event_id) > MAX_EVENT_ID or not event_id.isprintable():
         raise NotFound("no such audit event")
-    row = await _reader(request).read(
+    row = await ledger_reader(request).read(
         lambda cur: queries.get_event(cur, principal.tenant_id, event_id)
     )
     if row is None:

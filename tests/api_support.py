@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from cli.keys import IssuedKey, create_key
 from ledger.control import ControlState
 from ledger.duck import LedgerFile
+from ledger.rollups import add_sql
 from ledger.tables import ledger_key
 from query_api.app import create_app
 from schemas.events import Actor, AuditEvent, Outcome, Target
@@ -66,7 +67,7 @@ def make_event(
 
 
 def insert_events(reader: LedgerFile, events: Iterable[AuditEvent], start_offset: int = 0) -> None:
-    """Insert events as the materializer would (one row each, log order)."""
+    """Insert events as the materializer would (one row each, log order, rollups counted)."""
     rows = []
     for n, e in enumerate(events):
         a = e.actor
@@ -80,7 +81,12 @@ def insert_events(reader: LedgerFile, events: Iterable[AuditEvent], start_offset
         ])  # fmt: skip
     cur = reader.connection.cursor()
     try:
-        cur.executemany(INSERT, rows)
+        cur.execute("CREATE TEMP TABLE _new AS SELECT * FROM audit_events LIMIT 0")
+        cur.executemany(INSERT.replace("audit_events", "_new"), rows)
+        cur.execute(
+            "BEGIN TRANSACTION; INSERT INTO audit_events SELECT * FROM _new; "
+            f"{add_sql('SELECT * FROM _new')}; COMMIT; DROP TABLE _new"
+        )
     finally:
         cur.close()
 

@@ -241,8 +241,8 @@ def test_dockerfile_copies_every_package_it_installs():
 
 def test_dockerfile_python_matches_the_project():
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    (base,) = re.findall(r"^FROM (\S+)", DOCKERFILE, flags=re.M)
-    assert base == "python:3.11-slim"
+    stages = re.findall(r"^FROM (\S+)", DOCKERFILE, flags=re.M)
+    assert stages[-1] == "python:3.11-slim"  # the image compose runs is the last stage
     assert project["project"]["requires-python"] == ">=3.11"
 
 
@@ -250,6 +250,23 @@ def test_dockerfile_sets_only_known_settings():
     names = re.findall(r"\b(VELORA_[A-Z_]+)=", DOCKERFILE)
     assert names and set(names) <= set(ENV_VARS)
     assert re.search(r"^USER velora$", DOCKERFILE, flags=re.M)
+
+
+def test_dockerfile_fetches_the_pinned_portal_assets_where_the_node_serves_them():
+    from query_api.portal_routes import UPLOT
+
+    args = dict(re.findall(r"^ARG (UPLOT_[A-Z]+)=(\S+)$", DOCKERFILE, flags=re.M))
+    assert args == {"UPLOT_VERSION": UPLOT.version, "UPLOT_INTEGRITY": UPLOT.integrity}
+    assert re.search(r'npm pack "uplot@\$\{UPLOT_VERSION\}"', DOCKERFILE)
+    for served in UPLOT.files.values():
+        assert served in DOCKERFILE
+    cache = re.search(r"VELORA_CACHE_DIR=(\S+)", DOCKERFILE)
+    assert cache is not None
+    settings = Settings.from_env({"VELORA_CACHE_DIR": cache[1]})
+    target = UPLOT.directory(settings.cache_dir)
+    copied = re.search(r"^COPY --from=portal-assets /assets (\S+)$", DOCKERFILE, flags=re.M)
+    assert copied is not None and str(target).startswith(copied[1] + "/npm/")
+    assert "/assets/npm/uplot-${UPLOT_VERSION}" in DOCKERFILE
 
 
 def test_interpolation_helper():

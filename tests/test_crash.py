@@ -18,6 +18,7 @@ from ledger.store import LedgerStore
 from tests.factory import EventFactory, fast_producer
 from tests.helpers import wait_for
 from tests.test_node import NodeProcess
+from tests.test_rollups import assert_rollups_exact
 from velora.topics import end_offsets
 
 TOTAL = 100_000
@@ -114,5 +115,7 @@ def test_sigkill_during_load_loses_and_duplicates_nothing(settings, tmp_path):
         end = end_offsets(settings, settings.audit_topic)
         assert sum(end.values()) == TOTAL + RESENT
         assert store.stored_offsets(settings.audit_topic) == end
+        # the rollups were written in the same transactions: exact after every kill
+        assert assert_rollups_exact(cur) == TOTAL
     finally:
         store.close()

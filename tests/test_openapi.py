@@ -82,3 +82,32 @@ def test_reference_page_is_served_from_the_package_not_a_cdn(api: Api):
     assert js.status_code == 200 and len(js.content) > 100_000
     css = api.client.get(f"{PREFIX}/docs/static/swagger-ui.css")
     assert css.status_code == 200 and "swagger" in css.text
+
+
+def test_analytics_and_export_answers_match_the_schemas(api: Api):
+    doc = openapi_document()
+    insert_events(
+        api.reader, [make_event("acme", i, action=("a.x", "b.y")[i % 2]) for i in range(9)]
+    )
+    key = api.issue("acme", ("audit:read", "audit:export"))
+    window = {"since": "2025-03-01T00:00:00Z", "until": "2025-03-02T00:00:00Z"}
+    for path, params, schema in (
+        ("analytics/timeseries", {"group_by": "action"}, "TimeSeries"),
+        ("analytics/timeseries", {"interval": "minute"}, "TimeSeries"),
+        ("analytics/top", {"dimension": "target"}, "TopKeys"),
+        ("analytics/summary", {}, "Summary"),
+    ):
+        resp = api.get(f"{PREFIX}/{path}", key.token, params={**window, **params})
+        assert resp.status_code == 200, resp.text
+        _validator(doc, schema).validate(resp.json())
+    job = api.client.post(
+        f"{PREFIX}/audit/exports", params=window, headers={"Authorization": f"Bearer {key.token}"}
+    )
+    assert job.status_code == 202
+    _validator(doc, "ExportJob").validate(job.json())
+    ops = {(path, method): op for path, item in doc["paths"].items() for method, op in item.items()}
+    assert ops[(f"{PREFIX}/audit/export-files/{{job_id}}", "get")]["security"] == []
+    for path in ("analytics/timeseries", "analytics/top", "analytics/summary", "audit/export"):
+        params = {p["name"]: p for p in ops[(f"{PREFIX}/{path}", "get")]["parameters"]}
+        assert params["since"]["required"] and params["until"]["required"]
+        assert "cursor" not in params

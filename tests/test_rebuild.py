@@ -11,6 +11,7 @@ from ledger.store import LedgerStore
 from tests.factory import EventFactory, produce
 from tests.helpers import REPO, wait_for
 from tests.test_node import NodeProcess, node_env
+from tests.test_rollups import assert_rollups_exact
 
 # Every column of every row, in key order, hashed: to_json(row) renders all columns
 # (NULLs included) of audit_events, so any difference changes the digest.
@@ -44,6 +45,7 @@ def checksum(path) -> Digest:
         columns = store.cursor().execute("DESCRIBE audit_events").fetchall()
         assert len(columns) >= 22
         digest = Digest(store.cursor().execute(CHECKSUM).fetchall()[0])
+        assert assert_rollups_exact(store.cursor()) == digest[0]
         query = "SELECT * FROM audit_events ORDER BY tenant_id, event_id"
         digest.table = store.cursor().sql(query).to_arrow_table()
         return digest

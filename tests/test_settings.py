@@ -78,6 +78,10 @@ GOOD: dict[str, tuple[str, Any]] = {
     "VELORA_HTTP_LIMIT_CONCURRENCY": ("200", 200),
     "VELORA_HTTP_BACKLOG": ("128", 128),
     "VELORA_INGEST_MEMORY_BUDGET_MB": ("64", 64),
+    "VELORA_EXPORT_MAX_STREAMS": ("8", 8),
+    "VELORA_EXPORT_MAX_JOBS": ("1", 1),
+    "VELORA_EXPORT_LINK_TTL_SECONDS": ("60", 60),
+    "VELORA_EXPORT_RETENTION_SECONDS": ("3600", 3600),
 }
 
 # variable: bad raw values, each of which must be rejected
@@ -136,6 +140,10 @@ BAD: dict[str, tuple[str, ...]] = {
     "VELORA_HTTP_LIMIT_CONCURRENCY": ("0", "100001"),
     "VELORA_HTTP_BACKLOG": ("0", "70000"),
     "VELORA_INGEST_MEMORY_BUDGET_MB": ("4", "1.5", "lots"),
+    "VELORA_EXPORT_MAX_STREAMS": ("0", "65"),
+    "VELORA_EXPORT_MAX_JOBS": ("0", "two"),
+    "VELORA_EXPORT_LINK_TTL_SECONDS": ("9", str(8 * 86_400)),
+    "VELORA_EXPORT_RETENTION_SECONDS": ("59", "1.5"),
 }
 
 SECRET_VARS = {

@@ -266,6 +266,10 @@ class Settings:
     http_limit_concurrency: int = 1000
     http_backlog: int = 2048
     ingest_memory_budget_mb: int = 256
+    export_max_streams: int = 4
+    export_max_jobs: int = 2
+    export_link_ttl_seconds: int = 900
+    export_retention_seconds: int = 86_400
 
     @property
     def audit_topic(self) -> str:
@@ -431,6 +435,10 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_HTTP_LIMIT_CONCURRENCY": ("http_limit_concurrency", _int(1, 100_000)),
     "VELORA_HTTP_BACKLOG": ("http_backlog", _int(1, 65_535)),
     "VELORA_INGEST_MEMORY_BUDGET_MB": ("ingest_memory_budget_mb", _int(8, 65_536)),
+    "VELORA_EXPORT_MAX_STREAMS": ("export_max_streams", _int(1, 64)),
+    "VELORA_EXPORT_MAX_JOBS": ("export_max_jobs", _int(1, 64)),
+    "VELORA_EXPORT_LINK_TTL_SECONDS": ("export_link_ttl_seconds", _int(10, 7 * 86_400)),
+    "VELORA_EXPORT_RETENTION_SECONDS": ("export_retention_seconds", _int(60, 30 * 86_400)),
 }
 
 # Variables read by the test suite and scripts, not by the application itself.

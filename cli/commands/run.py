@@ -156,6 +156,7 @@ def _seed(args: argparse.Namespace, env: dict[str, str]) -> str:
 def _banner(node_url: str, ingest_url: str, key: str | None) -> None:
     print("\nVelora is running:")
     print(f"  query node  {node_url}   (API docs: {node_url}/api/v2/public/docs)")
+    print(f"  portal      {node_url}/portal   (paste the demo key to sign in)")
     print(f"  ingest      {ingest_url}/internal/v1/events")
     if key:
         print(f"\nDemo API key (shown once): {key}\n")

@@ -1,0 +1,366 @@
+"""The SQL of the analytics endpoints: time series, top keys and a period summary.
+
+**Where counts come from.** A count is served from the rollups
+(:mod:`ledger.rollups`, per-tenant counts per minute and per hour by action, outcome,
+source and actor type) when every filter is one of their columns (``action``,
+``action`` prefix, ``outcome``, ``source``, ``actor_type``) and the grouping is too;
+otherwise (``actor_id``, ``target_id``, ``target_type``, distinct counts, top actors,
+targets and source IPs) from the rows of ``audit_events``. The range
+``[since, until)`` is cut into pieces (:func:`plan`): whole hours from the hour
+rollup (only when buckets are an hour or longer), whole minutes from the minute
+rollup, and the seconds at either edge from the rows; the counts of the pieces are
+added. The rollups are written in the same transaction as the rows, so both
+sources give the same numbers at every moment (``tests/test_analytics.py`` recounts
+the answers in plain Python, and checks the rollups are what is read).
+
+Every value is a bound parameter; only this module's constants and column names are
+formatted into SQL. A request's queries run in one read transaction, so its numbers
+come from one snapshot of the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, TypeVar
+
+import duckdb
+
+from ledger.rollups import utc_trunc
+from query_api.filters import Filters
+from query_api.queries import filter_sql
+from query_api.ranges import INTERVALS, bucket_starts, iso
+from schemas.times import from_micros, micros
+
+T = TypeVar("T")
+
+MAX_SERIES = 20
+"""Series of a grouped time series; the other keys are added up in ``other``."""
+GROUP_BY: tuple[str, ...] = ("action", "outcome", "actor_type", "source")
+TOP_DIMENSIONS: tuple[str, ...] = ("actor", "action", "target", "source_ip")
+FAILED_OUTCOMES: tuple[str, ...] = ("failure", "denied")
+"""Outcomes counted as failures in a summary's ``failures`` and ``failure_rate``."""
+
+_MINUTE, _HOUR = INTERVALS["minute"], INTERVALS["hour"]
+# Grouping key -> column, in the rows and in the rollups (None: the rollups lack it).
+_ROW_COLUMNS = {
+    "action": "action",
+    "outcome": "outcome_result",
+    "actor_type": "actor_type",
+    "source": "source",
+    "actor": "actor_id",
+    "source_ip": "actor_ip",
+}
+_ROLLUP_COLUMNS = {"action": "action", "outcome": "outcome", "actor_type": "actor_type",
+                   "source": "source"}  # fmt: skip
+_ROLLUP_TABLES = {"minute": "audit_rollup_minute", "hour": "audit_rollup_hour"}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A part of the range and where its counts come from: ``rows``, ``minute`` or ``hour``."""
+
+    source: str
+    lo: datetime
+    hi: datetime
+
+
+def rollups_can_serve(filters: Filters, group: str | None = None) -> bool:
+    """Whether every filter (and the grouping) is a column of the rollups."""
+    rows_only = (filters.actor_id, filters.target_id, filters.target_type)
+    return all(v is None for v in rows_only) and (group is None or group in _ROLLUP_COLUMNS)
+
+
+def _ceil(at: datetime, step: int) -> int:
+    us = micros(at)
+    return us + (-us % step)
+
+
+def _floor(at: datetime, step: int) -> int:
+    us = micros(at)
+    return us - us % step
+
+
+def plan(since: datetime, until: datetime, bucket_us: int | None, rollups: bool) -> list[Piece]:
+    """Cut ``[since, until)`` into pieces served by the rows, the minute or the hour rollup.
+
+    The hour rollup serves whole hours only when buckets are at least an hour long
+    (``bucket_us`` None: no buckets), so every rollup row lies inside one bucket.
+    """
+    if not rollups:
+        return [Piece("rows", since, until)]
+    m_lo, m_hi = _ceil(since, _MINUTE), _floor(until, _MINUTE)
+    if m_lo >= m_hi:
+        return [Piece("rows", since, until)]
+    edges: list[tuple[str, int, int]] = []
+    if bucket_us is None or bucket_us >= _HOUR:
+        h_lo, h_hi = -(-m_lo // _HOUR) * _HOUR, m_hi // _HOUR * _HOUR
+        if h_lo < h_hi:
+            edges += [("minute", m_lo, h_lo), ("hour", h_lo, h_hi), ("minute", h_hi, m_hi)]
+        else:
+            edges.append(("minute", m_lo, m_hi))
+    else:
+        edges.append(("minute", m_lo, m_hi))
+    lo_us, hi_us = micros(since), micros(until)
+    spans = [("rows", lo_us, m_lo), *edges, ("rows", m_hi, hi_us)]
+    return [Piece(src, from_micros(a), from_micros(b)) for src, a, b in spans if a < b]
+
+
+def _piece_sql(
+    tenant_id: str, f: Filters, piece: Piece, unit: str | None, group: str | None
+) -> tuple[str, list[Any]]:
+    """``SELECT b, g, n`` (bucket start in epoch us, group key, count) for one piece."""
+    if piece.source == "rows":
+        where, params = filter_sql(tenant_id, replace(f, since=piece.lo, until=piece.hi))
+        bucket = f"epoch_us({utc_trunc(unit, 'occurred_at')})" if unit else "NULL::BIGINT"
+        key = _ROW_COLUMNS[group] if group else "NULL::VARCHAR"
+        if group is not None:
+            where.append(f"{key} IS NOT NULL")
+        table, count = "audit_events", "count(*)"
+    else:
+        where = ["tenant_id = ?", "bucket >= ?", "bucket < ?"]
+        params = [tenant_id, piece.lo, piece.hi]
+        for column, value in (
+            ("action = ?", f.action),
+            ("starts_with(action, ?)", f.action_prefix),
+            ("outcome = ?", f.outcome),
+            ("source = ?", f.source),
+            ("actor_type = ?", f.actor_type),
+        ):
+            if value is not None:
+                where.append(column)
+                params.append(value)
+        bucket = f"epoch_us({utc_trunc(unit, 'bucket')})" if unit else "NULL::BIGINT"
+        key = _ROLLUP_COLUMNS[group] if group else "NULL::VARCHAR"
+        table, count = _ROLLUP_TABLES[piece.source], "sum(events)"
+    sql = (
+        f"SELECT {bucket} AS b, {key} AS g, {count} AS n FROM {table} "  # noqa: S608
+        f"WHERE {' AND '.join(where)} GROUP BY ALL"
+    )
+    return sql, params
+
+
+def _union(
+    tenant_id: str,
+    f: Filters,
+    unit: str | None,
+    group: str | None,
+    rollups: bool,
+) -> tuple[str, list[Any]]:
+    assert f.since is not None and f.until is not None
+    use = rollups and rollups_can_serve(f, group)
+    step = INTERVALS[unit] if unit else None
+    parts, params = [], []
+    for piece in plan(f.since, f.until, step, use):
+        sql, p = _piece_sql(tenant_id, f, piece, unit, group)
+        parts.append(sql)
+        params += p
+    return " UNION ALL ".join(parts), params
+
+
+def counts(
+    cur: duckdb.DuckDBPyConnection,
+    tenant_id: str,
+    f: Filters,
+    *,
+    unit: str | None = None,
+    group: str | None = None,
+    rollups: bool = True,
+) -> list[tuple[int | None, str | None, int]]:
+    """``(bucket start us, key, events)`` of the tenant's events matching ``f`` (non-zero)."""
+    union, params = _union(tenant_id, f, unit, group, rollups)
+    sql = (
+        f"SELECT b, g, sum(n)::BIGINT FROM ({union}) GROUP BY ALL "  # noqa: S608
+        "HAVING sum(n) <> 0"
+    )
+    return [(b, g, int(n)) for b, g, n in cur.execute(sql, params).fetchall()]
+
+
+def total(cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters, rollups: bool = True) -> int:
+    """How many of the tenant's events match ``f``."""
+    return sum(n for _, _, n in counts(cur, tenant_id, f, rollups=rollups))
+
+
+def in_snapshot(cur: duckdb.DuckDBPyConnection, fn: Callable[[], T]) -> T:
+    """Run ``fn`` inside one read transaction of ``cur`` (one snapshot of the ledger)."""
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        return fn()
+    finally:
+        cur.execute("ROLLBACK")
+
+
+# -- the three answers ---------------------------------------------------------------
+
+
+def timeseries(
+    cur: duckdb.DuckDBPyConnection,
+    tenant_id: str,
+    f: Filters,
+    interval: str,
+    group_by: str | None = None,
+    rollups: bool = True,
+) -> dict[str, Any]:
+    """Zero-filled UTC buckets over ``[since, until)``; with ``group_by``, up to 20 series."""
+    assert f.since is not None and f.until is not None
+    starts = bucket_starts(f.since, f.until, INTERVALS[interval])
+    index = {s: i for i, s in enumerate(starts)}
+    totals = [0] * len(starts)
+    per_key: dict[str, list[int]] = {}
+    for b, g, n in counts(cur, tenant_id, f, unit=interval, group=group_by, rollups=rollups):
+        assert b is not None
+        totals[index[b]] += n
+        if group_by is not None:
+            per_key.setdefault(str(g), [0] * len(starts))[index[b]] += n
+    body: dict[str, Any] = {
+        "since": f.since.isoformat(),
+        "until": f.until.isoformat(),
+        "interval": interval,
+        "buckets": [iso(s) for s in starts],
+        "counts": totals,
+        "total": sum(totals),
+    }
+    if group_by is not None:
+        ranked = sorted(per_key.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+        body["group_by"] = group_by
+        body["series"] = [{"key": k, "total": sum(c), "counts": c} for k, c in ranked[:MAX_SERIES]]
+        rest = ranked[MAX_SERIES:]
+        body["other"] = (
+            None
+            if not rest
+            else {
+                "keys": len(rest),
+                "total": sum(sum(c) for _, c in rest),
+                "counts": [sum(c[i] for _, c in rest) for i in range(len(starts))],
+            }
+        )
+    return body
+
+
+def top(
+    cur: duckdb.DuckDBPyConnection,
+    tenant_id: str,
+    f: Filters,
+    dimension: str,
+    limit: int,
+    rollups: bool = True,
+) -> dict[str, Any]:
+    """The ``limit`` most frequent keys of ``dimension``: count desc, then key ascending."""
+    assert f.since is not None and f.until is not None
+    if dimension == "target":
+        where, params = filter_sql(tenant_id, f)
+        sql = (
+            "SELECT id, count(*) AS n FROM (SELECT unnest(list_distinct("  # noqa: S608
+            f"list_transform(targets, lambda t: t.id))) AS id FROM audit_events "
+            f"WHERE {' AND '.join(where)}) GROUP BY id ORDER BY n DESC, id ASC LIMIT ?"
+        )
+        params.append(limit)
+    else:
+        group = {"actor": "actor", "action": "action", "source_ip": "source_ip"}[dimension]
+        union, params = _union(tenant_id, f, None, group, rollups)
+        sql = (
+            f"SELECT g, sum(n)::BIGINT AS n FROM ({union}) GROUP BY g "  # noqa: S608
+            "HAVING sum(n) <> 0 ORDER BY n DESC, g ASC LIMIT ?"
+        )
+        params.append(limit)
+    rows = cur.execute(sql, params).fetchall()
+    events = total(cur, tenant_id, f, rollups)
+    return {
+        "since": f.since.isoformat(),
+        "until": f.until.isoformat(),
+        "dimension": dimension,
+        "limit": limit,
+        "total": events,
+        "items": [
+            {"key": k, "count": int(n), "share": (int(n) / events) if events else 0.0}
+            for k, n in rows
+        ],
+    }
+
+
+def _distinct(
+    cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters, split: datetime
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Distinct actor ids and target ids of the matching events (from the rows), at or
+    after ``split`` and before it, in one pass over each."""
+    where, params = filter_sql(tenant_id, f)
+    cond = " AND ".join(where)
+    actors = (
+        "SELECT count(DISTINCT actor_id) FILTER (WHERE occurred_at >= ?), "  # noqa: S608
+        f"count(DISTINCT actor_id) FILTER (WHERE occurred_at < ?) FROM audit_events WHERE {cond}"
+    )
+    targets = (
+        "SELECT count(DISTINCT id) FILTER (WHERE occ >= ?), "  # noqa: S608
+        "count(DISTINCT id) FILTER (WHERE occ < ?) FROM (SELECT occurred_at AS occ, "
+        f"unnest(list_transform(targets, lambda t: t.id)) AS id FROM audit_events WHERE {cond})"
+    )
+    a_now, a_before = cur.execute(actors, [split, split, *params]).fetchall()[0]
+    t_now, t_before = cur.execute(targets, [split, split, *params]).fetchall()[0]
+    return (int(a_now), int(t_now)), (int(a_before), int(t_before))
+
+
+def _figures(
+    cur: duckdb.DuckDBPyConnection,
+    tenant_id: str,
+    f: Filters,
+    interval: str,
+    rollups: bool,
+    distinct: tuple[int, int],
+) -> dict[str, Any]:
+    assert f.since is not None and f.until is not None
+    by_outcome = {g: n for _, g, n in counts(cur, tenant_id, f, group="outcome", rollups=rollups)}
+    events = sum(by_outcome.values())
+    failures = sum(by_outcome.get(o, 0) for o in FAILED_OUTCOMES)
+    buckets = counts(cur, tenant_id, f, unit=interval, rollups=rollups)
+    busiest = min(buckets, key=lambda r: (-r[2], r[0]), default=None)
+    actors, targets = distinct
+    return {
+        "since": f.since.isoformat(),
+        "until": f.until.isoformat(),
+        "total": events,
+        "distinct_actors": actors,
+        "distinct_targets": targets,
+        "failures": failures,
+        "failure_rate": failures / events if events else None,
+        "busiest_bucket": (
+            None
+            if busiest is None or busiest[0] is None
+            else {"start": iso(busiest[0]), "count": busiest[2]}
+        ),
+    }
+
+
+def _change(now: float | None, before: float | None) -> dict[str, float | None]:
+    if now is None or before is None:
+        return {"absolute": None, "relative": None}
+    return {
+        "absolute": now - before,
+        "relative": (now - before) / before if before else None,
+    }
+
+
+CHANGED = ("total", "distinct_actors", "distinct_targets", "failures", "failure_rate")
+
+
+def summary(
+    cur: duckdb.DuckDBPyConnection,
+    tenant_id: str,
+    f: Filters,
+    interval: str,
+    rollups: bool = True,
+) -> dict[str, Any]:
+    """The period's figures, the previous period of equal length's, and the change."""
+    assert f.since is not None and f.until is not None
+    length = f.until - f.since
+    previous = replace(f, since=f.since - length, until=f.since)
+    both = replace(f, since=previous.since)
+    distinct_now, distinct_before = _distinct(cur, tenant_id, both, f.since)
+    now = _figures(cur, tenant_id, f, interval, rollups, distinct_now)
+    before = _figures(cur, tenant_id, previous, interval, rollups, distinct_before)
+    return {
+        "interval": interval,
+        "current": now,
+        "previous": before,
+        "change": {name: _change(now[name], before[name]) for name in CHANGED},
+    }

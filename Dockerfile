@@ -13,6 +13,7 @@ COPY velora ./velora
 COPY schemas ./schemas
 COPY ingest ./ingest
 COPY ledger ./ledger
+COPY webhooks ./webhooks
 COPY query_api ./query_api
 COPY cli ./cli
 RUN pip install . && rm -rf /src
@@ -24,5 +25,5 @@ WORKDIR /var/lib/velora
 ENV VELORA_STATE_DIR=/var/lib/velora \
     VELORA_DUCKDB_PATH=/var/lib/velora/velora.duckdb
 
-EXPOSE 8080 8081
+EXPOSE 8080 8081 8082
 CMD ["velora", "--help"]

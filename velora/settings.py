@@ -8,6 +8,8 @@ project understands is listed in :data:`ENV_VARS`; a bad value raises
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -119,6 +121,28 @@ def _secret(raw: str) -> Secret:
     return Secret(raw)
 
 
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be 1 or 0 (true or false)")
+
+
+def _schedule(raw: str) -> tuple[float, ...]:
+    """Seconds between attempts, comma-separated: ``5,300,1800`` (fractions allowed)."""
+    try:
+        delays = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ValueError("must be comma-separated seconds, e.g. 5,300,1800") from None
+    if not 1 <= len(delays) <= 20 or not all(0.01 <= d <= 7 * 86_400 for d in delays):
+        raise ValueError("must be 1-20 delays, each between 0.01 and 604800 seconds")
+    if list(delays) != sorted(delays):
+        raise ValueError("delays must not decrease")
+    return delays
+
+
 def _log_level(raw: str) -> str:
     level = raw.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -129,6 +153,9 @@ def _log_level(raw: str) -> str:
 # Development defaults only; production sets VELORA_KEY_PEPPER and VELORA_CURSOR_SECRET.
 _DEV_PEPPER = Secret("velora-dev-pepper-change-me")
 _DEV_CURSOR_SECRET = Secret("velora-dev-cursor-secret-change-me")
+_DEV_SECRETS_KEY = Secret("velora-dev-secrets-key-change-me")
+# Svix's hosted schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight attempts in all).
+_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,19 @@ class Settings:
     key_rotation_grace_seconds: int = 86_400
     materializer_max_batch: int = 5000
     log_level: str = "INFO"
+    secrets_key: Secret = _DEV_SECRETS_KEY
+    webhooks_allow_insecure_loopback: bool = False
+    webhooks_retry_schedule: tuple[float, ...] = _RETRY_SCHEDULE
+    webhooks_timeout_s: float = 10.0
+    webhooks_concurrency: int = 16
+    webhooks_rate_per_second: float = 0.0
+    webhooks_rotation_overlap_s: int = 86_400
+    webhooks_disable_after_s: int = 432_000
+    webhooks_batch_max_events: int = 500
+    webhooks_batch_max_wait_ms: int = 1000
+    webhooks_session_timeout_ms: int = 10_000
+    dispatcher_host: str = "127.0.0.1"
+    dispatcher_port: int = 8082
 
     @property
     def audit_topic(self) -> str:
@@ -168,6 +208,32 @@ class Settings:
     def control_topic(self) -> str:
         """The compacted control topic: API keys, webhook endpoints, tenant settings."""
         return f"{self.topic_prefix}.control.v1"
+
+    @property
+    def webhook_group(self) -> str:
+        """The dispatchers' consumer group."""
+        return f"{self.topic_prefix}.webhooks"
+
+    @property
+    def webhook_requests_topic(self) -> str:
+        """Deliveries asked for through the API (test, retry, replay), due at once."""
+        return f"{self.topic_prefix}.webhooks.requests.v1"
+
+    @property
+    def webhook_attempts_topic(self) -> str:
+        """Every delivery attempt, materialized by query nodes."""
+        return f"{self.topic_prefix}.webhooks.attempts.v1"
+
+    @property
+    def webhook_retry_tiers(self) -> tuple[float, ...]:
+        """The distinct delays of the retry schedule, shortest first: one retry topic each."""
+        return tuple(sorted(set(self.webhooks_retry_schedule)))
+
+    @property
+    def webhook_retry_topics(self) -> tuple[str, ...]:
+        """``<prefix>.webhooks.retry.<i>.v1``, one per tier of :attr:`webhook_retry_tiers`."""
+        tiers = range(len(self.webhook_retry_tiers))
+        return tuple(f"{self.topic_prefix}.webhooks.retry.{i}.v1" for i in tiers)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -210,6 +276,13 @@ class Settings:
             clashes += (
                 ("VELORA_NODE_PORT", "VELORA_INGEST_PORT", self.node_port, self.ingest_port),
             )
+        hosts = {self.node_host, self.ingest_host} | wildcard
+        if self.dispatcher_host in hosts:
+            dispatcher = ("VELORA_DISPATCHER_PORT", self.dispatcher_port)
+            clashes += (
+                ("VELORA_NODE_PORT", dispatcher[0], self.node_port, dispatcher[1]),
+                ("VELORA_INGEST_PORT", dispatcher[0], self.ingest_port, dispatcher[1]),
+            )
         for a, b, pa, pb in clashes:
             if pa and pa == pb:
                 raise ConfigError(f"{a} and {b} are both {pa}; each listener needs its own port")
@@ -223,7 +296,12 @@ class Settings:
 
 def _shown(var: str, raw: str) -> str:
     """Never echo a secret back in an error message."""
-    if var in {"VELORA_INGEST_TOKENS", "VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET"}:
+    if var in {
+        "VELORA_INGEST_TOKENS",
+        "VELORA_KEY_PEPPER",
+        "VELORA_CURSOR_SECRET",
+        "VELORA_SECRETS_KEY",
+    }:
         return "<redacted>"
     return repr(raw)
 
@@ -252,7 +330,53 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_KEY_ROTATION_GRACE_SECONDS": ("key_rotation_grace_seconds", _int(0, 90 * 86_400)),
     "VELORA_MATERIALIZER_MAX_BATCH": ("materializer_max_batch", _int(1, 100_000)),
     "VELORA_LOG_LEVEL": ("log_level", _log_level),
+    "VELORA_SECRETS_KEY": ("secrets_key", _secret),
+    "VELORA_WEBHOOKS_ALLOW_INSECURE_LOOPBACK": ("webhooks_allow_insecure_loopback", _bool),
+    "VELORA_WEBHOOKS_RETRY_SCHEDULE": ("webhooks_retry_schedule", _schedule),
+    "VELORA_WEBHOOKS_TIMEOUT_S": ("webhooks_timeout_s", _float(0.05, 120.0)),
+    "VELORA_WEBHOOKS_CONCURRENCY": ("webhooks_concurrency", _int(1, 256)),
+    "VELORA_WEBHOOKS_RATE_PER_SECOND": ("webhooks_rate_per_second", _float(0.0, 1e6)),
+    "VELORA_WEBHOOKS_ROTATION_OVERLAP_S": ("webhooks_rotation_overlap_s", _int(0, 30 * 86_400)),
+    "VELORA_WEBHOOKS_DISABLE_AFTER_S": ("webhooks_disable_after_s", _int(1, 90 * 86_400)),
+    "VELORA_WEBHOOKS_BATCH_MAX_EVENTS": ("webhooks_batch_max_events", _int(1, 10_000)),
+    "VELORA_WEBHOOKS_BATCH_MAX_WAIT_MS": ("webhooks_batch_max_wait_ms", _int(1, 60_000)),
+    "VELORA_WEBHOOKS_SESSION_TIMEOUT_MS": ("webhooks_session_timeout_ms", _int(6_000, 300_000)),
+    "VELORA_DISPATCHER_HOST": ("dispatcher_host", _host),
+    "VELORA_DISPATCHER_PORT": ("dispatcher_port", _int(0, 65535)),
 }
+
+
+def uses_dev_secrets_key(settings: Settings) -> bool:
+    """Whether ``VELORA_SECRETS_KEY`` is the development value published in this repository."""
+    return settings.secrets_key == _DEV_SECRETS_KEY
+
+
+def check_secrets_key_bind(settings: Settings, service: str, host: str) -> None:
+    """Refuse the published ``VELORA_SECRETS_KEY`` on a non-loopback bind of ``service``.
+
+    The same rule as the other development secrets: fine on loopback (a warning),
+    a :class:`ConfigError` naming the variable anywhere else.
+    """
+    if not uses_dev_secrets_key(settings):
+        return
+    if not _is_loopback(host):
+        raise ConfigError(
+            "VELORA_SECRETS_KEY is a development value published in the Velora repository; "
+            f"set it before binding the {service} to a non-loopback address"
+        )
+    logging.getLogger(__name__).warning(
+        "%s uses the development VELORA_SECRETS_KEY; fine on loopback, never in production",
+        service,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 # Variables read by the test suite and scripts, not by the application itself.
 _IGNORED = frozenset({"VELORA_TEST_KAFKA_BOOTSTRAP", "VELORA_API_KEY"})

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "cli.commands.ledger",
     "cli.commands.keys",
     "cli.commands.demo",
+    "cli.commands.webhooks",
 )
 
 

@@ -17,13 +17,16 @@ with identical content.
   the same transaction as the offset that passes them, so they are not retried.
 - ``ledger_conflicts``: a copy of a ``(tenant_id, event_id)`` whose content differs
   from the row that won (ids, offsets and content hashes only, never the payload).
+- ``webhook_attempts``: one row per webhook delivery attempt, materialized from the
+  attempt log (``<prefix>.webhooks.attempts.v1``) by :mod:`ledger.attempts`, with its
+  offsets in ``ledger_offsets`` committed in the same transaction.
 - ``ledger_meta``: the layout version (:data:`LAYOUT_VERSION`) and the identity of
   the topic the file was built from.
 """
 
 from __future__ import annotations
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 """Bumped whenever a table changes; a node finding an older file rebuilds it from the log."""
 
 AUDIT_EVENTS_DDL = """
@@ -90,6 +93,46 @@ CREATE TABLE IF NOT EXISTS ledger_conflicts (
 )
 """
 
+WEBHOOK_ATTEMPTS_DDL = """
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    attempt_id       VARCHAR PRIMARY KEY,
+    delivery_id      VARCHAR NOT NULL,
+    endpoint_id      VARCHAR NOT NULL,
+    tenant_id        VARCHAR NOT NULL,
+    event_ids        VARCHAR[] NOT NULL,
+    event_type       VARCHAR NOT NULL,
+    attempt          INTEGER NOT NULL,
+    trigger          VARCHAR NOT NULL,
+    attempted_at     TIMESTAMPTZ NOT NULL,
+    status_code      INTEGER,
+    latency_ms       DOUBLE,
+    outcome          VARCHAR NOT NULL,
+    error_class      VARCHAR,
+    next_attempt_at  TIMESTAMPTZ,
+    kafka_partition  INTEGER NOT NULL,
+    kafka_offset     BIGINT NOT NULL
+)
+"""
+
+ATTEMPT_COLUMNS: tuple[str, ...] = (
+    "attempt_id",
+    "delivery_id",
+    "endpoint_id",
+    "tenant_id",
+    "event_ids",
+    "event_type",
+    "attempt",
+    "trigger",
+    "attempted_at",
+    "status_code",
+    "latency_ms",
+    "outcome",
+    "error_class",
+    "next_attempt_at",
+    "kafka_partition",
+    "kafka_offset",
+)
+
 META_DDL = """
 CREATE TABLE IF NOT EXISTS ledger_meta (
     key    VARCHAR PRIMARY KEY,
@@ -138,7 +181,14 @@ honest resend of the same event differs only there.
 CONTENT_HASH = f"md5(to_json(struct_pack({', '.join(CONTENT_COLUMNS)})))"
 """SQL for the content hash of a row of ``audit_events`` (or of a batch shaped like it)."""
 
-ALL_DDL: tuple[str, ...] = (AUDIT_EVENTS_DDL, OFFSETS_DDL, QUARANTINE_DDL, CONFLICTS_DDL, META_DDL)
+ALL_DDL: tuple[str, ...] = (
+    AUDIT_EVENTS_DDL,
+    OFFSETS_DDL,
+    QUARANTINE_DDL,
+    CONFLICTS_DDL,
+    WEBHOOK_ATTEMPTS_DDL,
+    META_DDL,
+)
 
 
 def ledger_key(tenant_id: str, event_id: str) -> str:

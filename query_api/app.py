@@ -3,8 +3,8 @@
 ``create_app(settings, node)`` is what ``velora node`` serves. ``node`` is the
 query node (``ledger.node.QueryNode``, or any :class:`~query_api.db.LedgerReader`
 such as :class:`~ledger.duck.LedgerFile`); without it the app is a bare health
-server. The lifespan starts and stops the control-state follower (API keys) and
-the read-audit producer.
+server. The lifespan starts and stops the control-state follower (API keys,
+webhook endpoints), the read-audit producer and the webhook routes' writers.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from query_api.openapi import PREFIX
 from query_api.ratelimit import BucketMap
 from query_api.read_audit import AuditSink, ReadAuditor
 from query_api.routes import event_routes
+from query_api.webhook_store import RequestWriter
+from query_api.webhooks import webhook_routes
 from velora.http_errors import EXCEPTION_HANDLERS
 from velora.settings import Settings
 
@@ -72,6 +74,7 @@ def create_app(
     owns_control = control is None
     control_state = control if control is not None else ControlState(settings)
     state: dict[str, Any] = {"auditor": None}
+    webhook_writer = RequestWriter(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -86,6 +89,7 @@ def create_app(
         finally:
             state["auditor"] = None
             await asyncio.to_thread(auditor.close)
+            await asyncio.to_thread(webhook_writer.close)
             if owns_control:
                 await asyncio.to_thread(control_state.stop)
 
@@ -106,6 +110,7 @@ def create_app(
         *health_routes(_Readiness(node, control_state)),
         *docs_routes(PREFIX),
         *event_routes(PREFIX),
+        *webhook_routes(PREFIX),
     ]
     app = Starlette(
         routes=routes,
@@ -116,4 +121,5 @@ def create_app(
     app.state.settings = settings
     app.state.ledger = node
     app.state.control = control_state
+    app.state.webhook_writer = webhook_writer
     return app

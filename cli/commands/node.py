@@ -18,7 +18,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from velora.errors import LedgerMismatch
-from velora.settings import Settings
+from velora.settings import Settings, check_secrets_key_bind
 
 if TYPE_CHECKING:
     import uvicorn
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.node_host
     port = settings.node_port if args.port is None else args.port
     settings = settings.with_overrides(node_host=host, node_port=port)
+    check_secrets_key_bind(settings, "node", host)
     ensure_topics(settings)
     progress = ReplayProgress("replaying the audit log into the ledger")
     node = QueryNode(settings, on_batch=progress.on_batch)

@@ -10,6 +10,7 @@ port, hang, or answer with a chosen status. :func:`running_dispatcher` runs a
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from ledger.control import ControlState
 from schemas.events import AuditEvent, WebhookEndpoint
 from tests.helpers import wait_for
 from velora.settings import Settings
+from velora.topics import ensure_topics
 from webhooks.endpoints import new_record, parse_fields, rotated_record
 from webhooks.receiver import envelopes_of
 from webhooks.secrets import SecretBox
@@ -79,7 +81,7 @@ class Receiver:
             except stripe.SignatureVerificationError:
                 pass
             try:
-                standardwebhooks.Webhook(secret).verify(body, headers)
+                standard_verify(secret, body, headers)
                 standard_ok = True
             except standardwebhooks.WebhookVerificationError:
                 pass
@@ -137,6 +139,18 @@ class Receiver:
         return {e["id"] for e in self.events()}
 
 
+def standard_verify(secret: str, body: bytes, headers: dict[str, str]) -> None:
+    """``standardwebhooks.Webhook.verify``; a batch body (ndjson, HEC) is not one JSON value.
+
+    The library checks the signature first and then ``json.loads`` the body, so a
+    ``JSONDecodeError`` means the signature verified and the body is a batch.
+    """
+    try:
+        standardwebhooks.Webhook(secret).verify(body, headers)
+    except json.JSONDecodeError:
+        pass
+
+
 def _now() -> float:
     import time
 
@@ -175,11 +189,19 @@ class DispatcherThread:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> DispatcherThread:
+        ensure_topics(self.service.settings)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(60)
-        wait_for(
-            lambda: self.service.readiness()["ready"], timeout=60, what="dispatcher assigned"
-        )
+        state: dict[str, Any] = {}
+
+        def ready() -> bool:
+            state.update(self.service.readiness())
+            return bool(state["ready"])
+
+        try:
+            wait_for(ready, timeout=60, what="dispatcher ready")
+        except AssertionError as exc:
+            raise AssertionError(f"dispatcher not ready: {state.get('reason')}") from exc
         return self
 
     def stop(self) -> None:
@@ -189,9 +211,7 @@ class DispatcherThread:
         self.loop.close()
 
     def wait_control(self, offset: int) -> None:
-        wait_for(
-            lambda: self.service.control.position > offset, timeout=15, what="control offset"
-        )
+        wait_for(lambda: self.service.control.position > offset, timeout=15, what="control offset")
 
 
 @contextmanager

@@ -234,6 +234,7 @@ class Dispatcher:
             lane = self._lanes[endpoint.endpoint_id] = Lane(
                 endpoint.endpoint_id,
                 self.attempt,
+                self._spawn,
                 self._batch if batch else None,
                 concurrency=s.webhooks_concurrency,
                 rate=s.webhooks_rate_per_second,
@@ -489,6 +490,13 @@ class Dispatcher:
             )
             return True
         return False
+
+    async def close(self) -> None:
+        """Cancel the attempts and writes in flight (their records stay unsettled)."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- observation -----------------------------------------------------------------
     def lanes(self) -> dict[str, dict[str, int]]:

@@ -60,6 +60,7 @@ class Lane:
         self,
         endpoint_id: str,
         run: Callable[[Delivery], Awaitable[None]],
+        spawn: Callable[[Awaitable[None]], None],
         batch: Callable[[str, list[Item]], Delivery] | None,
         *,
         concurrency: int,
@@ -69,6 +70,7 @@ class Lane:
     ) -> None:
         self.endpoint_id = endpoint_id
         self._run = run
+        self._spawn = spawn
         self._batch = batch
         self._concurrency = concurrency
         self._rate = rate
@@ -127,7 +129,7 @@ class Lane:
                 return
             delivery = self._queue.popleft()
             self.running += 1
-            asyncio.get_running_loop().create_task(self._go(delivery))
+            self._spawn(self._go(delivery))
 
     def _woken(self) -> None:
         self._wakeup = None

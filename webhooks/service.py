@@ -101,6 +101,7 @@ class DispatcherService:
         if self.consumer is not None:
             await asyncio.to_thread(self.consumer.stop)
         if self.dispatcher is not None:
+            await self.dispatcher.close()
             await self.dispatcher.client.aclose()
         if self.publisher is not None:
             await asyncio.to_thread(self.publisher.close)

@@ -28,7 +28,9 @@ COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text(encoding="utf-8"))
 DOCKERFILE = (REPO / "Dockerfile").read_text(encoding="utf-8")
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 VELORA_SERVICES = sorted(name for name, svc in SERVICES.items() if "build" in svc)
-_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}")
+# A ${VAR:?message} must be set by the operator; the tests stand in this value for it.
+REQUIRED_STAND_IN = "compose-test-value-0123456789"
 
 
 def interpolate(value: object) -> str:
@@ -37,7 +39,7 @@ def interpolate(value: object) -> str:
 
     def sub(m: re.Match[str]) -> str:
         assert m["op"] is not None, f"${{{m['name']}}} has no default: compose up would fail"
-        return m["default"]
+        return REQUIRED_STAND_IN if m["op"].endswith("?") else m["default"]
 
     return _VAR.sub(sub, text).replace("$$", "$")
 
@@ -61,7 +63,7 @@ def cli_paths() -> set[tuple[str, ...]]:
 
 def test_the_expected_services_exist():
     assert {"kafka", "topics", "node", "ingest"} <= set(SERVICES)
-    assert VELORA_SERVICES == ["ingest", "node", "topics"]
+    assert VELORA_SERVICES == ["dispatcher", "ingest", "node", "topics"]
 
 
 @pytest.mark.parametrize("service", VELORA_SERVICES)
@@ -78,6 +80,7 @@ def test_the_services_run_node_ingest_and_topics():
         "node": ("node",),
         "ingest": ("ingest", "serve"),
         "topics": ("kafka", "topics"),
+        "dispatcher": ("webhooks", "dispatch"),
     }
 
 
@@ -120,9 +123,19 @@ def test_ingest_has_service_tokens_and_node_has_secrets():
     assert "/var/lib/velora" in volumes
 
 
+def test_node_and_dispatcher_require_the_secrets_key():
+    for service in ("node", "dispatcher"):
+        raw = SERVICES[service]["environment"]["VELORA_SECRETS_KEY"]
+        assert raw.startswith("${VELORA_SECRETS_KEY:?"), service
+        assert Settings.from_env(environment(service)).secrets_key.reveal() == REQUIRED_STAND_IN
+    env = environment("dispatcher")
+    probe = " ".join(SERVICES["dispatcher"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{env['VELORA_DISPATCHER_PORT']}/healthz" in probe
+
+
 def test_start_order():
     assert SERVICES["topics"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
-    for service in ("node", "ingest"):
+    for service in ("node", "ingest", "dispatcher"):
         assert SERVICES[service]["depends_on"] == {
             "topics": {"condition": "service_completed_successfully"}
         }
@@ -219,5 +232,6 @@ def test_interpolation_helper():
     assert interpolate("${A:-x}") == "x"
     assert interpolate("${A-y}/$$HOME") == "y/$HOME"
     assert interpolate(8080) == "8080"
+    assert interpolate("${A:?set A}") == REQUIRED_STAND_IN
     with pytest.raises(AssertionError, match="has no default"):
         interpolate("${A}")

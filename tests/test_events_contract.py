@@ -317,9 +317,7 @@ def test_struct_round_trips_through_the_codec(struct):
         lambda: dataclasses.replace(FULL_EVENT, occurred_at=T0.replace(tzinfo=None)).to_avro(),
         lambda: dataclasses.replace(KEYS[0], expires_at=T0.replace(tzinfo=None)).to_avro(),
         lambda: dataclasses.replace(SETTINGS[0], updated_at=T0.replace(tzinfo=None)).to_avro(),
-        lambda: dataclasses.replace(
-            WEBHOOK_STRUCTS[4], due_at=T0.replace(tzinfo=None)
-        ).to_avro(),  # type: ignore[arg-type]
+        lambda: dataclasses.replace(WEBHOOK_STRUCTS[4], due_at=T0.replace(tzinfo=None)).to_avro(),  # type: ignore[arg-type]
     ],
 )
 def test_to_avro_refuses_naive_datetimes(make):

@@ -199,7 +199,7 @@ class DispatcherThread:
             return bool(state["ready"])
 
         try:
-            wait_for(ready, timeout=60, what="dispatcher ready")
+            wait_for(ready, timeout=120, what="dispatcher ready")
         except AssertionError as exc:
             raise AssertionError(f"dispatcher not ready: {state.get('reason')}") from exc
         return self

@@ -204,7 +204,8 @@ class GroupConsumer:
     # -- the loop -----------------------------------------------------------------
     def _run(self) -> None:
         consumer = self._consumer
-        assert consumer is not None
+        if consumer is None:
+            return
         last_commit = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -219,15 +220,13 @@ class GroupConsumer:
                         self._commit(consumer)
                         self._measure(consumer)
                     self.error = None
-                except KAFKA_ERRORS as exc:
+                except Exception as exc:
+                    # Never die silently: a record handed over stays unsettled, so nothing
+                    # is committed past it; the loop goes on and /readyz shows the error.
                     self.error = type(exc).__name__
-                    log.warning("webhook consumer: %s; going on", type(exc).__name__)
+                    log.warning("webhook consumer: %s; going on", type(exc).__name__, exc_info=True)
                     self._stop.wait(1.0)
             self._commit(consumer)
-        except Exception as exc:
-            self.error = type(exc).__name__
-            log.exception("webhook consumer stopped")
-            raise
         finally:
             close_quietly(consumer)
 
@@ -279,7 +278,7 @@ class GroupConsumer:
 
     def _measure(self, consumer: KafkaConsumer) -> None:
         waiting = 0
-        for tp in self.assigned:
+        for tp in self.assigned & consumer.assignment():
             if tp.topic in self._retry_topics:
                 high = consumer.highwater(tp)
                 position = self.tracker.committable([tp]).get(tp)
@@ -288,10 +287,18 @@ class GroupConsumer:
         self.retries_waiting = waiting
 
     # -- rebalances ---------------------------------------------------------------
-    def revoked(self, tps: list[TopicPartition]) -> None:
-        """Commit what is settled in ``tps`` and forget them."""
-        if self._consumer is not None:
-            self._commit(self._consumer, tps)
+    # kafka-python 3 runs rebalance listeners on its IO thread, where a blocking call
+    # (commit, position) raises: the listener commits with commit_async and returns.
+    def revoked(self, tps: list[TopicPartition], *, commit: bool = True) -> None:
+        """Commit what is settled in ``tps`` (without waiting) and forget them."""
+        offsets = self.tracker.committable(tps) if commit else {}
+        if offsets and self._consumer is not None:
+            try:
+                self._consumer.commit_async(
+                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+                )
+            except KAFKA_ERRORS as exc:  # the next owner delivers them again
+                log.warning("webhook offsets not committed on revoke (%s)", type(exc).__name__)
         self.tracker.revoke(tps)
         for tp in tps:
             self.assigned.discard(tp)
@@ -316,3 +323,6 @@ class _Listener(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self._owner.assigned_to(list(assigned))
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        self._owner.revoked(list(lost), commit=False)

@@ -19,7 +19,9 @@ records over with ``loop.call_soon_threadsafe``.
   endpoint whose attempts have all failed for ``VELORA_WEBHOOKS_DISABLE_AFTER_S`` is
   disabled.
 - **Settling**: a delivery's records are settled only after its attempt record
-  (and its retry job, if any) were acknowledged by Kafka.
+  (and its retry job, if any) were acknowledged by Kafka; the endpoint's request
+  slot is freed as soon as the answer is in, so the wait for Kafka never slows a
+  receiver down.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from webhooks.transport import DestinationRefused
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 64 * 1024
+MAX_DEFER_S = 60.0
 
 
 class Dispatcher:
@@ -95,6 +98,7 @@ class Dispatcher:
         self._index: dict[str, list[WebhookEndpoint]] = {}
         self.counters: dict[str, Counter[str]] = defaultdict(Counter)
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
 
     # -- decoding (consumer thread) --------------------------------------------------
     def decode_event(self, value: bytes | None) -> AuditEvent | None:
@@ -245,16 +249,23 @@ class Dispatcher:
 
     # -- waiting on retry topics -------------------------------------------------------
     def _defer(self, d: Delivery) -> None:
-        """The lane is full: park the delivery on a retry topic, no attempt made."""
+        """The lane is full: park the delivery on a retry topic, no attempt made.
+
+        The wait doubles with each deferral from the shortest retry delay, up to
+        :data:`MAX_DEFER_S`: a slow endpoint's backlog comes back soon, a hung one's
+        is not re-read more often than that.
+        """
         self.counters[d.endpoint_id]["deferred"] += 1
-        tier = min(d.deferrals, len(self._tiers) - 1)
+        wait = min(MAX_DEFER_S, self._tiers[0] * 2 ** min(d.deferrals, 16))
+        wait = max(wait, self._tiers[0])
+        tier = tier_for(self._tiers, wait)
         now = datetime.now(UTC)
         job = WebhookJob(
             d.delivery_id,
             d.endpoint_id,
             d.tenant_id,
             d.attempt,
-            now + timedelta(seconds=self._tiers[tier]),
+            now + timedelta(seconds=wait),
             datetime.fromtimestamp(d.created_at, UTC),
             trigger=d.trigger,
             deferrals=d.deferrals + 1,
@@ -326,6 +337,10 @@ class Dispatcher:
                 writes.append(self.publisher.publish_job(topic, job))
         record = self._attempt_record(d, now, status, latency_ms, outcome, error, next_at)
         writes.append(self.publisher.publish_attempt(record))
+        # The receiver's slot is free now; the records settle once Kafka has the writes.
+        self._spawn(self._written(d, writes))
+
+    async def _written(self, d: Delivery, writes: list[Any]) -> None:
         await asyncio.gather(*writes)
         self._settle(d)
 
@@ -420,6 +435,9 @@ class Dispatcher:
             self.tracker.settle(ref)
 
     def _spawn(self, coro: Any) -> None:
+        if self.closing:
+            coro.close()  # stopping: the records stay unsettled and are delivered again
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -493,6 +511,7 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Cancel the attempts and writes in flight (their records stay unsettled)."""
+        self.closing = True
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from schemas.events import AuditEvent
 from webhooks.consumer import Ref
 
-MAX_QUEUED = 2_000
+MAX_QUEUED = 10_000
 
 
 @dataclass

@@ -27,6 +27,7 @@ SUITES = {
     "ingest": ("bench.ingest", "ingest: library and HTTP ingest"),
     "ledger": ("bench.ledger", "ledger: materializer catch-up and freshness"),
     "query": ("bench.query", "query: public API latency"),
+    "webhooks": ("bench.webhooks", "webhooks: deliveries/s and ingest-to-delivery latency"),
 }
 
 

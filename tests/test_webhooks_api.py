@@ -271,3 +271,31 @@ def test_retry_and_replay_validate_their_input(api):
         resp = post(api, f"{BASE}/{eid}/replay", key, body)
         assert resp.status_code == 422, (body, resp.text)
         assert field in [d["field"] for d in resp.json()["error"]["details"]]
+
+
+def test_live_answers_match_the_openapi_document(api):
+    import jsonschema_rs
+
+    from query_api.openapi import openapi_document
+
+    doc = openapi_document()
+
+    def valid(name, value):
+        root = {
+            **doc,
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$ref": f"#/components/schemas/{name}",
+        }
+        jsonschema_rs.Draft202012Validator(root).validate(value)
+
+    key = api.issue("acme", ("webhooks:write",)).token
+    made = post(api, BASE, key, {"url": "https://siem.example.com/", "format": "ndjson"})
+    valid("WebhookEndpointWithSecret", made.json())
+    eid = made.json()["id"]
+    valid("WebhookEndpointList", call(api, "GET", BASE, key).json())
+    valid("WebhookEndpointDetail", call(api, "GET", f"{BASE}/{eid}", key).json())
+    valid("WebhookDeliveryPage", call(api, "GET", f"{BASE}/{eid}/deliveries", key).json())
+    valid("Error", post(api, BASE, key, {"url": "http://x"}).json())
+    paths = openapi_document()["paths"]
+    assert f"{BASE}/{{endpoint_id}}/replay" in paths
+    assert set(paths[BASE]["post"]["responses"]) >= {"201", "401", "403", "413", "415", "422"}

@@ -62,6 +62,7 @@ class Receiver:
     answer: Callable[[Request], Response | None] | None = None
     received: list[Received] = field(default_factory=list)
     port: int = 0
+    verify: bool = True
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -94,7 +95,7 @@ class Receiver:
             if self.hang:
                 await asyncio.sleep(3600)
             custom = self.answer(request) if self.answer is not None else None
-            stripe_ok, standard_ok = self._verify(body, headers)
+            stripe_ok, standard_ok = self._verify(body, headers) if self.verify else (False, False)
             try:
                 envelopes = envelopes_of(body)
             except ValueError:

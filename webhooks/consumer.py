@@ -40,7 +40,8 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from velora.kafka_clients import KAFKA_ERRORS, close_quietly, new_consumer
+from velora.errors import Unavailable
+from velora.kafka_clients import KAFKA_ERRORS, close_quietly, map_kafka_errors, new_consumer
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,15 @@ class GroupConsumer:
             heartbeat_interval_ms=max(500, session // 5),
             max_poll_records=500,
             fetch_max_wait_ms=50,
+            metadata_max_age_ms=10_000,
         )
+        # The group's leader assigns only partitions it has metadata for: fetch it for
+        # every topic first, or a first assignment can leave partitions unassigned
+        # until the next metadata refresh.
+        with map_kafka_errors("webhook topics metadata"):
+            for topic in self.topics:
+                if not self._consumer.partitions_for_topic(topic):
+                    raise Unavailable(f"topic {topic} has no partitions yet", retry_after=1)
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         self._thread = threading.Thread(target=self._run, name="webhooks-consumer", daemon=True)
         self._thread.start()

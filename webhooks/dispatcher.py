@@ -63,7 +63,6 @@ from webhooks.transport import DestinationRefused
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 64 * 1024
-MAX_DEFER_S = 60.0
 
 
 class Dispatcher:
@@ -171,7 +170,7 @@ class Dispatcher:
         for e in targets:
             lane = self._lane(e)
             item = Item(event, raw, ref)
-            if lane.full:
+            if self._overflowing(lane, e.endpoint_id):
                 self._defer(self._single(e.endpoint_id, item, batch=lane_is_batch(e)))
             else:
                 lane.add_event(item, lambda it, e=e: self._single(e.endpoint_id, it, False))
@@ -208,7 +207,7 @@ class Dispatcher:
             ping=not job.events,
         )
         lane = self._lane(endpoint)
-        if lane.full and job.trigger in ("event", "retry"):
+        if job.trigger in ("event", "retry") and self._overflowing(lane, endpoint.endpoint_id):
             self._defer(delivery)
         else:
             lane.add_delivery(delivery)
@@ -249,29 +248,37 @@ class Dispatcher:
 
     # -- waiting on retry topics -------------------------------------------------------
     def _defer(self, d: Delivery) -> None:
-        """The lane is full: park the delivery on a retry topic, no attempt made.
+        """Park a delivery of a failing endpoint whose lane is full: no attempt made.
 
-        The wait doubles with each deferral from the shortest retry delay, up to
-        :data:`MAX_DEFER_S`: a slow endpoint's backlog comes back soon, a hung one's
-        is not re-read more often than that.
+        It waits the shortest retry delay on the first retry topic (its due time is
+        that topic's, so the topic's order holds and nothing is re-parked early).
         """
         self.counters[d.endpoint_id]["deferred"] += 1
-        wait = min(MAX_DEFER_S, self._tiers[0] * 2 ** min(d.deferrals, 16))
-        wait = max(wait, self._tiers[0])
-        tier = tier_for(self._tiers, wait)
         now = datetime.now(UTC)
         job = WebhookJob(
             d.delivery_id,
             d.endpoint_id,
             d.tenant_id,
             d.attempt,
-            now + timedelta(seconds=wait),
+            now + timedelta(seconds=self._tiers[0]),
             datetime.fromtimestamp(d.created_at, UTC),
             trigger=d.trigger,
             deferrals=d.deferrals + 1,
             events=tuple(d.raw),
         )
-        self._spawn(self._park(job, tier, d.refs))
+        self._spawn(self._park(job, 0, d.refs))
+
+    def _overflowing(self, lane: Lane, endpoint_id: str) -> bool:
+        """Defer instead of queueing: the lane is full and the endpoint is failing.
+
+        A slow endpoint that answers keeps its queue (the consumer's back-pressure
+        bounds every lane together); a failing or hanging one has its overflow parked
+        on a retry topic, so it never holds memory or the consumer back.
+        """
+        if not lane.full:
+            return False
+        health = self.health_of(endpoint_id)
+        return (health is not None and health.failing_since is not None) or lane.last_failed
 
     async def _requeue(self, ref: Ref, job: WebhookJob) -> None:
         left = job.due_at.timestamp() - time.time()
@@ -304,6 +311,9 @@ class Dispatcher:
         status, error, wait = await self._post(endpoint.url, body, headers)
         latency_ms = (time.perf_counter() - started) * 1000.0
         writes = []
+        lane = self._lanes.get(d.endpoint_id)
+        if lane is not None:
+            lane.last_failed = status is None or not 200 <= status < 300
         if status is not None and 200 <= status < 300:
             counters["delivered"] += 1
             outcome, next_at = "delivered", None

@@ -8,9 +8,10 @@ bucket; 0 = no limit). For ``ndjson`` and ``splunk_hec`` it gathers events into
 batches of up to ``VELORA_WEBHOOKS_BATCH_MAX_EVENTS`` or
 ``VELORA_WEBHOOKS_BATCH_MAX_WAIT_MS``, whichever comes first.
 
-A lane that already holds :data:`MAX_QUEUED` events is *full*: what else arrives
-for it is deferred to a retry topic by the dispatcher (no attempt made), so memory
-stays bounded however long an endpoint hangs.
+A lane that already holds :data:`MAX_QUEUED` events is *full*. If its endpoint is
+failing, what else arrives for it is deferred to a retry topic by the dispatcher (no
+attempt made), so memory stays bounded however long an endpoint hangs; a slow
+endpoint that answers keeps queueing, bounded by the consumer's back-pressure.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class Lane:
         self._wakeup: asyncio.TimerHandle | None = None
         self.running = 0
         self.queued_events = 0
+        self.last_failed = False
+        """Whether the lane's latest attempt failed (its overflow is then deferred)."""
 
     @property
     def full(self) -> bool:

@@ -27,6 +27,7 @@ COPY velora ./velora
 COPY schemas ./schemas
 COPY ingest ./ingest
 COPY ledger ./ledger
+COPY webhooks ./webhooks
 COPY query_api ./query_api
 COPY cli ./cli
 RUN pip install . && rm -rf /src
@@ -42,5 +43,5 @@ ENV VELORA_STATE_DIR=/var/lib/velora \
     VELORA_DUCKDB_PATH=/var/lib/velora/velora.duckdb \
     VELORA_CACHE_DIR=/opt/velora/cache
 
-EXPOSE 8080 8081
+EXPOSE 8080 8081 8082
 CMD ["velora", "--help"]

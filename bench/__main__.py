@@ -29,6 +29,7 @@ SUITES = {
     "query": ("bench.query", "query: public API latency"),
     "soak": ("bench.soak", "soak: 5 min of HTTP ingest at 5,000 events/s while 4 clients page"),
     "analytics": ("bench.analytics", "analytics: endpoint latency, rollups vs rows, exports"),
+    "webhooks": ("bench.webhooks", "webhooks: deliveries/s and ingest-to-delivery latency"),
 }
 
 

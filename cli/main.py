@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "cli.commands.keys",
     "cli.commands.demo",
     "cli.commands.portal",
+    "cli.commands.webhooks",
 )
 
 

@@ -1,7 +1,9 @@
-"""Write control records (API keys, tenant settings) to the compacted control topic.
+"""Write control records (API keys, tenant settings, webhooks) to the compacted control topic.
 
 Every record is the entity's *full current state*, keyed ``<kind>:<id>`` so that
-compaction keeps the latest one: ``api_key:<key_id>``, ``tenant:<tenant_id>``.
+compaction keeps the latest one: ``api_key:<key_id>``, ``tenant:<tenant_id>``,
+``webhook:<endpoint_id>`` and ``webhook_health:<endpoint_id>``; deleting an endpoint
+writes a tombstone (no value) under both of its keys.
 Values are single-object Avro (see :mod:`schemas.codec`). Each write waits for
 ``acks=all`` and returns the record's offset, so a caller can wait until a node's
 :class:`ledger.control.ControlState` has folded it (read-your-writes).
@@ -12,7 +14,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from schemas.codec import AvroCodec
-from schemas.events import ApiKey, TenantSettings
+from schemas.events import ApiKey, TenantSettings, WebhookEndpoint, WebhookHealth
 from velora.kafka_clients import close_producer, map_kafka_errors, new_producer
 from velora.settings import Settings
 
@@ -27,6 +29,16 @@ def api_key_record_key(key_id: str) -> str:
 def tenant_record_key(tenant_id: str) -> str:
     """The control-topic key of one tenant's settings."""
     return f"tenant:{tenant_id}"
+
+
+def webhook_record_key(endpoint_id: str) -> str:
+    """The control-topic key of one webhook endpoint's configuration."""
+    return f"webhook:{endpoint_id}"
+
+
+def webhook_health_record_key(endpoint_id: str) -> str:
+    """The control-topic key of one webhook endpoint's delivery health."""
+    return f"webhook_health:{endpoint_id}"
 
 
 class ControlWriter:
@@ -48,7 +60,22 @@ class ControlWriter:
         value = self._codec.encode("TenantSettings", tenant.to_avro())
         return self._send(tenant_record_key(tenant.tenant_id), value)
 
-    def _send(self, key: str, value: bytes) -> int:
+    def put_webhook_endpoint(self, endpoint: WebhookEndpoint) -> int:
+        """Write the full configuration of one webhook endpoint; return its offset."""
+        value = self._codec.encode("WebhookEndpoint", endpoint.to_avro())
+        return self._send(webhook_record_key(endpoint.endpoint_id), value)
+
+    def put_webhook_health(self, health: WebhookHealth) -> int:
+        """Write the delivery health of one webhook endpoint; return its offset."""
+        value = self._codec.encode("WebhookHealth", health.to_avro())
+        return self._send(webhook_health_record_key(health.endpoint_id), value)
+
+    def delete_webhook_endpoint(self, endpoint_id: str) -> int:
+        """Tombstone both keys of an endpoint; return the offset of the last one."""
+        self._send(webhook_health_record_key(endpoint_id), None)
+        return self._send(webhook_record_key(endpoint_id), None)
+
+    def _send(self, key: str, value: bytes | None) -> int:
         with map_kafka_errors("control topic write"):
             meta = self._producer.send(self._topic, key=key.encode(), value=value, partition=0)
             return int(meta.get(timeout=SEND_TIMEOUT_S).offset)

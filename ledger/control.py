@@ -1,9 +1,11 @@
 """Control state: the compacted control topic folded into in-memory maps.
 
 The control topic (one partition, ``cleanup.policy=compact``) holds the full
-current state of each API key (``api_key:<key_id>``) and each tenant's settings
-(``tenant:<tenant_id>``). Folding it from the beginning gives every node the same
-view. A ``None`` value (tombstone) deletes.
+current state of each API key (``api_key:<key_id>``), each tenant's settings
+(``tenant:<tenant_id>``) and each webhook endpoint (``webhook:<endpoint_id>``, its
+configuration with encrypted secrets, and ``webhook_health:<endpoint_id>``, what the
+dispatchers found about it). Folding it from the beginning, latest record per key
+wins, gives every node the same view. A ``None`` value (tombstone) deletes.
 
 - :class:`ControlFold` is the pure fold (no Kafka), shared by the follower and
   by one-shot readers. For API keys it is **sticky**: a later record without
@@ -45,7 +47,16 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from schemas.codec import AvroCodec
-from schemas.events import API_KEY, TENANT_SETTINGS, ApiKey, TenantSettings
+from schemas.events import (
+    API_KEY,
+    TENANT_SETTINGS,
+    WEBHOOK_ENDPOINT,
+    WEBHOOK_HEALTH,
+    ApiKey,
+    TenantSettings,
+    WebhookEndpoint,
+    WebhookHealth,
+)
 from velora.errors import DecodeError, Unavailable
 from velora.kafka_clients import KAFKA_ERRORS, close_quietly, map_kafka_errors, new_consumer
 from velora.settings import Settings
@@ -85,6 +96,8 @@ class ControlFold:
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
     last_written: dict[str, ApiKey] = field(default_factory=dict)
     tenants: dict[str, TenantSettings] = field(default_factory=dict)
+    webhooks: dict[str, WebhookEndpoint] = field(default_factory=dict)
+    webhook_health: dict[str, WebhookHealth] = field(default_factory=dict)
     codec: AvroCodec = field(default_factory=AvroCodec)
     skipped: int = 0
 
@@ -100,6 +113,10 @@ class ControlFold:
                 self.last_written.pop(ident, None)
             elif kind == "tenant":
                 self.tenants.pop(ident, None)
+            elif kind == "webhook":
+                self.webhooks.pop(ident, None)
+            elif kind == "webhook_health":
+                self.webhook_health.pop(ident, None)
             return
         try:
             name, record = self.codec.decode(value)
@@ -113,6 +130,10 @@ class ControlFold:
             self.api_keys[ident] = merge_key(self.api_keys.get(ident), written)
         elif kind == "tenant" and name == TENANT_SETTINGS:
             self.tenants[ident] = TenantSettings.from_avro(record)
+        elif kind == "webhook" and name == WEBHOOK_ENDPOINT:
+            self.webhooks[ident] = WebhookEndpoint.from_avro(record)
+        elif kind == "webhook_health" and name == WEBHOOK_HEALTH:
+            self.webhook_health[ident] = WebhookHealth.from_avro(record)
         else:
             self.skipped += 1
 
@@ -324,6 +345,24 @@ class ControlState:
         """One tenant's settings, or None when never set."""
         with self._cond:
             return self._fold.tenants.get(tenant_id)
+
+    def webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        """The current configuration of one webhook endpoint, or None."""
+        with self._cond:
+            return self._fold.webhooks.get(endpoint_id)
+
+    def webhook_endpoints(self, tenant_id: str | None = None) -> list[WebhookEndpoint]:
+        """Every webhook endpoint (of one tenant, if given), oldest first."""
+        with self._cond:
+            endpoints = list(self._fold.webhooks.values())
+        if tenant_id is not None:
+            endpoints = [e for e in endpoints if e.tenant_id == tenant_id]
+        return sorted(endpoints, key=lambda e: (e.created_at, e.endpoint_id))
+
+    def webhook_health(self, endpoint_id: str) -> WebhookHealth | None:
+        """What the dispatchers recorded about one endpoint's deliveries, or None."""
+        with self._cond:
+            return self._fold.webhook_health.get(endpoint_id)
 
     def readiness(self) -> dict[str, object]:
         """The follower's state for ``/readyz``; ``ready`` only when caught up, fresh, healthy."""

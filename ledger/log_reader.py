@@ -101,7 +101,7 @@ class LogReader:
             consumer.assign(self._tps)
             start = {tp.partition: o for tp, o in consumer.beginning_offsets(self._tps).items()}
             end = {tp.partition: o for tp, o in consumer.end_offsets(self._tps).items()}
-            _check_offsets(self.topic, stored, start, end)
+            check_offsets(self.topic, stored, start, end)
             for tp in self._tps:
                 consumer.seek(tp, stored.get(tp.partition, start[tp.partition]))
             self._sent = {tp.partition: consumer.position(tp) for tp in self._tps}
@@ -229,7 +229,7 @@ class LogReader:
             self._consumer = None
 
 
-def _check_offsets(
+def check_offsets(
     topic: str, stored: dict[int, int], start: dict[int, int], end: dict[int, int]
 ) -> None:
     """Every stored offset must lie within its partition's log (never rewind, never skip)."""

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import duckdb
 
+from ledger.attempts import AttemptLog
 from ledger.decode import EventDecoder
 from ledger.layout import LedgerState, prepare_ledger
 from ledger.materializer import BatchCallback, Materializer, Status
@@ -48,6 +49,8 @@ class QueryNode:
         self._decoder = decoder
         self.store: LedgerStore | None = None
         self.materializer: Materializer | None = None
+        self.attempts: AttemptLog | None = None
+        """The webhook attempt log's loop (``webhook_attempts``), beside the materializer."""
         self.state: LedgerState | None = None
         """What the node found at start: a fresh, current or outdated (rebuilt) ledger."""
         self._lock = threading.Lock()
@@ -68,6 +71,8 @@ class QueryNode:
                 self.settings, self.store, decoder=self._decoder, on_batch=self._on_batch
             )
             self.materializer.start()
+            self.attempts = AttemptLog(self.settings, self.store)
+            self.attempts.start()
         log.info("query node ledger open at %s (%s)", self.settings.duckdb_path, self.state.value)
 
     @property
@@ -78,8 +83,10 @@ class QueryNode:
     def stop(self) -> None:
         """Stop the materializer (committing the batch in flight), close DuckDB."""
         with self._lock:
-            materializer, store = self.materializer, self.store
-            self.materializer = self.store = None
+            materializer, store, attempts = self.materializer, self.store, self.attempts
+            self.materializer = self.store = self.attempts = None
+        if attempts is not None:
+            attempts.stop()
         if materializer is not None:
             materializer.stop()
         if store is not None:
@@ -120,6 +127,8 @@ class QueryNode:
         out["conflicts"] = store.conflicts
         if reason is not None:
             out["reason"] = reason
+        if self.attempts is not None:
+            out["webhook_attempts"] = self.attempts.status()
         if s.held:
             out["held"] = {
                 str(p): {"offset": o, "fingerprint": fp} for p, (o, fp) in sorted(s.held.items())

@@ -17,11 +17,15 @@ with identical content.
   the same transaction as the offset that passes them, so they are not retried.
 - ``ledger_conflicts``: a copy of a ``(tenant_id, event_id)`` whose content differs
   from the row that won (ids, offsets and content hashes only, never the payload).
+- ``webhook_attempts``: one row per webhook delivery attempt, materialized from the
+  attempt log (``<prefix>.webhooks.attempts.v1``) by :mod:`ledger.attempts`, with its
+  offsets in ``ledger_offsets`` committed in the same transaction.
 - ``ledger_meta``: the layout version (:data:`LAYOUT_VERSION`) and the identity of
   the topic the file was built from.
 - ``audit_rollup_minute``, ``audit_rollup_hour``: per-tenant event counts per minute
   and per hour by action, outcome, source and actor type, written in the same
-  transaction as the rows they count (:mod:`ledger.rollups`). Layout v3 added them.
+  transaction as the rows they count (:mod:`ledger.rollups`). Layout v3 added them
+  and ``webhook_attempts``.
 """
 
 from __future__ import annotations
@@ -95,6 +99,46 @@ CREATE TABLE IF NOT EXISTS ledger_conflicts (
 )
 """
 
+WEBHOOK_ATTEMPTS_DDL = """
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    attempt_id       VARCHAR PRIMARY KEY,
+    delivery_id      VARCHAR NOT NULL,
+    endpoint_id      VARCHAR NOT NULL,
+    tenant_id        VARCHAR NOT NULL,
+    event_ids        VARCHAR[] NOT NULL,
+    event_type       VARCHAR NOT NULL,
+    attempt          INTEGER NOT NULL,
+    trigger          VARCHAR NOT NULL,
+    attempted_at     TIMESTAMPTZ NOT NULL,
+    status_code      INTEGER,
+    latency_ms       DOUBLE,
+    outcome          VARCHAR NOT NULL,
+    error_class      VARCHAR,
+    next_attempt_at  TIMESTAMPTZ,
+    kafka_partition  INTEGER NOT NULL,
+    kafka_offset     BIGINT NOT NULL
+)
+"""
+
+ATTEMPT_COLUMNS: tuple[str, ...] = (
+    "attempt_id",
+    "delivery_id",
+    "endpoint_id",
+    "tenant_id",
+    "event_ids",
+    "event_type",
+    "attempt",
+    "trigger",
+    "attempted_at",
+    "status_code",
+    "latency_ms",
+    "outcome",
+    "error_class",
+    "next_attempt_at",
+    "kafka_partition",
+    "kafka_offset",
+)
+
 META_DDL = """
 CREATE TABLE IF NOT EXISTS ledger_meta (
     key    VARCHAR PRIMARY KEY,
@@ -148,6 +192,7 @@ ALL_DDL: tuple[str, ...] = (
     OFFSETS_DDL,
     QUARANTINE_DDL,
     CONFLICTS_DDL,
+    WEBHOOK_ATTEMPTS_DDL,
     META_DDL,
     *ROLLUP_DDL,
 )

@@ -3,10 +3,11 @@
 ``create_app(settings, node)`` is what ``velora node`` serves. ``node`` is the
 query node (``ledger.node.QueryNode``, or any :class:`~query_api.db.LedgerReader`
 such as :class:`~ledger.duck.LedgerFile`); without it the app is a bare health
-server. The lifespan starts and stops the control-state follower (API keys) and
-the read-audit producer (an ``ingest.AuditProducer`` in system mode with no
-linger, since in ``required`` mode every read waits for its acknowledgement:
-measured 8.7 ms p50 to an ack with ``linger_ms=0`` against 11.1 ms with 1 ms).
+server. The lifespan starts and stops the control-state follower (API keys,
+webhook endpoints), the webhook routes' writers and the read-audit producer (an
+``ingest.AuditProducer`` in system mode with no linger, since in ``required`` mode
+every read waits for its acknowledgement: measured 8.7 ms p50 to an ack with
+``linger_ms=0`` against 11.1 ms with 1 ms).
 
 The app is wrapped in the trusted-proxy middleware of :mod:`velora.proxies`, so
 client addresses come from ``X-Forwarded-For`` only when the peer is listed in
@@ -38,6 +39,8 @@ from query_api.portal_routes import portal_routes
 from query_api.ratelimit import BucketMap
 from query_api.read_audit import CONFIRM_TIMEOUT_S, AuditSink, ReadAuditor
 from query_api.routes import event_routes
+from query_api.webhook_store import RequestWriter
+from query_api.webhooks import webhook_routes
 from velora.http_errors import EXCEPTION_HANDLERS
 from velora.proxies import trusted_proxy_middleware
 from velora.settings import Settings
@@ -95,6 +98,7 @@ def create_app(
     owns_control = control is None
     control_state = control if control is not None else ControlState(settings)
     state: dict[str, Any] = {"auditor": None}
+    webhook_writer = RequestWriter(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,6 +114,7 @@ def create_app(
             await asyncio.to_thread(app.state.export_jobs.close)  # before the auditor: it records
             state["auditor"] = None
             await asyncio.to_thread(auditor.close)
+            await asyncio.to_thread(webhook_writer.close)
             if owns_control:
                 await asyncio.to_thread(control_state.stop)
 
@@ -134,6 +139,7 @@ def create_app(
         *analytics_routes(PREFIX),
         *export_routes(PREFIX),
         *portal_routes(settings),
+        *webhook_routes(PREFIX),
     ]
     app = Starlette(
         routes=routes,
@@ -147,4 +153,5 @@ def create_app(
     app.state.api_prefix = PREFIX
     app.state.export_streams = threading.BoundedSemaphore(settings.export_max_streams)
     app.state.export_jobs = make_export_jobs(settings, app.state)
+    app.state.webhook_writer = webhook_writer
     return app

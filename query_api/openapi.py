@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from query_api import openapi_webhooks
 from query_api.filters import DEFAULT_LIMIT, MAX_LIMIT
 from query_api.tokens import SCOPES
 from schemas.limits import MAX_FILTER_TEXT
@@ -252,6 +253,13 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
     get_errors = dict(_ERRORS)
     get_errors["422"] = _error("A query parameter was given; this operation takes none.")
     get_errors["404"] = _error("No such event for this tenant (also another tenant's event).")
+    webhook_errors = {
+        **_ERRORS,
+        "404": _error("No such endpoint or delivery for this tenant (also another tenant's)."),
+        "413": _error("The body is over 16 KiB."),
+        "415": _error("The body is not application/json."),
+        "422": _error("A field is invalid (named in `details[].field`; `url` for the SSRF rules)."),
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -312,6 +320,7 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                 }
             },
             **openapi_extra.paths(PREFIX),
+            **openapi_webhooks.paths(PREFIX, webhook_errors, _RATE_HEADERS),
         },
         "components": {
             "securitySchemes": {
@@ -330,6 +339,6 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                     "Seconds until the allowance is full again.", {"type": "integer"}
                 ),
             },
-            "schemas": {**_SCHEMAS, **openapi_extra.SCHEMAS},
+            "schemas": {**_SCHEMAS, **openapi_extra.SCHEMAS, **openapi_webhooks.SCHEMAS},
         },
     }

@@ -17,11 +17,26 @@ from schemas.times import from_micros, to_micros
 AUDIT_EVENT = "health.velora.audit.AuditEvent"
 API_KEY = "health.velora.control.ApiKey"
 TENANT_SETTINGS = "health.velora.control.TenantSettings"
+WEBHOOK_ENDPOINT = "health.velora.control.WebhookEndpoint"
+WEBHOOK_HEALTH = "health.velora.control.WebhookHealth"
+WEBHOOK_JOB = "health.velora.webhooks.WebhookJob"
+WEBHOOK_ATTEMPT = "health.velora.webhooks.WebhookAttempt"
 
 CRUD = ("create", "read", "update", "delete", "other")
 OUTCOME_RESULTS = ("success", "failure", "denied", "unknown")
 PHI_MODES = ("server", "client", "sidecar")
 KEY_ENVIRONMENTS = ("live", "staging")
+WEBHOOK_FORMATS = ("json", "ndjson", "splunk_hec")
+WEBHOOK_TRIGGERS = ("event", "retry", "manual", "replay", "test")
+WEBHOOK_OUTCOMES = ("delivered", "retry_scheduled", "failed", "dropped")
+
+
+def _opt_micros(value: datetime | None, name: str) -> int | None:
+    return None if value is None else to_micros(value, name)
+
+
+def _opt_time(value: Any) -> datetime | None:
+    return None if value is None else from_micros(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +239,212 @@ class TenantSettings:
         )
 
 
-STRUCTS: dict[str, type[AuditEvent] | type[ApiKey] | type[TenantSettings]] = {
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """Configuration of one webhook endpoint (schema ``WebhookEndpoint``, on the control topic).
+
+    ``secret_enc``, ``previous_secret_enc`` and ``splunk_token_enc`` are AES-GCM
+    ciphertexts (``webhooks.secrets.SecretBox``), never plaintext.
+    """
+
+    endpoint_id: str
+    tenant_id: str
+    url: str
+    secret_enc: str
+    created_at: datetime
+    updated_at: datetime
+    description: str | None = None
+    event_types: tuple[str, ...] = ()
+    format: str = "json"
+    previous_secret_enc: str | None = None
+    previous_secret_expires_at: datetime | None = None
+    splunk_token_enc: str | None = None
+    enabled: bool = True
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec takes it."""
+        return {
+            "endpoint_id": self.endpoint_id,
+            "tenant_id": self.tenant_id,
+            "url": self.url,
+            "description": self.description,
+            "event_types": list(self.event_types),
+            "format": self.format,
+            "secret_enc": self.secret_enc,
+            "previous_secret_enc": self.previous_secret_enc,
+            "previous_secret_expires_at": _opt_micros(
+                self.previous_secret_expires_at, "previous_secret_expires_at"
+            ),
+            "splunk_token_enc": self.splunk_token_enc,
+            "enabled": self.enabled,
+            "created_at": to_micros(self.created_at, "created_at"),
+            "updated_at": to_micros(self.updated_at, "updated_at"),
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> WebhookEndpoint:
+        """Build from a decoded record."""
+        return cls(
+            endpoint_id=record["endpoint_id"],
+            tenant_id=record["tenant_id"],
+            url=record["url"],
+            description=record.get("description"),
+            event_types=tuple(record.get("event_types") or ()),
+            format=record.get("format", "json"),
+            secret_enc=record["secret_enc"],
+            previous_secret_enc=record.get("previous_secret_enc"),
+            previous_secret_expires_at=_opt_time(record.get("previous_secret_expires_at")),
+            splunk_token_enc=record.get("splunk_token_enc"),
+            enabled=bool(record.get("enabled", True)),
+            created_at=from_micros(record["created_at"]),
+            updated_at=from_micros(record["updated_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookHealth:
+    """Delivery health of one endpoint (schema ``WebhookHealth``, on the control topic)."""
+
+    endpoint_id: str
+    tenant_id: str
+    updated_at: datetime
+    failing_since: datetime | None = None
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec takes it."""
+        return {
+            "endpoint_id": self.endpoint_id,
+            "tenant_id": self.tenant_id,
+            "failing_since": _opt_micros(self.failing_since, "failing_since"),
+            "disabled_at": _opt_micros(self.disabled_at, "disabled_at"),
+            "disabled_reason": self.disabled_reason,
+            "updated_at": to_micros(self.updated_at, "updated_at"),
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> WebhookHealth:
+        """Build from a decoded record."""
+        return cls(
+            endpoint_id=record["endpoint_id"],
+            tenant_id=record["tenant_id"],
+            failing_since=_opt_time(record.get("failing_since")),
+            disabled_at=_opt_time(record.get("disabled_at")),
+            disabled_reason=record.get("disabled_reason"),
+            updated_at=from_micros(record["updated_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookJob:
+    """A delivery due at ``due_at`` (schema ``WebhookJob``: retry and request topics)."""
+
+    delivery_id: str
+    endpoint_id: str
+    tenant_id: str
+    attempt: int
+    due_at: datetime
+    created_at: datetime
+    trigger: str = "event"
+    deferrals: int = 0
+    events: tuple[bytes, ...] = ()
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec takes it."""
+        return {
+            "delivery_id": self.delivery_id,
+            "endpoint_id": self.endpoint_id,
+            "tenant_id": self.tenant_id,
+            "trigger": self.trigger,
+            "attempt": self.attempt,
+            "deferrals": self.deferrals,
+            "due_at": to_micros(self.due_at, "due_at"),
+            "created_at": to_micros(self.created_at, "created_at"),
+            "events": list(self.events),
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> WebhookJob:
+        """Build from a decoded record."""
+        return cls(
+            delivery_id=record["delivery_id"],
+            endpoint_id=record["endpoint_id"],
+            tenant_id=record["tenant_id"],
+            trigger=record.get("trigger", "event"),
+            attempt=int(record["attempt"]),
+            deferrals=int(record.get("deferrals", 0)),
+            due_at=from_micros(record["due_at"]),
+            created_at=from_micros(record["created_at"]),
+            events=tuple(bytes(e) for e in record.get("events") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """One delivery attempt (schema ``WebhookAttempt``, on the attempts topic)."""
+
+    attempt_id: str
+    delivery_id: str
+    endpoint_id: str
+    tenant_id: str
+    event_ids: tuple[str, ...]
+    event_type: str
+    attempt: int
+    attempted_at: datetime
+    trigger: str = "event"
+    status_code: int | None = None
+    latency_ms: float | None = None
+    outcome: str = "failed"
+    error_class: str | None = None
+    next_attempt_at: datetime | None = None
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec takes it."""
+        return {
+            "attempt_id": self.attempt_id,
+            "delivery_id": self.delivery_id,
+            "endpoint_id": self.endpoint_id,
+            "tenant_id": self.tenant_id,
+            "event_ids": list(self.event_ids),
+            "event_type": self.event_type,
+            "attempt": self.attempt,
+            "trigger": self.trigger,
+            "attempted_at": to_micros(self.attempted_at, "attempted_at"),
+            "status_code": self.status_code,
+            "latency_ms": self.latency_ms,
+            "outcome": self.outcome,
+            "error_class": self.error_class,
+            "next_attempt_at": _opt_micros(self.next_attempt_at, "next_attempt_at"),
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> WebhookAttempt:
+        """Build from a decoded record."""
+        return cls(
+            attempt_id=record["attempt_id"],
+            delivery_id=record["delivery_id"],
+            endpoint_id=record["endpoint_id"],
+            tenant_id=record["tenant_id"],
+            event_ids=tuple(record["event_ids"]),
+            event_type=record["event_type"],
+            attempt=int(record["attempt"]),
+            trigger=record.get("trigger", "event"),
+            attempted_at=from_micros(record["attempted_at"]),
+            status_code=record.get("status_code"),
+            latency_ms=record.get("latency_ms"),
+            outcome=record.get("outcome", "failed"),
+            error_class=record.get("error_class"),
+            next_attempt_at=_opt_time(record.get("next_attempt_at")),
+        )
+
+
+STRUCTS: dict[str, type[Any]] = {
     AUDIT_EVENT: AuditEvent,
     API_KEY: ApiKey,
     TENANT_SETTINGS: TenantSettings,
+    WEBHOOK_ENDPOINT: WebhookEndpoint,
+    WEBHOOK_HEALTH: WebhookHealth,
+    WEBHOOK_JOB: WebhookJob,
+    WEBHOOK_ATTEMPT: WebhookAttempt,
 }

@@ -39,7 +39,14 @@ def loaded_by(args: list[str], env: dict[str, str] | None = None) -> dict:
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["keys", "--help"], ["keys", "list", "--help"], ["node", "--help"]],
+    [
+        ["--help"],
+        ["keys", "--help"],
+        ["keys", "list", "--help"],
+        ["node", "--help"],
+        ["webhooks", "dispatch", "--help"],
+        ["webhooks", "listen", "--help"],
+    ],
 )
 def test_help_loads_no_web_server_and_no_duckdb(args):
     result = loaded_by(args)

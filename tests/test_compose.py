@@ -31,7 +31,12 @@ DOCKERFILE = (REPO / "Dockerfile").read_text(encoding="utf-8")
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 VELORA_SERVICES = sorted(name for name, svc in SERVICES.items() if "build" in svc)
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}")
-REQUIRED_SECRETS = ("VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET", "VELORA_INGEST_TOKENS")
+REQUIRED_SECRETS = (
+    "VELORA_KEY_PEPPER",
+    "VELORA_CURSOR_SECRET",
+    "VELORA_INGEST_TOKENS",
+    "VELORA_SECRETS_KEY",
+)
 OPERATOR_ENV = {name: f"operator-{name.lower()}-0123456789" for name in REQUIRED_SECRETS}
 """What an operator's .env provides: the secrets compose requires."""
 
@@ -73,7 +78,7 @@ def cli_paths() -> set[tuple[str, ...]]:
 
 def test_the_expected_services_exist():
     assert {"kafka", "topics", "node", "ingest"} <= set(SERVICES)
-    assert VELORA_SERVICES == ["ingest", "node", "topics"]
+    assert VELORA_SERVICES == ["dispatcher", "ingest", "node", "topics"]
 
 
 @pytest.mark.parametrize("service", VELORA_SERVICES)
@@ -90,6 +95,7 @@ def test_the_services_run_node_ingest_and_topics():
         "node": ("node",),
         "ingest": ("ingest", "serve"),
         "topics": ("kafka", "topics"),
+        "dispatcher": ("webhooks", "dispatch"),
     }
 
 
@@ -129,8 +135,9 @@ def test_secrets_are_required_and_never_defaulted():
     for value in DEV_SECRET_VALUES:
         assert value not in text
     for service, names in (
-        ("node", ("VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET")),
+        ("node", ("VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET", "VELORA_SECRETS_KEY")),
         ("ingest", ("VELORA_INGEST_TOKENS",)),
+        ("dispatcher", ("VELORA_SECRETS_KEY",)),
     ):
         raw = SERVICES[service]["environment"]
         for name in names:
@@ -141,7 +148,12 @@ def test_secrets_are_required_and_never_defaulted():
 
 
 @pytest.mark.parametrize(
-    ("service", "host_var"), [("node", "VELORA_NODE_HOST"), ("ingest", "VELORA_INGEST_HOST")]
+    ("service", "host_var"),
+    [
+        ("node", "VELORA_NODE_HOST"),
+        ("ingest", "VELORA_INGEST_HOST"),
+        ("dispatcher", "VELORA_DISPATCHER_HOST"),
+    ],
 )
 def test_the_services_pass_the_secret_check_on_their_bind_address(service, host_var):
     env = environment(service)
@@ -157,9 +169,22 @@ def test_ingest_has_service_tokens_and_node_has_secrets():
     assert "/var/lib/velora" in volumes
 
 
+def test_node_and_dispatcher_require_the_secrets_key():
+    for service in ("node", "dispatcher"):
+        raw = SERVICES[service]["environment"]["VELORA_SECRETS_KEY"]
+        assert raw.startswith("${VELORA_SECRETS_KEY:?"), service
+        assert (
+            Settings.from_env(environment(service)).secrets_key.reveal()
+            == OPERATOR_ENV["VELORA_SECRETS_KEY"]
+        )
+    env = environment("dispatcher")
+    probe = " ".join(SERVICES["dispatcher"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{env['VELORA_DISPATCHER_PORT']}/healthz" in probe
+
+
 def test_start_order():
     assert SERVICES["topics"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
-    for service in ("node", "ingest"):
+    for service in ("node", "ingest", "dispatcher"):
         assert SERVICES[service]["depends_on"] == {
             "topics": {"condition": "service_completed_successfully"}
         }

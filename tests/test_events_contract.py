@@ -18,7 +18,18 @@ import pytest
 
 from schemas import events
 from schemas.codec import AvroCodec
-from schemas.events import Actor, ApiKey, AuditEvent, Outcome, Target, TenantSettings
+from schemas.events import (
+    Actor,
+    ApiKey,
+    AuditEvent,
+    Outcome,
+    Target,
+    TenantSettings,
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookHealth,
+    WebhookJob,
+)
 from velora.errors import EncodeError
 
 CODEC = AvroCodec()
@@ -43,7 +54,16 @@ def _named_records(schema: Any, out: dict[str, Mapping[str, Any]]) -> dict[str, 
 
 
 RECORDS: dict[str, Mapping[str, Any]] = {}
-for _name in ("AuditEvent", "ApiKey", "TenantSettings"):
+SCHEMA_NAMES = (
+    "AuditEvent",
+    "ApiKey",
+    "TenantSettings",
+    "WebhookEndpoint",
+    "WebhookHealth",
+    "WebhookJob",
+    "WebhookAttempt",
+)
+for _name in SCHEMA_NAMES:
     _named_records(CODEC.registry.latest(_name).raw, RECORDS)
 
 STRUCTS: dict[str, type] = {
@@ -53,6 +73,10 @@ STRUCTS: dict[str, type] = {
     "Outcome": Outcome,
     "ApiKey": ApiKey,
     "TenantSettings": TenantSettings,
+    "WebhookEndpoint": WebhookEndpoint,
+    "WebhookHealth": WebhookHealth,
+    "WebhookJob": WebhookJob,
+    "WebhookAttempt": WebhookAttempt,
 }
 
 
@@ -65,7 +89,14 @@ def python_type(avro_type: Any) -> Any:
     if isinstance(avro_type, str):
         if avro_type in STRUCTS:
             return STRUCTS[avro_type]
-        return {"string": str, "int": int, "long": int, "boolean": bool, "double": float}[avro_type]
+        return {
+            "string": str,
+            "int": int,
+            "long": int,
+            "boolean": bool,
+            "double": float,
+            "bytes": bytes,
+        }[avro_type]
     if str(avro_type.get("logicalType", "")).startswith("timestamp"):
         return datetime
     kind = avro_type["type"]
@@ -126,6 +157,10 @@ def test_types_and_nullability_match(name):
         (events.CRUD, "AuditEvent", "crud"),
         (events.OUTCOME_RESULTS, "Outcome", "result"),
         (events.PHI_MODES, "TenantSettings", "phi_mode"),
+        (events.WEBHOOK_FORMATS, "WebhookEndpoint", "format"),
+        (events.WEBHOOK_TRIGGERS, "WebhookJob", "trigger"),
+        (events.WEBHOOK_TRIGGERS, "WebhookAttempt", "trigger"),
+        (events.WEBHOOK_OUTCOMES, "WebhookAttempt", "outcome"),
     ],
 )
 def test_enum_constants_match_the_symbols(constant, record, field):
@@ -194,10 +229,73 @@ KEYS = [
     ),
 ]
 SETTINGS = [TenantSettings(tenant_id="t", updated_at=T0, phi_mode=m) for m in events.PHI_MODES]
+WEBHOOK_STRUCTS = [
+    WebhookEndpoint(
+        endpoint_id="we_" + "a" * 24,
+        tenant_id="tenant-a",
+        url="https://siem.example.com/hook",
+        secret_enc="v1:abc",
+        created_at=T0,
+        updated_at=T0 + timedelta(seconds=1),
+        description="SIEM",
+        event_types=("claim.*", "member.viewed"),
+        format="splunk_hec",
+        previous_secret_enc="v1:def",
+        previous_secret_expires_at=T0 + timedelta(days=1),
+        splunk_token_enc="v1:ghi",
+        enabled=False,
+    ),
+    WebhookEndpoint(
+        endpoint_id="we_" + "b" * 24,
+        tenant_id="t",
+        url="https://x.example.com",
+        secret_enc="v1:x",
+        created_at=T0,
+        updated_at=T0,
+    ),
+    WebhookHealth(endpoint_id="we_1", tenant_id="t", updated_at=T0),
+    WebhookHealth(
+        endpoint_id="we_1",
+        tenant_id="t",
+        updated_at=T0,
+        failing_since=T0 - timedelta(days=5),
+        disabled_at=T0,
+        disabled_reason="failing",
+    ),
+    WebhookJob(
+        delivery_id="d1",
+        endpoint_id="we_1",
+        tenant_id="t",
+        attempt=3,
+        due_at=T0 + timedelta(minutes=5),
+        created_at=T0,
+        trigger="retry",
+        deferrals=2,
+        events=(b"\xc3\x01abc", b""),
+    ),
+    WebhookAttempt(
+        attempt_id="0194c0de-0000-7000-8000-000000000009",
+        delivery_id="d1",
+        endpoint_id="we_1",
+        tenant_id="t",
+        event_ids=("e1", "e2"),
+        event_type="velora.batch",
+        attempt=2,
+        attempted_at=T0,
+        trigger="replay",
+        status_code=503,
+        latency_ms=12.5,
+        outcome="retry_scheduled",
+        error_class="http_503",
+        next_attempt_at=T0 + timedelta(seconds=5),
+    ),
+]
 
 
 @pytest.mark.parametrize(
-    "struct", [FULL_EVENT, MINIMAL_EVENT, *KEYS, *SETTINGS], ids=lambda s: type(s).__name__
+    "struct",
+    [FULL_EVENT, MINIMAL_EVENT, *KEYS, *SETTINGS, *WEBHOOK_STRUCTS],
+    ids=lambda s: type(s).__name__,
 )
 def test_struct_round_trips_through_the_codec(struct):
     schema = type(struct).__name__
@@ -219,6 +317,7 @@ def test_struct_round_trips_through_the_codec(struct):
         lambda: dataclasses.replace(FULL_EVENT, occurred_at=T0.replace(tzinfo=None)).to_avro(),
         lambda: dataclasses.replace(KEYS[0], expires_at=T0.replace(tzinfo=None)).to_avro(),
         lambda: dataclasses.replace(SETTINGS[0], updated_at=T0.replace(tzinfo=None)).to_avro(),
+        lambda: dataclasses.replace(WEBHOOK_STRUCTS[4], due_at=T0.replace(tzinfo=None)).to_avro(),  # type: ignore[arg-type]
     ],
 )
 def test_to_avro_refuses_naive_datetimes(make):

@@ -14,7 +14,7 @@ from kafka import KafkaAdminClient
 
 from ledger import materializer as materializer_module
 from ledger.decode import EventDecoder
-from ledger.log_reader import _check_offsets
+from ledger.log_reader import check_offsets
 from ledger.materializer import Materializer
 from ledger.node import QueryNode
 from ledger.rebuild import rebuild
@@ -326,13 +326,13 @@ def test_rebuild_reports_tenants_that_break_the_tenant_rule(settings):
 
 # -- stored offsets that do not belong to the log --------------------------------------
 def test_offsets_are_checked_against_the_log():
-    _check_offsets("t", {0: 5, 1: 0}, {0: 0, 1: 0}, {0: 9, 1: 3})
+    check_offsets("t", {0: 5, 1: 0}, {0: 0, 1: 0}, {0: 9, 1: 3})
     with pytest.raises(LedgerMismatch, match=r"stored offset 12 of t partition 0 .*0\.\.9"):
-        _check_offsets("t", {0: 12}, {0: 0}, {0: 9})
+        check_offsets("t", {0: 12}, {0: 0}, {0: 9})
     with pytest.raises(LedgerMismatch, match="partition 4 of t, which no longer exists"):
-        _check_offsets("t", {4: 1}, {0: 0}, {0: 9})
+        check_offsets("t", {4: 1}, {0: 0}, {0: 9})
     with pytest.raises(LedgerMismatch, match="velora ledger rebuild"):
-        _check_offsets("t", {0: 2}, {0: 3}, {0: 9})
+        check_offsets("t", {0: 2}, {0: 3}, {0: 9})
 
 
 def test_offsets_past_the_end_stop_the_node_instead_of_rewinding(settings, tmp_path):

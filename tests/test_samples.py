@@ -31,7 +31,14 @@ from velora.topics import ensure_topics
 
 DOCS = REPO / "docs"
 SAMPLES = DOCS / "samples"
-DOC_FILES = ("quickstart.md", "authentication.md", "audit-events.md", "analytics.md", "exports.md")
+DOC_FILES = (
+    "quickstart.md",
+    "authentication.md",
+    "audit-events.md",
+    "analytics.md",
+    "exports.md",
+    "webhooks.md",
+)
 BLOCK = re.compile(r"<!-- sample: (?P<path>\S+) -->\n```[a-z]*\n(?P<body>.*?)```", re.S)
 DEMO_EVENTS = 400
 

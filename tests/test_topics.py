@@ -61,7 +61,9 @@ def test_audit_topic_keeps_everything_forever(settings, admin):
 def test_audit_partition_count_defaults_to_six(kafka_bootstrap, admin):
     s = fresh(kafka_bootstrap)
     assert s.audit_partitions == 6
-    assert ensure_topics(s) == [s.audit_topic, s.control_topic]
+    names = [t.name for t in required_topics(s)]
+    assert names[:2] == [s.audit_topic, s.control_topic]
+    assert ensure_topics(s) == names
     assert len(partition_leaders(admin, s.audit_topic)) == 6
 
 
@@ -135,6 +137,28 @@ def test_an_existing_topic_with_other_partition_count_is_kept(kafka_bootstrap, a
         wait_for_metadata=True,
     )
     with caplog.at_level(logging.WARNING, logger="velora.topics"):
-        assert ensure_topics(s) == [s.control_topic]
+        assert ensure_topics(s) == [t.name for t in required_topics(s)][1:]
     assert len(partition_leaders(admin, s.audit_topic)) == 2
     assert f"topic {s.audit_topic} has 2 partitions, not the configured 6" in caplog.text
+
+
+def test_webhook_topics_hold_jobs_two_weeks_and_attempts_forever(kafka_bootstrap, admin):
+    s = Settings.from_env(
+        {
+            "VELORA_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:12]}",
+            "VELORA_WEBHOOKS_RETRY_SCHEDULE": "1,2,2,30",
+        },
+        kafka_bootstrap=kafka_bootstrap,
+        audit_partitions=2,
+    )
+    retry = tuple(f"{s.topic_prefix}.webhooks.retry.{i}.v1" for i in range(3))
+    assert s.webhook_retry_topics == retry
+    created = ensure_topics(s)
+    for topic in (s.webhook_requests_topic, *s.webhook_retry_topics):
+        assert topic in created
+        configs = topic_configs(admin, topic)
+        assert configs["retention.ms"] == str(14 * 86_400_000)
+        assert configs["cleanup.policy"] == "delete"
+        assert len(partition_leaders(admin, topic)) == 2
+    attempts = topic_configs(admin, s.webhook_attempts_topic)
+    assert attempts["retention.ms"] == "-1" and attempts["cleanup.policy"] == "delete"

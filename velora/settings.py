@@ -207,6 +207,28 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be 1 or 0 (true or false)")
+
+
+def _schedule(raw: str) -> tuple[float, ...]:
+    """Seconds between attempts, comma-separated: ``5,300,1800`` (fractions allowed)."""
+    try:
+        delays = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ValueError("must be comma-separated seconds, e.g. 5,300,1800") from None
+    if not 1 <= len(delays) <= 20 or not all(0.01 <= d <= 7 * 86_400 for d in delays):
+        raise ValueError("must be 1-20 delays, each between 0.01 and 604800 seconds")
+    if list(delays) != sorted(delays):
+        raise ValueError("delays must not decrease")
+    return delays
+
+
 def _log_level(raw: str) -> str:
     level = raw.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -217,11 +239,19 @@ def _log_level(raw: str) -> str:
 # Development defaults only; production sets VELORA_KEY_PEPPER and VELORA_CURSOR_SECRET.
 _DEV_PEPPER = Secret("velora-dev-pepper-change-me")
 _DEV_CURSOR_SECRET = Secret("velora-dev-cursor-secret-change-me")
+_DEV_SECRETS_KEY = Secret("velora-dev-secrets-key-change-me")
 _DEV_INGEST_TOKEN = "dev-ingest-token-change-me"  # noqa: S105 - the value published in the repo
 DEV_SECRET_VALUES = frozenset(
-    {_DEV_PEPPER.reveal(), _DEV_CURSOR_SECRET.reveal(), _DEV_INGEST_TOKEN}
+    {
+        _DEV_PEPPER.reveal(),
+        _DEV_CURSOR_SECRET.reveal(),
+        _DEV_INGEST_TOKEN,
+        _DEV_SECRETS_KEY.reveal(),
+    }
 )
 """Secret values published in this repository (defaults, docs, old compose files)."""
+# Svix's hosted schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight attempts in all).
+_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
 @dataclass(frozen=True)
@@ -270,6 +300,19 @@ class Settings:
     export_max_jobs: int = 2
     export_link_ttl_seconds: int = 900
     export_retention_seconds: int = 86_400
+    secrets_key: Secret = _DEV_SECRETS_KEY
+    webhooks_allow_insecure_loopback: bool = False
+    webhooks_retry_schedule: tuple[float, ...] = _RETRY_SCHEDULE
+    webhooks_timeout_s: float = 10.0
+    webhooks_concurrency: int = 16
+    webhooks_rate_per_second: float = 0.0
+    webhooks_rotation_overlap_s: int = 86_400
+    webhooks_disable_after_s: int = 432_000
+    webhooks_batch_max_events: int = 500
+    webhooks_batch_max_wait_ms: int = 1000
+    webhooks_session_timeout_ms: int = 10_000
+    dispatcher_host: str = "127.0.0.1"
+    dispatcher_port: int = 8082
 
     @property
     def audit_topic(self) -> str:
@@ -280,6 +323,32 @@ class Settings:
     def control_topic(self) -> str:
         """The compacted control topic: API keys, webhook endpoints, tenant settings."""
         return f"{self.topic_prefix}.control.v1"
+
+    @property
+    def webhook_group(self) -> str:
+        """The dispatchers' consumer group."""
+        return f"{self.topic_prefix}.webhooks"
+
+    @property
+    def webhook_requests_topic(self) -> str:
+        """Deliveries asked for through the API (test, retry, replay), due at once."""
+        return f"{self.topic_prefix}.webhooks.requests.v1"
+
+    @property
+    def webhook_attempts_topic(self) -> str:
+        """Every delivery attempt, materialized by query nodes."""
+        return f"{self.topic_prefix}.webhooks.attempts.v1"
+
+    @property
+    def webhook_retry_tiers(self) -> tuple[float, ...]:
+        """The distinct delays of the retry schedule, shortest first: one retry topic each."""
+        return tuple(sorted(set(self.webhooks_retry_schedule)))
+
+    @property
+    def webhook_retry_topics(self) -> tuple[str, ...]:
+        """``<prefix>.webhooks.retry.<i>.v1``, one per tier of :attr:`webhook_retry_tiers`."""
+        tiers = range(len(self.webhook_retry_tiers))
+        return tuple(f"{self.topic_prefix}.webhooks.retry.{i}.v1" for i in tiers)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -323,6 +392,13 @@ class Settings:
             clashes += (
                 ("VELORA_NODE_PORT", "VELORA_INGEST_PORT", self.node_port, self.ingest_port),
             )
+        hosts = {self.node_host, self.ingest_host} | wildcard
+        if self.dispatcher_host in hosts:
+            dispatcher = ("VELORA_DISPATCHER_PORT", self.dispatcher_port)
+            clashes += (
+                ("VELORA_NODE_PORT", dispatcher[0], self.node_port, dispatcher[1]),
+                ("VELORA_INGEST_PORT", dispatcher[0], self.ingest_port, dispatcher[1]),
+            )
         for a, b, pa, pb in clashes:
             if pa and pa == pb:
                 raise ConfigError(f"{a} and {b} are both {pa}; each listener needs its own port")
@@ -351,12 +427,18 @@ def _shown(var: str, raw: str) -> str:
 
 
 SECRET_VARS = frozenset(
-    {"VELORA_INGEST_TOKENS", "VELORA_KEY_PEPPER", "VELORA_KEY_PEPPERS", "VELORA_CURSOR_SECRET"}
+    {
+        "VELORA_INGEST_TOKENS",
+        "VELORA_KEY_PEPPER",
+        "VELORA_KEY_PEPPERS",
+        "VELORA_CURSOR_SECRET",
+        "VELORA_SECRETS_KEY",
+    }
 )
 
 
 def dev_secrets(settings: Settings, service: str) -> list[str]:
-    """The variables whose value, for ``service`` (``node`` or ``ingest``), is a published one."""
+    """The variables whose value is a published one, for ``node``, ``ingest`` or ``dispatcher``."""
     found = []
     if service == "node":
         if settings.key_pepper.reveal() in DEV_SECRET_VALUES:
@@ -368,8 +450,10 @@ def dev_secrets(settings: Settings, service: str) -> list[str]:
     elif service == "ingest":
         if any(t.reveal() in DEV_SECRET_VALUES for t in settings.ingest_tokens):
             found.append("VELORA_INGEST_TOKENS")
-    else:
+    elif service != "dispatcher":
         raise ValueError(f"unknown service {service!r}")
+    if service in ("node", "dispatcher") and settings.secrets_key.reveal() in DEV_SECRET_VALUES:
+        found.append("VELORA_SECRETS_KEY")
     return found
 
 
@@ -439,7 +523,21 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_EXPORT_MAX_JOBS": ("export_max_jobs", _int(1, 64)),
     "VELORA_EXPORT_LINK_TTL_SECONDS": ("export_link_ttl_seconds", _int(10, 7 * 86_400)),
     "VELORA_EXPORT_RETENTION_SECONDS": ("export_retention_seconds", _int(60, 30 * 86_400)),
+    "VELORA_SECRETS_KEY": ("secrets_key", _secret),
+    "VELORA_WEBHOOKS_ALLOW_INSECURE_LOOPBACK": ("webhooks_allow_insecure_loopback", _bool),
+    "VELORA_WEBHOOKS_RETRY_SCHEDULE": ("webhooks_retry_schedule", _schedule),
+    "VELORA_WEBHOOKS_TIMEOUT_S": ("webhooks_timeout_s", _float(0.05, 120.0)),
+    "VELORA_WEBHOOKS_CONCURRENCY": ("webhooks_concurrency", _int(1, 256)),
+    "VELORA_WEBHOOKS_RATE_PER_SECOND": ("webhooks_rate_per_second", _float(0.0, 1e6)),
+    "VELORA_WEBHOOKS_ROTATION_OVERLAP_S": ("webhooks_rotation_overlap_s", _int(0, 30 * 86_400)),
+    "VELORA_WEBHOOKS_DISABLE_AFTER_S": ("webhooks_disable_after_s", _int(1, 90 * 86_400)),
+    "VELORA_WEBHOOKS_BATCH_MAX_EVENTS": ("webhooks_batch_max_events", _int(1, 10_000)),
+    "VELORA_WEBHOOKS_BATCH_MAX_WAIT_MS": ("webhooks_batch_max_wait_ms", _int(1, 60_000)),
+    "VELORA_WEBHOOKS_SESSION_TIMEOUT_MS": ("webhooks_session_timeout_ms", _int(6_000, 300_000)),
+    "VELORA_DISPATCHER_HOST": ("dispatcher_host", _host),
+    "VELORA_DISPATCHER_PORT": ("dispatcher_port", _int(0, 65535)),
 }
+
 
 # Variables read by the test suite and scripts, not by the application itself.
 _IGNORED = frozenset({"VELORA_TEST_KAFKA_BOOTSTRAP", "VELORA_API_KEY"})

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError, for_code
 from kafka.structs import TopicPartition
 
 from velora.errors import ConfigError
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # Topic configs that, if different on an existing topic, would lose or rewrite data.
 GUARDED_CONFIGS = ("retention.ms", "retention.bytes", "cleanup.policy")
+# Scheduled deliveries wait at most a day (the longest delay is 7 days when configured);
+# two weeks leaves room for a dispatcher group that is down for days.
+WEBHOOK_JOB_RETENTION_MS = str(14 * 86_400_000)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,22 @@ def required_topics(settings: Settings) -> list[TopicSpec]:
             1,
             {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
         ),
+        *webhook_topics(settings),
+    ]
+
+
+def webhook_topics(settings: Settings) -> list[TopicSpec]:
+    """The dispatchers' topics: requests, one retry topic per delay, and the attempt log."""
+    jobs = {"retention.ms": WEBHOOK_JOB_RETENTION_MS, "cleanup.policy": "delete"}
+    n = settings.audit_partitions
+    return [
+        TopicSpec(settings.webhook_requests_topic, n, dict(jobs)),
+        *(TopicSpec(t, n, dict(jobs)) for t in settings.webhook_retry_topics),
+        TopicSpec(
+            settings.webhook_attempts_topic,
+            n,
+            {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"},
+        ),
     ]
 
 
@@ -70,27 +89,39 @@ def ensure_topics(settings: Settings) -> list[str]:
     try:
         with map_kafka_errors("topic setup"):
             existing = set(admin.list_topics())
-            for spec in specs:
-                if spec.name in existing:
-                    continue
-                try:
-                    admin.create_topics(
-                        {
-                            spec.name: {
-                                "num_partitions": spec.partitions,
-                                "replication_factor": -1,
-                                "configs": spec.configs,
-                            }
-                        },
-                        wait_for_metadata=True,
-                    )
-                    created.append(spec.name)
-                except TopicAlreadyExistsError:
-                    pass
+            missing = [spec for spec in specs if spec.name not in existing]
+            if missing:
+                created = _create(admin, missing)
             _check_existing(admin, [s for s in specs if s.name not in created])
     finally:
         close_quietly(admin)
     return created
+
+
+def _create(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
+    """Create ``specs`` in one request (one topic found existing meanwhile is fine)."""
+    answer = admin.create_topics(
+        {
+            spec.name: {
+                "num_partitions": spec.partitions,
+                "replication_factor": -1,
+                "configs": spec.configs,
+            }
+            for spec in specs
+        },
+        raise_errors=False,
+    )
+    created = []
+    for topic in answer.get("topics", []):
+        code = topic.get("error_code", 0)
+        if code == 0:
+            created.append(topic["name"])
+        elif code != TopicAlreadyExistsError.errno:
+            raise for_code(code)(f"create topic {topic['name']}")
+    if created:
+        admin.wait_for_topics(created)
+    order = [spec.name for spec in specs]
+    return sorted(created, key=order.index)
 
 
 def _check_existing(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:

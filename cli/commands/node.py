@@ -5,7 +5,7 @@ and serves ``query_api.app.create_app(settings, node)`` with the server every
 service uses (``velora.http_server``: uvicorn with the ``VELORA_HTTP_*`` limits,
 and uvicorn's own proxy-header handling off: forwarded headers are trusted only
 from ``VELORA_TRUSTED_PROXIES``, inside the app). Before anything starts, published
-development secrets (pepper, cursor secret) are refused on a non-loopback bind and
+development secrets (pepper, cursor secret, secrets key) are refused on a non-loopback bind and
 warned about on loopback (``check_bind_secrets``). The socket is bound here,
 before uvicorn starts, so with ``--port 0`` (or ``VELORA_NODE_PORT=0``) the port
 the OS chose is logged as ``listening on http://HOST:PORT``. SIGTERM and SIGINT

@@ -1,8 +1,11 @@
 """``velora run``: the whole system on this machine, for development and demos.
 
-Starts (or reuses) the local Kafka broker, creates the topics, runs a query node
-and the ingest service as child processes, mints a demo API key, seeds a demo
-tenant, prints a ready-to-paste curl line, and stops everything on Ctrl-C.
+Starts (or reuses) the local Kafka broker, creates the topics, runs a query node,
+the ingest service and a webhook dispatcher as child processes (with
+``VELORA_WEBHOOKS_ALLOW_INSECURE_LOOPBACK=1``, so an endpoint may be
+``http://127.0.0.1:<port>``), mints a demo API key, seeds a demo tenant, prints
+ready-to-paste curl lines (including how to point a webhook endpoint at
+``velora webhooks listen``), and stops everything on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from velora.errors import BrokerError
 from velora.settings import Settings
 
 DEMO_TENANT = "demo"
+LISTEN_PORT = 9000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,6 +89,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     env = dict(os.environ)
     env["VELORA_KAFKA_BOOTSTRAP"] = broker.bootstrap
+    env["VELORA_WEBHOOKS_ALLOW_INSECURE_LOOPBACK"] = "1"
     token = settings.ingest_tokens[0].reveal() if settings.ingest_tokens else None
     if token is None:
         token = _dev_token(settings.state_dir)
@@ -94,6 +99,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     procs = [
         subprocess.Popen(_velora("node"), env=env),
         subprocess.Popen(_velora("ingest", "serve"), env=env),
+        subprocess.Popen(_velora("webhooks", "dispatch"), env=env),
     ]
 
     def shutdown(signum: int | None = None, frame: FrameType | None = None) -> None:
@@ -133,7 +139,7 @@ def _seed(args: argparse.Namespace, env: dict[str, str]) -> str:
             "--tenant",
             args.tenant,
             "--scopes",
-            "audit:read,audit:export",
+            "audit:read,audit:export,webhooks:write",
             "--name",
             "velora run demo key",
             "--json",
@@ -163,4 +169,11 @@ def _banner(node_url: str, ingest_url: str, key: str | None) -> None:
         print("Try it:")
         print(f'  curl -H "Authorization: Bearer {key}" \\')
         print(f'    "{node_url}/api/v2/public/audit/events?limit=10"')
+        print("\nWebhooks: create an endpoint (the answer holds its secret, shown once) ...")
+        print(f'  curl -X POST -H "Authorization: Bearer {key}" \\')
+        print('    -H "Content-Type: application/json" \\')
+        print(f"    -d '{{\"url\": \"http://127.0.0.1:{LISTEN_PORT}/webhooks\"}}' \\")
+        print(f'    "{node_url}/api/v2/public/webhooks/endpoints"')
+        print("... then receive, verify and print its deliveries:")
+        print(f"  velora webhooks listen --port {LISTEN_PORT} --secret <secret from the answer>")
     print("\nCtrl-C stops everything.", flush=True)

@@ -1,0 +1,337 @@
+"""The dispatcher's consumer group: what it reads, and which offsets it may commit.
+
+One ``KafkaConsumer`` in group ``<prefix>.webhooks`` subscribes to the audit topic,
+the request topic and every retry topic, so several dispatchers share their
+partitions and take over a dead one's after the group session
+(``VELORA_WEBHOOKS_SESSION_TIMEOUT_MS``). It runs in its own thread (kafka-python is
+not thread-safe) and hands each record to the dispatcher's event loop.
+
+**Commits.** :class:`OffsetTracker` holds, per partition, the records handed over
+and not yet *settled*: delivered, durably scheduled (their retry job acknowledged
+by Kafka), or found to need no delivery. The committed offset of a partition is
+its oldest unsettled record (or the one after the last record handed over), so an
+offset is committed only once everything before it is delivered or scheduled.
+Offsets are committed about every :data:`COMMIT_INTERVAL_S` and when partitions
+are revoked; records in flight in a revoked partition are delivered again by the
+next owner (at-least-once).
+
+**Retry topics.** A retry tier's records come due in about the order they were
+written. For the head record of a partition the consumer waits until
+``min(due_at, written + tier delay)``: it seeks back to the record and pauses the
+partition until then (nothing after it is handed over or committed). A job whose
+``due_at`` is still ahead at that point (a long ``Retry-After``) goes back to the
+tier that fits its remaining wait.
+
+**Back-pressure.** With more than :data:`MAX_IN_FLIGHT` records unsettled, every
+partition is paused (polling goes on, so the group keeps its member) until the
+count falls below half of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from velora.errors import Unavailable
+from velora.kafka_clients import KAFKA_ERRORS, close_quietly, map_kafka_errors, new_consumer
+from velora.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_S = 0.5
+MAX_IN_FLIGHT = 20_000
+POLL_MS = 50
+
+
+@dataclass
+class Ref:
+    """A record handed to the dispatcher; settled when ``pending`` parts are done."""
+
+    tp: TopicPartition
+    offset: int
+    epoch: int
+    pending: int = 1
+
+
+class OffsetTracker:
+    """Unsettled records per partition, and the offsets that may be committed (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoch: dict[TopicPartition, int] = {}
+        self._order: dict[TopicPartition, deque[int]] = {}
+        self._open: dict[TopicPartition, set[int]] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self.in_flight = 0
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        """Start tracking ``tps`` (a new epoch: settlements of older refs are ignored)."""
+        with self._lock:
+            for tp in tps:
+                self._epoch[tp] = self._epoch.get(tp, 0) + 1
+                self._order[tp] = deque()
+                self._open[tp] = set()
+                self._next.pop(tp, None)
+                self._committed.pop(tp, None)
+
+    def revoke(self, tps: list[TopicPartition]) -> None:
+        """Stop tracking ``tps``; their refs still in flight no longer count."""
+        with self._lock:
+            for tp in tps:
+                self.in_flight -= len(self._open.pop(tp, ()))
+                self._order.pop(tp, None)
+                self._next.pop(tp, None)
+                self._committed.pop(tp, None)
+                self._epoch[tp] = self._epoch.get(tp, 0) + 1
+
+    def add(self, tp: TopicPartition, offset: int) -> Ref | None:
+        """Track a record handed over (offsets of a partition rise); None if not assigned."""
+        with self._lock:
+            if tp not in self._open:
+                return None
+            self._order[tp].append(offset)
+            self._open[tp].add(offset)
+            self._next[tp] = offset + 1
+            self.in_flight += 1
+            return Ref(tp, offset, self._epoch[tp])
+
+    def settle(self, ref: Ref) -> None:
+        """One part of ``ref`` is done; the record is settled when no part is left."""
+        ref.pending -= 1
+        if ref.pending > 0:
+            return
+        with self._lock:
+            if self._epoch.get(ref.tp) != ref.epoch:
+                return
+            open_ = self._open.get(ref.tp)
+            if open_ is not None and ref.offset in open_:
+                open_.discard(ref.offset)
+                self.in_flight -= 1
+
+    def committable(self, only: list[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        """Offsets to commit now: per partition its oldest unsettled record, if it moved."""
+        out: dict[TopicPartition, int] = {}
+        with self._lock:
+            for tp, order in self._order.items():
+                if only is not None and tp not in only:
+                    continue
+                open_ = self._open[tp]
+                while order and order[0] not in open_:
+                    order.popleft()
+                point = order[0] if order else self._next.get(tp)
+                if point is not None and point != self._committed.get(tp):
+                    out[tp] = point
+        return out
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Record that ``offsets`` were committed."""
+        with self._lock:
+            for tp, offset in offsets.items():
+                if tp in self._order:
+                    self._committed[tp] = offset
+
+
+Handler = Callable[[TopicPartition, Any, Ref], None]
+"""``handler(tp, record, ref)``: called in the consumer thread for each record handed over."""
+Waiter = Callable[[TopicPartition, Any], float]
+"""``waiter(tp, record)``: seconds to wait before a retry record may be handed over (0: now)."""
+
+
+class GroupConsumer:
+    """The consumer thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tracker: OffsetTracker,
+        handle: Handler,
+        wait: Waiter,
+        *,
+        client_id: str = "velora-webhooks",
+    ) -> None:
+        self.settings = settings
+        self.tracker = tracker
+        self._handle = handle
+        self._wait = wait
+        self._client_id = client_id
+        self._retry_topics = frozenset(settings.webhook_retry_topics)
+        self.topics = [
+            settings.audit_topic,
+            settings.webhook_requests_topic,
+            *settings.webhook_retry_topics,
+        ]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._waiting: dict[TopicPartition, float] = {}
+        self._flow_paused = False
+        self.assigned: set[TopicPartition] = set()
+        self.error: str | None = None
+        self.retries_waiting = 0
+
+    def start(self) -> None:
+        """Join the group and start consuming in a background thread."""
+        session = self.settings.webhooks_session_timeout_ms
+        self._consumer = new_consumer(
+            self.settings,
+            self._client_id,
+            group_id=self.settings.webhook_group,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session,
+            heartbeat_interval_ms=max(500, session // 5),
+            max_poll_records=500,
+            fetch_max_wait_ms=50,
+            metadata_max_age_ms=10_000,
+        )
+        # The group's leader assigns only partitions it has metadata for: fetch it for
+        # every topic first, or a first assignment can leave partitions unassigned
+        # until the next metadata refresh.
+        with map_kafka_errors("webhook topics metadata"):
+            for topic in self.topics:
+                if not self._consumer.partitions_for_topic(topic):
+                    raise Unavailable(f"topic {topic} has no partitions yet", retry_after=1)
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+        self._thread = threading.Thread(target=self._run, name="webhooks-consumer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Commit what is settled, leave the group, close."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+
+    # -- the loop -----------------------------------------------------------------
+    def _run(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        last_commit = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._resume_due(consumer)
+                    self._flow(consumer)
+                    polled = consumer.poll(timeout_ms=POLL_MS)
+                    for tp, records in polled.items():
+                        self._take(consumer, tp, records)
+                    if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
+                        last_commit = time.monotonic()
+                        self._commit(consumer)
+                        self._measure(consumer)
+                    self.error = None
+                except Exception as exc:
+                    # Never die silently: a record handed over stays unsettled, so nothing
+                    # is committed past it; the loop goes on and /readyz shows the error.
+                    self.error = type(exc).__name__
+                    log.warning("webhook consumer: %s; going on", type(exc).__name__, exc_info=True)
+                    self._stop.wait(1.0)
+            self._commit(consumer)
+        finally:
+            close_quietly(consumer)
+
+    def _take(self, consumer: KafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
+        if tp not in self.assigned or tp in self._waiting:
+            return
+        retry = tp.topic in self._retry_topics
+        for record in records:
+            if retry:
+                wait = self._wait(tp, record)
+                if wait > 0:
+                    consumer.seek(tp, record.offset)
+                    consumer.pause(tp)
+                    self._waiting[tp] = time.monotonic() + wait
+                    return
+            ref = self.tracker.add(tp, record.offset)
+            if ref is None:
+                return
+            self._handle(tp, record, ref)
+
+    def _resume_due(self, consumer: KafkaConsumer) -> None:
+        now = time.monotonic()
+        for tp, when in list(self._waiting.items()):
+            if when <= now:
+                del self._waiting[tp]
+                if tp in self.assigned and not self._flow_paused:
+                    consumer.resume(tp)
+
+    def _flow(self, consumer: KafkaConsumer) -> None:
+        busy = self.tracker.in_flight
+        if not self._flow_paused and busy > MAX_IN_FLIGHT:
+            self._flow_paused = True
+            consumer.pause(*self.assigned)
+            log.info("webhook consumer paused: %d records in flight", busy)
+        elif self._flow_paused and busy < MAX_IN_FLIGHT // 2:
+            self._flow_paused = False
+            consumer.resume(*[tp for tp in self.assigned if tp not in self._waiting])
+
+    def _commit(self, consumer: KafkaConsumer, only: list[TopicPartition] | None = None) -> None:
+        offsets = self.tracker.committable(only)
+        if not offsets:
+            return
+        try:
+            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except KAFKA_ERRORS as exc:
+            log.warning("webhook offsets not committed (%s)", type(exc).__name__)
+            return
+        self.tracker.committed(offsets)
+
+    def _measure(self, consumer: KafkaConsumer) -> None:
+        waiting = 0
+        for tp in self.assigned & consumer.assignment():
+            if tp.topic in self._retry_topics:
+                high = consumer.highwater(tp)
+                position = self.tracker.committable([tp]).get(tp)
+                if high is not None and position is not None:
+                    waiting += max(0, high - position)
+        self.retries_waiting = waiting
+
+    # -- rebalances ---------------------------------------------------------------
+    # kafka-python 3 runs rebalance listeners on its IO thread, where a blocking call
+    # (commit, position) raises: the listener commits with commit_async and returns.
+    def revoked(self, tps: list[TopicPartition], *, commit: bool = True) -> None:
+        """Commit what is settled in ``tps`` (without waiting) and forget them."""
+        offsets = self.tracker.committable(tps) if commit else {}
+        if offsets and self._consumer is not None:
+            try:
+                self._consumer.commit_async(
+                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+                )
+            except KAFKA_ERRORS as exc:  # the next owner delivers them again
+                log.warning("webhook offsets not committed on revoke (%s)", type(exc).__name__)
+        self.tracker.revoke(tps)
+        for tp in tps:
+            self.assigned.discard(tp)
+            self._waiting.pop(tp, None)
+        log.info("webhook consumer: %d partitions revoked", len(tps))
+
+    def assigned_to(self, tps: list[TopicPartition]) -> None:
+        """Start tracking ``tps``."""
+        self.tracker.assign(tps)
+        self.assigned.update(tps)
+        if self._flow_paused and self._consumer is not None and tps:
+            self._consumer.pause(*tps)
+        log.info("webhook consumer: %d partitions assigned", len(tps))
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, owner: GroupConsumer) -> None:
+        self._owner = owner
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._owner.revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._owner.assigned_to(list(assigned))
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        self._owner.revoked(list(lost), commit=False)

@@ -1,0 +1,106 @@
+"""Durable writes of the dispatcher: attempt records, retry and request jobs, endpoint health.
+
+:meth:`Publisher.publish` returns once Kafka acknowledged the record (``acks=all``);
+a delivery's offsets are settled only after its attempt record (and its retry job,
+if any) were acknowledged, so a committed offset always has its attempt records
+and scheduled retries in the log. A failed write is retried with back-off until it
+succeeds or the dispatcher stops: nothing is settled past a record Kafka did not
+take, and consumption pauses by back-pressure meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from kafka import KafkaProducer
+
+from ingest.control import ControlWriter
+from schemas.codec import AvroCodec
+from schemas.events import WebhookAttempt, WebhookHealth, WebhookJob
+from velora.kafka_clients import KAFKA_ERRORS, close_producer, new_producer
+from velora.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 0.5
+MAX_RETRY_S = 10.0
+
+
+class Publisher:
+    """Produces the dispatcher's records; every ``publish_*`` waits for the acknowledgement."""
+
+    def __init__(self, settings: Settings, codec: AvroCodec | None = None) -> None:
+        self.settings = settings
+        self._codec = codec or AvroCodec()
+        self._producer: KafkaProducer = new_producer(
+            settings, "velora-webhooks", linger_ms=2, retries=5, batch_size=256 * 1024
+        )
+        self._control: ControlWriter | None = None
+        self.closed = False
+
+    async def publish_attempt(self, attempt: WebhookAttempt) -> None:
+        """Write one attempt record to the attempt log."""
+        value = self._codec.encode("WebhookAttempt", attempt.to_avro())
+        await self._publish(self.settings.webhook_attempts_topic, attempt.endpoint_id, value)
+
+    async def publish_job(self, topic: str, job: WebhookJob) -> None:
+        """Write one job to a retry or request topic (key: the endpoint)."""
+        value = self._codec.encode("WebhookJob", job.to_avro())
+        await self._publish(topic, job.endpoint_id, value)
+
+    async def put_health(self, health: WebhookHealth) -> None:
+        """Write an endpoint's delivery health to the control topic."""
+        if self._control is None:
+            self._control = await asyncio.to_thread(ControlWriter, self.settings)
+        writer = self._control
+        await self._retrying(lambda: asyncio.to_thread(writer.put_webhook_health, health))
+
+    async def _publish(self, topic: str, key: str, value: bytes) -> None:
+        async def once() -> Any:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[Any] = loop.create_future()
+
+            def ok(meta: Any) -> None:
+                loop.call_soon_threadsafe(_resolve, done, meta, None)
+
+            def failed(exc: BaseException) -> None:
+                loop.call_soon_threadsafe(_resolve, done, None, exc)
+
+            future = self._producer.send(topic, key=key.encode(), value=value)
+            future.add_callback(ok)
+            future.add_errback(failed)
+            return await done
+
+        await self._retrying(once)
+
+    async def _retrying(self, attempt: Any) -> Any:
+        delay = RETRY_S
+        while True:
+            try:
+                return await attempt()
+            except Exception as exc:
+                if self.closed:
+                    raise
+                if not isinstance(exc, KAFKA_ERRORS) and not hasattr(exc, "retry_after"):
+                    raise
+                log.warning("webhook record write failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(MAX_RETRY_S, delay * 2)
+
+    def close(self) -> None:
+        """Flush (up to 10 s) and close."""
+        self.closed = True
+        close_producer(self._producer, 10.0)
+        if self._control is not None:
+            self._control.close()
+
+
+def _resolve(done: asyncio.Future[Any], meta: Any, exc: BaseException | None) -> None:
+    if done.done():
+        return
+    if exc is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(meta)

@@ -353,6 +353,8 @@ def test_service_tokens_may_be_restricted_to_sources():
 DEV_PEPPER = Settings().key_pepper.reveal()
 DEV_CURSOR = Settings().cursor_secret.reveal()
 DEV_TOKEN = "dev-ingest-token-change-me"
+DEV_SECRETS_KEY = Settings().secrets_key.reveal()
+SECRETS_KEY = "operator-secrets-key-0123456789"
 
 
 @pytest.mark.parametrize(
@@ -370,6 +372,12 @@ DEV_TOKEN = "dev-ingest-token-change-me"
             "VELORA_KEY_PEPPERS",
         ),
         ("ingest", {"VELORA_INGEST_TOKENS": f"{TOKEN_A},{DEV_TOKEN}"}, "VELORA_INGEST_TOKENS"),
+        (
+            "node",
+            {"VELORA_KEY_PEPPER": PEPPER, "VELORA_CURSOR_SECRET": CURSOR},
+            "VELORA_SECRETS_KEY",
+        ),
+        ("dispatcher", {}, "VELORA_SECRETS_KEY"),
     ],
 )
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "node.internal"])
@@ -379,7 +387,7 @@ def test_published_secrets_refuse_a_non_loopback_bind(service, env, variable, ho
         check_bind_secrets(settings, service, host)
     message = str(info.value)
     assert message.startswith(variable + " ") and "non-loopback" in message
-    for value in (DEV_PEPPER, DEV_CURSOR, DEV_TOKEN, PEPPER, CURSOR, TOKEN_A):
+    for value in (DEV_PEPPER, DEV_CURSOR, DEV_TOKEN, DEV_SECRETS_KEY, PEPPER, CURSOR, TOKEN_A):
         assert value not in message
 
 
@@ -387,11 +395,12 @@ def test_published_secrets_refuse_a_non_loopback_bind(service, env, variable, ho
 def test_published_secrets_on_loopback_log_one_warning(host, caplog):
     with caplog.at_level("WARNING", logger="velora.settings"):
         found = check_bind_secrets(Settings.from_env({}), "node", host)
-    assert found == ["VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET"]
+    assert found == ["VELORA_KEY_PEPPER", "VELORA_CURSOR_SECRET", "VELORA_SECRETS_KEY"]
     lines = [r for r in caplog.records if r.name == "velora.settings"]
     assert len(lines) == 1 and lines[0].levelname == "WARNING"
     assert "VELORA_KEY_PEPPER" in lines[0].getMessage()
-    assert DEV_PEPPER not in caplog.text and DEV_CURSOR not in caplog.text
+    for value in (DEV_PEPPER, DEV_CURSOR, DEV_SECRETS_KEY):
+        assert value not in caplog.text
 
 
 def test_own_secrets_bind_anywhere_without_a_word(caplog):
@@ -399,10 +408,12 @@ def test_own_secrets_bind_anywhere_without_a_word(caplog):
         "VELORA_KEY_PEPPER": PEPPER,
         "VELORA_CURSOR_SECRET": CURSOR,
         "VELORA_INGEST_TOKENS": TOKEN_A,
+        "VELORA_SECRETS_KEY": SECRETS_KEY,
     }
     settings = Settings.from_env(env)
     with caplog.at_level("WARNING"):
         assert check_bind_secrets(settings, "node", "0.0.0.0") == []
         assert check_bind_secrets(settings, "ingest", "0.0.0.0") == []
+        assert check_bind_secrets(settings, "dispatcher", "0.0.0.0") == []
     assert not caplog.records
     assert dev_secrets(Settings.from_env({}), "ingest") == []  # no token: refused elsewhere

@@ -184,6 +184,7 @@ class PublicApiMiddleware:
             principal,
             status=status,
             target=target,
+            action=state.get("audit_action"),
             client_ip=client_ip,
             user_agent=headers.get("user-agent"),
             request_id=None,

@@ -1,6 +1,8 @@
 """Reads are audited: every authenticated public call becomes an event in the caller's trail.
 
-The middleware hands each ``audit_log.viewed`` event to :class:`ReadAuditor`,
+The middleware hands each call's event to :class:`ReadAuditor`: ``audit_log.viewed``
+for a read, or the :class:`AuditAction` a writing route set (``webhook_endpoint.created``
+and the like, whatever the call's outcome),
 which sends it through an ``ingest.AuditProducer``-like sink (in system mode:
 only Velora writes ``audit_log.`` actions and ``velora.`` sources) whose ``send``
 returns a future that resolves once Kafka acknowledged. Two modes
@@ -87,6 +89,19 @@ class AuditStats:
     refused_reads: int = 0
 
 
+@dataclass(frozen=True)
+class AuditAction:
+    """What a call did, as its audit record names it (a route sets it for writes)."""
+
+    action: str
+    crud: str
+    category: str
+
+
+VIEWED = AuditAction("audit_log.viewed", "read", "audit")
+"""Every call that changes nothing: reads of the trail, of exports, of webhook settings."""
+
+
 def read_event(
     principal: Principal,
     *,
@@ -96,8 +111,10 @@ def read_event(
     user_agent: str | None,
     request_id: str | None,
     metadata: Mapping[str, str],
+    action: AuditAction | None = None,
 ) -> AuditEvent:
-    """The ``audit_log.viewed`` event of one call."""
+    """The event of one call: ``audit_log.viewed`` for a read, else the route's ``action``."""
+    action = action or VIEWED
     now = datetime.now(UTC)
     result = "success" if status < 400 else "denied" if status in (401, 403) else "failure"
     return AuditEvent(
@@ -105,9 +122,9 @@ def read_event(
         tenant_id=principal.tenant_id,
         occurred_at=now,
         received_at=now,
-        action="audit_log.viewed",
-        crud="read",
-        category="audit",
+        action=action.action,
+        crud=action.crud,
+        category=action.category,
         actor=Actor(
             type="api_key",
             id=principal.key_id,

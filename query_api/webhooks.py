@@ -47,6 +47,7 @@ from ledger.control import ControlState
 from query_api import cursor, webhook_store
 from query_api.auth import Principal, require_scope
 from query_api.filters import parse_time
+from query_api.read_audit import AuditAction
 from query_api.serialize import iso
 from schemas.events import Target, WebhookEndpoint, WebhookHealth, WebhookJob
 from velora.errors import (
@@ -150,6 +151,11 @@ def _endpoint(request: Request, principal: Principal) -> WebhookEndpoint:
     return record
 
 
+def _audit_as(request: Request, action: str, crud: str) -> None:
+    """Record this call in the tenant's trail as ``action`` (set before anything can fail)."""
+    request.scope["state"]["audit_action"] = AuditAction(action, crud, "webhooks")
+
+
 def _target(endpoint_id: str) -> Target:
     return Target("webhook_endpoint", endpoint_id)
 
@@ -175,6 +181,7 @@ def _view(request: Request, record: WebhookEndpoint) -> dict[str, Any]:
 # -- endpoints ---------------------------------------------------------------------
 async def create_endpoint(request: Request) -> JSONResponse:
     """Create an endpoint; its signing secret is in this answer only."""
+    _audit_as(request, "webhook_endpoint.created", "create")
     principal = require_scope(request, SCOPE)
     _no_query(request)
     settings = _settings(request)
@@ -220,6 +227,7 @@ async def get_endpoint(request: Request) -> JSONResponse:
 
 async def update_endpoint(request: Request) -> JSONResponse:
     """Change some fields of an endpoint."""
+    _audit_as(request, "webhook_endpoint.updated", "update")
     principal = require_scope(request, SCOPE)
     _no_query(request)
     settings = _settings(request)
@@ -245,6 +253,7 @@ async def update_endpoint(request: Request) -> JSONResponse:
 
 async def delete_endpoint(request: Request) -> Response:
     """Delete an endpoint (its attempt log stays readable until the node is rebuilt)."""
+    _audit_as(request, "webhook_endpoint.deleted", "delete")
     principal = require_scope(request, SCOPE)
     _no_query(request)
     record = _endpoint(request, principal)
@@ -256,6 +265,7 @@ async def delete_endpoint(request: Request) -> Response:
 
 async def rotate_secret(request: Request) -> JSONResponse:
     """A new signing secret; the old one keeps signing during the overlap."""
+    _audit_as(request, "webhook_endpoint.secret_rotated", "update")
     principal = require_scope(request, SCOPE)
     _no_query(request)
     record = _endpoint(request, principal)
@@ -285,6 +295,7 @@ def _job(
 
 async def test_endpoint(request: Request) -> JSONResponse:
     """Send a signed ``velora.ping`` delivery through the dispatchers."""
+    _audit_as(request, "webhook_endpoint.tested", "other")
     principal = require_scope(request, SCOPE)
     _no_query(request)
     record = _endpoint(request, principal)
@@ -353,6 +364,7 @@ async def list_deliveries(request: Request) -> JSONResponse:
 
 async def retry_delivery(request: Request) -> JSONResponse:
     """Send one delivery (as its attempts name it) again, now."""
+    _audit_as(request, "webhook_delivery.retried", "other")
     principal = require_scope(request, SCOPE)
     _no_query(request)
     record = _endpoint(request, principal)
@@ -387,6 +399,7 @@ async def retry_delivery(request: Request) -> JSONResponse:
 
 async def replay(request: Request) -> JSONResponse:
     """Send the endpoint's matching events of ``[since, until)`` again."""
+    _audit_as(request, "webhook_endpoint.replayed", "other")
     principal = require_scope(request, SCOPE)
     _no_query(request)
     record = _endpoint(request, principal)

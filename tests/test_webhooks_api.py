@@ -15,7 +15,7 @@ import pytest
 
 from schemas.codec import AvroCodec
 from schemas.events import WebhookAttempt
-from tests.api_support import running_api
+from tests.api_support import audit_trail, running_api
 from webhooks.secrets import SecretBox
 
 BASE = "/api/v2/public/webhooks/endpoints"
@@ -76,6 +76,35 @@ def test_crud_round_trip_and_secret_shown_once(api):
     assert changed.json()["enabled"] is False
     assert call(api, "DELETE", f"{BASE}/{eid}", key).status_code == 204
     assert call(api, "GET", f"{BASE}/{eid}", key).status_code == 404
+
+
+def test_changes_are_in_the_trail_as_what_they_did(api):
+    key = api.issue("acme", ("webhooks:write",))
+    made = post(api, BASE, key.token, {"url": "https://siem.example.com/hook"})
+    eid = made.json()["id"]
+    assert call(api, "PATCH", f"{BASE}/{eid}", key.token, json={"enabled": 7}).status_code == 422
+    assert call(api, "POST", f"{BASE}/{eid}/rotate-secret", key.token).status_code == 200
+    assert call(api, "DELETE", f"{BASE}/{eid}", key.token).status_code == 204
+    assert call(api, "GET", BASE, key.token).status_code == 200
+    expected = {
+        "webhook_endpoint.created": ("create", "success"),
+        "webhook_endpoint.updated": ("update", "failure"),
+        "webhook_endpoint.secret_rotated": ("update", "success"),
+        "webhook_endpoint.deleted": ("delete", "success"),
+    }
+    for action, (crud, result) in expected.items():
+        [record] = [
+            r for r in audit_trail(api.settings, action, 1) if r["actor"]["id"] == key.record.key_id
+        ]
+        assert record["tenant_id"] == "acme" and record["crud"] == crud, record
+        assert record["category"] == "webhooks" and record["outcome"]["result"] == result
+        assert record["targets"][0] == {"type": "webhook_endpoint", "id": eid, "name": None}
+    listed = [
+        r
+        for r in audit_trail(api.settings, "audit_log.viewed", 1)
+        if r["actor"]["id"] == key.record.key_id
+    ]
+    assert [(r["crud"], r["metadata"]["method"]) for r in listed] == [("read", "GET")]
 
 
 def test_another_tenants_endpoint_is_404_and_scope_is_needed(api):

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _velora(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli", *args]
+
+
+def _cli_name() -> str:
+    """How to type ``velora`` here: the bare name if PATH finds this install, else its path."""
+    mine = Path(sys.executable).parent / "velora"
+    found = shutil.which("velora")
+    if found is not None and Path(found).resolve() == mine.resolve():
+        return "velora"
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
 
 
 def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -175,5 +188,6 @@ def _banner(node_url: str, ingest_url: str, key: str | None) -> None:
         print(f"    -d '{{\"url\": \"http://127.0.0.1:{LISTEN_PORT}/webhooks\"}}' \\")
         print(f'    "{node_url}/api/v2/public/webhooks/endpoints"')
         print("... then receive, verify and print its deliveries:")
-        print(f"  velora webhooks listen --port {LISTEN_PORT} --secret <secret from the answer>")
+        cli = _cli_name()
+        print(f"  {cli} webhooks listen --port {LISTEN_PORT} --secret <secret from the answer>")
     print("\nCtrl-C stops everything.", flush=True)

@@ -19,6 +19,7 @@ from velora.kafka_clients import close_producer, map_kafka_errors, new_producer
 from velora.settings import Settings
 
 SEND_TIMEOUT_S = 15.0
+REQUEST_TIMEOUT_S = 10.0
 
 
 def api_key_record_key(key_id: str) -> str:
@@ -47,7 +48,16 @@ class ControlWriter:
     def __init__(self, settings: Settings, codec: AvroCodec | None = None) -> None:
         self._topic = settings.control_topic
         self._codec = codec or AvroCodec()
-        self._producer = new_producer(settings, "velora-control-writer", linger_ms=0, retries=5)
+        # Retries are bounded by time, not by count: a topic created a moment ago may
+        # answer NotLeaderForPartition for a while. The producer gives up before the
+        # caller stops waiting, so a write reported failed cannot land afterwards.
+        self._producer = new_producer(
+            settings,
+            "velora-control-writer",
+            linger_ms=0,
+            request_timeout_ms=int(REQUEST_TIMEOUT_S * 1000),
+            delivery_timeout_ms=int((SEND_TIMEOUT_S - 1) * 1000),
+        )
 
     def put_api_key(self, key: ApiKey) -> int:
         """Write the full state of one API key; return its offset once acknowledged."""

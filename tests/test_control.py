@@ -267,7 +267,12 @@ def test_state_older_than_the_staleness_bound_is_refused_then_recovers(settings)
     state = ControlState(quick, consumer_factory=factory)
     assert state.start(wait_timeout=10)
     try:
-        assert state.serving_problem() is None and state.readiness()["ready"] is True
+        # Confirmed fresh once (on a busy machine the first check may come after 1 s).
+        wait_for(
+            lambda: state.serving_problem() is None and state.readiness()["ready"] is True,
+            timeout=30,
+            what="fresh",
+        )
         LosingConsumer.broken.set()
         wait_for(lambda: state.serving_problem() is not None, timeout=10, what="stale")
         assert state.serving_problem() == "API-key state is stale"

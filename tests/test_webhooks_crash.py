@@ -32,14 +32,14 @@ RATE = 500  # events per second: a 40 s stream
 
 def dispatcher(env: dict[str, str]) -> subprocess.Popen[bytes]:
     path = os.path.join(env["VELORA_STATE_DIR"], f"dispatcher-{time.monotonic_ns()}.log")
-    log = open(path, "wb")  # the process writes to it; kept for a failed run
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli", "webhooks", "dispatch", "--port", "0"],
-        env=env,
-        cwd=REPO,
-        stdout=log,
-        stderr=log,
-    )
+    with open(path, "wb") as log:  # the child writes to its own copy; kept for a failed run
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli", "webhooks", "dispatch", "--port", "0"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+        )
 
 
 def ready(settings: Settings) -> bool:

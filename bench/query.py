@@ -15,19 +15,30 @@ auditing through ``ingest.AuditProducer`` to the bench broker), routes and SQL.
 a minimal asyncio HTTP/1.1 client (cheaper than httpx, so that the two cores go
 to the server) and measures client-side latency per request.
 
-Each scenario runs twice on 32 connections: closed loop (every connection sends
-its next request as soon as the last answer arrives) for the maximum rate, where
-latency is just 32 / rate by Little's law; then open loop at half that rate, for
-the latency a client sees on a busy but not saturated node (counted from each
-request's due time). Scenarios (limit 50): the first page of the biggest and of
-the smallest tenant; a deep page by cursor (20 days back); filtered by exact
-action, action prefix and one actor. Floor: at 10M events, p99 < 100 ms for the
-first page of 50 (open loop).
+**Peer.** The same rows are loaded into a local PostgreSQL (:mod:`bench.postgres`:
+Debian's package, installed when missing, a temp cluster on a free port, stopped
+at the end) with the indexes a typical team would build, and served by a minimal
+Starlette + asyncpg app on one uvicorn worker (:mod:`bench.peer_app`). Before any
+timing, :func:`check_identical` fetches every scenario's pages from both and
+stops the run unless the events are identical. The peer does not audit reads;
+the node waits for each read's audit record to be acknowledged by Kafka.
+
+Each scenario runs on both servers over 32 connections: closed loop (every
+connection sends its next request as soon as the last answer arrives) for the
+maximum rate, where latency is just 32 / rate by Little's law; then open loop at
+one common rate, half the lower of the two maximum rates, for the latency a
+client sees on a busy but not saturated server (counted from each request's due
+time). ``query.json`` gets, per scenario, both servers' figures, the node / peer
+ratio of the maximum rates and the load average before and after. Scenarios
+(limit 50): the first page of the biggest and of the smallest tenant; a deep page
+by cursor (20 days back); filtered by exact action, action prefix and one actor.
+Floor: at 10M events, p99 < 100 ms for the first page of 50 (open loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -40,17 +51,18 @@ from typing import Any
 import duckdb
 import httpx
 
+from bench.postgres import LocalPostgres, load_from_duckdb
 from bench.report import Row, percentile, write_results
 from cli.keys import create_key
 from ledger.tables import ALL_DDL
-from velora.errors import BrokerError
+from velora.errors import BrokerError, LedgerMismatch
 from velora.settings import Settings
 
 TENANTS = 20
 SKEW = 1.07  # Zipf exponent: the biggest of 20 tenants holds ~30%
 SPAN = timedelta(days=30)
 CONCURRENCY = 32
-REQUESTS = 800
+REQUESTS = 1200
 WARMUP = 64
 FLOOR_P99_MS = 100.0
 OFFERED_FRACTION = 0.5  # latency is measured at half the saturation rate
@@ -144,18 +156,24 @@ def _child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _start_server(settings: Settings, db: Path) -> tuple[subprocess.Popen[str], str]:
-    code = "from bench.query import _serve_main; _serve_main()"
+def _start_child(
+    code: str, args: list[str], env: dict[str, str], stdin: str = ""
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -c code *args`` (it prints its port, then serves); wait for /readyz."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(db)],
-        env=_child_env(settings),
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    if proc.stdin is not None:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.strip().isdigit():
         proc.kill()
-        raise BrokerError("the bench query server did not start")
+        raise BrokerError("a bench query server did not start")
     url = f"http://127.0.0.1:{line.strip()}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -166,7 +184,31 @@ def _start_server(settings: Settings, db: Path) -> tuple[subprocess.Popen[str], 
             pass
         time.sleep(0.2)
     proc.kill()
-    raise BrokerError("the bench query server did not become ready")
+    raise BrokerError("a bench query server did not become ready")
+
+
+def _start_server(settings: Settings, db: Path) -> tuple[subprocess.Popen[str], str]:
+    code = "from bench.query import _serve_main; _serve_main()"
+    return _start_child(code, [str(db)], _child_env(settings))
+
+
+def start_peer(dsn: str, tokens: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Serve :mod:`bench.peer_app` over ``dsn`` in a child process; ``tokens`` maps a
+    Bearer token to its tenant (passed on stdin, not on the command line)."""
+    code = "from bench.peer_app import serve_main; serve_main()"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VELORA_")}
+    return _start_child(code, [dsn], env, json.dumps(tokens) + "\n")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 async def _client(
@@ -239,7 +281,9 @@ async def _drive(
     }
 
 
-def _scenarios(url: str, token: str, small_token: str, end: datetime) -> dict[str, tuple]:
+def scenarios(url: str, token: str, small_token: str, end: datetime) -> dict[str, tuple]:
+    """Each scenario's (token, paths) against the server at ``url``; the deep page's
+    cursor is that server's own (``next_cursor`` of its page 20 days back)."""
     base = "/api/v2/public/audit/events"
     until = (end - timedelta(days=20)).isoformat()
     first = httpx.get(
@@ -262,46 +306,146 @@ def _scenarios(url: str, token: str, small_token: str, end: datetime) -> dict[st
     }  # fmt: skip
 
 
+def _get(url: str, token: str, path: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    if response.status_code != 200:
+        raise LedgerMismatch(f"GET {path} answered {response.status_code}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def check_identical(
+    node_url: str, node_scenarios: dict[str, tuple], peer_url: str, peer_scenarios: dict[str, tuple]
+) -> int:
+    """GET every path of every scenario from both servers; raise :class:`LedgerMismatch`
+    unless both return the same, non-empty events in the same order, the same
+    ``limit`` and both a next page or neither. Returns the number of events compared."""
+    compared = 0
+    for name, (token, node_paths) in node_scenarios.items():
+        peer_token, peer_paths = peer_scenarios[name]
+        for node_path, peer_path in zip(node_paths, peer_paths, strict=True):
+            mine, theirs = _get(node_url, token, node_path), _get(peer_url, peer_token, peer_path)
+            if not mine["events"]:
+                raise LedgerMismatch(f"{name}: the node returned no events to compare")
+            for k, (a, b) in enumerate(zip(mine["events"], theirs["events"], strict=False)):
+                if a != b:
+                    raise LedgerMismatch(f"{name}: event {k} differs ({a['event_id']} vs peer)")
+            if len(mine["events"]) != len(theirs["events"]):
+                raise LedgerMismatch(f"{name}: {len(mine['events'])} events, peer has "
+                                     f"{len(theirs['events'])}")  # fmt: skip
+            if mine["page"]["limit"] != theirs["page"]["limit"] or (
+                mine["page"]["next_cursor"] is None
+            ) != (theirs["page"]["next_cursor"] is None):
+                raise LedgerMismatch(f"{name}: the page object differs")
+            compared += len(mine["events"])
+    return compared
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def run(settings: Settings, sizes: tuple[int, ...] = (1_000_000, 10_000_000)) -> list[Row]:
-    """Generate each size, serve it, drive every scenario; rows of p50/p99 ms and req/s."""
+    """Generate each size, serve it from the node and from the Postgres peer, check the
+    answers identical, drive every scenario on both; rows of p50/p99 ms, req/s, ratios."""
     rows: list[Row] = []
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     big = create_key(settings, "tenant-00", ("audit:read",), name="bench").token
     small = create_key(settings, f"tenant-{TENANTS - 1:02d}", ("audit:read",), name="bench").token
-    for n in sizes:
-        label = f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
-        db = settings.state_dir / f"query-{label}.duckdb"
-        end = datetime.now(UTC)
-        gen_s = generate(db, n, end)
-        print(f"bench query: generated {n:,} events in {gen_s:.1f}s", file=sys.stderr)
-        proc, url = _start_server(settings, db)
-        section: dict[str, Any] = {
-            "events": n,
-            "generation_s": gen_s,
-            "concurrency": CONCURRENCY,
-            "loadavg_1m_at_start": os.getloadavg()[0],  # other work on the machine skews p99
-        }
-        try:
-            for name, (token, paths) in _scenarios(url, big, small, end).items():
-                saturated = asyncio.run(_drive(url, token, paths, REQUESTS))
-                rate = max(1.0, saturated["rps"] * OFFERED_FRACTION)
-                paced = asyncio.run(_drive(url, token, paths, REQUESTS // 2, rate))
-                section[name] = {"saturated": saturated, "paced": {**paced, "offered_rps": rate}}
-                floor = ""
-                if n >= 10_000_000 and name.startswith("first page"):
-                    ok = paced["p99_ms"] < FLOOR_P99_MS
-                    floor = f"< {FLOOR_P99_MS:.0f} ms: {'ok' if ok else 'MISSED'}"
-                errors = saturated["errors"] + paced["errors"]
-                rows += [
-                    Row(f"{label} {name}: p50 @{rate:.0f}/s", paced["p50_ms"], "ms"),
-                    Row(f"{label} {name}: p99 @{rate:.0f}/s", paced["p99_ms"], "ms", floor),
-                    Row(f"{label} {name}: max rate", saturated["rps"], "req/s",
-                        f"{errors} errors" if errors else ""),
-                    Row(f"{label} {name}: p99 at max rate", saturated["p99_ms"], "ms"),
-                ]  # fmt: skip
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            db.unlink(missing_ok=True)
-        write_results("query", label, section)
+    tokens = {big: "tenant-00", small: f"tenant-{TENANTS - 1:02d}"}
+    with LocalPostgres() as pg:
+        for n in sizes:
+            label = f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+            rows += _run_size(settings, pg, n, label, big, small, tokens)
     return rows
+
+
+def _run_size(
+    settings: Settings,
+    pg: LocalPostgres,
+    n: int,
+    label: str,
+    big: str,
+    small: str,
+    tokens: dict[str, str],
+) -> list[Row]:
+    rows: list[Row] = []
+    db = settings.state_dir / f"query-{label}.duckdb"
+    end = datetime.now(UTC)
+    gen_s = generate(db, n, end)
+    load_s = load_from_duckdb(pg, db)
+    print(f"bench query: {n:,} events generated in {gen_s:.1f}s, loaded into PostgreSQL "
+          f"in {load_s:.1f}s", file=sys.stderr)  # fmt: skip
+    proc, url = _start_server(settings, db)
+    section: dict[str, Any] = {
+        "events": n,
+        "generation_s": gen_s,
+        "peer_load_s": load_s,
+        "concurrency": CONCURRENCY,
+        "loadavg_at_start": _loadavg(),  # other work on the machine skews p99
+        "peer": "PostgreSQL (Debian) + Starlette/asyncpg on one uvicorn worker; no read audit",
+    }
+    try:
+        peer_proc, peer_url = start_peer(pg.dsn, tokens)
+        try:
+            node_sc = scenarios(url, big, small, end)
+            peer_sc = scenarios(peer_url, big, small, end)
+            section["events_checked_identical"] = check_identical(url, node_sc, peer_url, peer_sc)
+            for name, (token, paths) in node_sc.items():
+                peer_paths = peer_sc[name][1]
+                result = _measure(url, token, paths, peer_url, peer_paths)
+                section[name] = result
+                rows += _rows_of(label, name, n, result)
+        finally:
+            _stop(peer_proc)
+    finally:
+        _stop(proc)
+        db.unlink(missing_ok=True)
+    section["loadavg_at_end"] = _loadavg()
+    write_results("query", label, section)
+    return rows
+
+
+def _measure(
+    url: str, token: str, paths: list[str], peer_url: str, peer_paths: list[str]
+) -> dict[str, Any]:
+    """Max rate of node and peer (closed loop), then both at one common paced rate:
+    half of the lower max rate, so that neither is saturated."""
+    load0 = _loadavg()
+    node = asyncio.run(_drive(url, token, paths, REQUESTS))
+    peer = asyncio.run(_drive(peer_url, token, peer_paths, REQUESTS))
+    rate = max(1.0, min(node["rps"], peer["rps"]) * OFFERED_FRACTION)
+    node_paced = asyncio.run(_drive(url, token, paths, REQUESTS // 2, rate))
+    peer_paced = asyncio.run(_drive(peer_url, token, peer_paths, REQUESTS // 2, rate))
+    return {
+        "saturated": node,
+        "paced": {**node_paced, "offered_rps": rate},
+        "peer_saturated": peer,
+        "peer_paced": {**peer_paced, "offered_rps": rate},
+        "node_to_peer_max_rate": node["rps"] / peer["rps"] if peer["rps"] else 0.0,
+        "loadavg": {"before": load0, "after": _loadavg()},
+    }
+
+
+def _rows_of(label: str, name: str, n: int, r: dict[str, Any]) -> list[Row]:
+    node, paced = r["saturated"], r["paced"]
+    peer, peer_paced = r["peer_saturated"], r["peer_paced"]
+    rate = paced["offered_rps"]
+    floor = ""
+    if n >= 10_000_000 and name.startswith("first page"):
+        ok = paced["p99_ms"] < FLOOR_P99_MS
+        floor = f"< {FLOOR_P99_MS:.0f} ms: {'ok' if ok else 'MISSED'}"
+    errors = node["errors"] + paced["errors"] + peer["errors"] + peer_paced["errors"]
+    ratio = r["node_to_peer_max_rate"]
+    return [
+        Row(f"{label} {name}: node p50 @{rate:.0f}/s", paced["p50_ms"], "ms"),
+        Row(f"{label} {name}: node p99 @{rate:.0f}/s", paced["p99_ms"], "ms", floor),
+        Row(f"{label} {name}: peer p50 @{rate:.0f}/s", peer_paced["p50_ms"], "ms"),
+        Row(f"{label} {name}: peer p99 @{rate:.0f}/s", peer_paced["p99_ms"], "ms",
+            "node <= peer" if paced["p99_ms"] <= peer_paced["p99_ms"] else "node > peer"),
+        Row(f"{label} {name}: node max rate", node["rps"], "req/s",
+            f"{errors} errors" if errors else ""),
+        Row(f"{label} {name}: peer max rate", peer["rps"], "req/s"),
+        Row(f"{label} {name}: node / peer max rate", ratio, "x",
+            ">= 1: ok" if ratio >= 1 else "< 1: short"),
+    ]  # fmt: skip

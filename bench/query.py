@@ -187,9 +187,11 @@ def _start_child(
     raise BrokerError("a bench query server did not become ready")
 
 
-def _start_server(settings: Settings, db: Path) -> tuple[subprocess.Popen[str], str]:
+def _start_server(
+    settings: Settings, db: Path, tree: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
     code = "from bench.query import _serve_main; _serve_main()"
-    return _start_child(code, [str(db)], _child_env(settings))
+    return _start_child(code, [str(db)], _child_env(settings), cwd=tree)
 
 
 def start_peer(dsn: str, tokens: dict[str, str]) -> tuple[subprocess.Popen[str], str]:

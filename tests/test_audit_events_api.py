@@ -334,3 +334,24 @@ def test_the_next_link_uses_the_configured_public_base_url(settings):
             assert url.startswith(f"https://api.velora.health{EVENTS}?limit=1&cursor=")
             resp = api.get(url.removeprefix("https://api.velora.health"), key.token)
             assert resp.status_code == 200
+
+
+def test_orjson_renders_the_same_bytes_as_starlette():
+    """query_api.responses.JsonResponse is a faster renderer, not another format."""
+    from starlette.responses import JSONResponse
+
+    from query_api.responses import JsonResponse
+    from query_api.serialize import event_json
+
+    row = {
+        "event_id": "0190-ä", "tenant_id": "t", "occurred_us": 1_700_000_000_123_456,
+        "received_us": 1_700_000_000_000_000, "action": "claim.viewed", "crud": "read",
+        "category": None, "actor_type": "user", "actor_id": 'a"\\/b', "actor_name": "Zoë 😀",
+        "actor_email": None, "actor_ip": "::1", "actor_user_agent": "x\ty\n\u0001\u2028",
+        "targets": [{"type": "claim", "id": "<&>", "name": None}], "outcome_result": "success",
+        "outcome_reason": None, "request_id": None, "source": "s",
+        "metadata": {"k": "v", "é": ""}, "schema_version": 1,
+    }  # fmt: skip
+    body = {"events": [event_json(row)] * 3, "page": {"next_cursor": None, "limit": 50}}
+    assert JsonResponse(body).body == JSONResponse(body).body
+    assert JsonResponse({"events": []}).body == b'{"events":[]}'

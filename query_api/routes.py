@@ -53,9 +53,10 @@ async def list_audit_events(request: Request) -> JsonResponse:
         after = cursor.decode(
             settings.cursor_secret, principal.tenant_id, fingerprint, query.cursor
         )
+    hints = getattr(request.app.state, "window_hints", None)
     rows = await ledger_reader(request).read(
         lambda cur: queries.list_events(
-            cur, principal.tenant_id, query.filters, after, query.limit + 1
+            cur, principal.tenant_id, query.filters, after, query.limit + 1, hints=hints
         )
     )
     page, more = rows[: query.limit], len(rows) > query.limit

@@ -157,12 +157,14 @@ def _child_env(settings: Settings) -> dict[str, str]:
 
 
 def _start_child(
-    code: str, args: list[str], env: dict[str, str], stdin: str = ""
+    code: str, args: list[str], env: dict[str, str], stdin: str = "", cwd: Path | None = None
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start ``python -c code *args`` (it prints its port, then serves); wait for /readyz."""
+    """Start ``python -c code *args`` (it prints its port, then serves); wait for /readyz.
+    With ``cwd``, the code is imported from that folder (another revision's tree)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args],
-        env=env,
+        env=env if cwd is None else {**env, "PYTHONPATH": str(cwd)},
+        cwd=cwd,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -41,7 +41,7 @@ from velora.broker import BrokerConfig, LocalBroker
 from velora.settings import Settings
 from velora.topics import ensure_topics
 
-REQUESTS = 1000
+DRIVE_S = 6.0
 
 
 def export_tree(rev: str, into: Path) -> str:
@@ -82,9 +82,8 @@ def compare(settings: Settings, rev: str, events: int, rounds: int) -> dict[str,
                 for r in range(rounds):
                     for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
                         token, paths = sc[side][name]
-                        rates[side].append(
-                            asyncio.run(_drive(urls[side], token, paths, REQUESTS))["rps"]
-                        )
+                        run = _drive(urls[side], token, paths, 10**6, seconds=DRIVE_S)
+                        rates[side].append(asyncio.run(run)["rps"])
                 b, a = statistics.median(rates["before"]), statistics.median(rates["after"])
                 result[name] = {"before_rps": b, "after_rps": a, "after_to_before": a / b,
                                 "rounds": rates}  # fmt: skip

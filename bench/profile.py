@@ -26,7 +26,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.query import _drive, _start_server, _stop, generate
+from bench.query import WARMUP, _drive, _start_server, _stop, generate
 from cli.keys import create_key
 from velora.broker import BrokerConfig, LocalBroker
 from velora.settings import Settings
@@ -73,7 +73,7 @@ def profile(settings: Settings, events: int, seconds: float, raw: Path | None) -
     out = Path(tempfile.mkdtemp(prefix="velora-spy-")) / "stacks.txt"
     try:
         path = ["/api/v2/public/audit/events?limit=50"]
-        asyncio.run(_drive(url, token, path, 400))  # warm up
+        asyncio.run(_drive(url, token, path, 10**6, seconds=3))  # warm up
         spy = subprocess.Popen([
             shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
             "-p", str(proc.pid), "-d", str(int(seconds)), "-r", "100", "-f", "raw",
@@ -81,10 +81,8 @@ def profile(settings: Settings, events: int, seconds: float, raw: Path | None) -
         )  # fmt: skip
         time.sleep(1.0)  # py-spy attaches
         cpu0, t0 = _cpu_s(proc.pid), time.perf_counter()
-        served = 0
-        while time.perf_counter() - t0 < seconds - 2:
-            result = asyncio.run(_drive(url, token, path, 1000))
-            served += result["requests"] + 64
+        result = asyncio.run(_drive(url, token, path, 10**6, seconds=seconds - 2))
+        served = result["requests"] + WARMUP
         cpu, wall = _cpu_s(proc.pid) - cpu0, time.perf_counter() - t0
         spy.wait(timeout=seconds + 60)
     finally:

@@ -24,12 +24,12 @@ stops the run unless the events are identical. The peer does not audit reads;
 the node waits for each read's audit record to be acknowledged by Kafka.
 
 Each scenario runs on both servers over 32 connections: closed loop (every
-connection sends its next request as soon as the last answer arrives) for the
-maximum rate, where latency is just 32 / rate by Little's law; then open loop at
+connection sends its next request as soon as the last answer arrives) for 8 s, for
+the maximum rate, where latency is just 32 / rate by Little's law; then open loop at
 one common rate, half the lower of the two maximum rates, for the latency a
-client sees on a busy but not saturated server (counted from each request's due
-time). ``query.json`` gets, per scenario, both servers' figures, the node / peer
-ratio of the maximum rates and the load average before and after. Scenarios
+client sees on a busy but not saturated server (8 s of requests, latency counted
+from each request's due time). ``query.json`` gets, per scenario, both servers'
+figures, the node / peer ratio of the maximum rates and the load average before and after. Scenarios
 (limit 50): the first page of the biggest and of the smallest tenant; a deep page
 by cursor (20 days back); filtered by exact action, action prefix and one actor.
 Floor: at 10M events, p99 < 100 ms for the first page of 50 (open loop).
@@ -43,7 +43,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,8 @@ TENANTS = 20
 SKEW = 1.07  # Zipf exponent: the biggest of 20 tenants holds ~30%
 SPAN = timedelta(days=30)
 CONCURRENCY = 32
-REQUESTS = 1200
+REQUESTS = 20_000  # at most, per closed-loop run ...
+DRIVE_S = 8.0  # ... of at most this long; a paced run offers DRIVE_S seconds of requests
 WARMUP = 64
 FLOOR_P99_MS = 100.0
 OFFERED_FRACTION = 0.5  # latency is measured at half the saturation rate
@@ -260,16 +261,30 @@ async def _client(
         writer.close()
 
 
+def _jobs(limit: int, deadline: float) -> Iterator[int]:
+    """Request numbers 0.. while under ``limit`` and before ``deadline``."""
+    i = 0
+    while i < limit and time.perf_counter() < deadline:
+        yield i
+        i += 1
+
+
 async def _drive(
-    url: str, token: str, paths: list[str], total: int, rate: float | None = None
+    url: str,
+    token: str,
+    paths: list[str],
+    total: int,
+    rate: float | None = None,
+    seconds: float = float("inf"),
 ) -> dict[str, Any]:
-    """``total`` GETs cycling over ``paths`` on CONCURRENCY connections: as fast as
-    possible (closed loop) or, with ``rate``, offered at ``rate`` req/s (open loop)."""
+    """Up to ``total`` GETs (after WARMUP) cycling over ``paths`` on CONCURRENCY
+    connections, for at most ``seconds``: as fast as possible (closed loop) or, with
+    ``rate``, offered at ``rate`` req/s (open loop)."""
     parsed = httpx.URL(url)
     latencies: list[float] = []
     failures: list[int] = []
-    jobs = iter(range(total + WARMUP))
     t0 = time.perf_counter()
+    jobs = _jobs(total + WARMUP, t0 + seconds)
     schedule = None if rate is None else (lambda i: t0 + i / rate)
     await asyncio.gather(*(
         _client(parsed.host, parsed.port or 80, token, paths, jobs, latencies, failures, schedule)
@@ -279,8 +294,9 @@ async def _drive(
     return {
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
-        "rps": (total + WARMUP) / wall,
-        "requests": total,
+        "rps": (len(latencies) + WARMUP) / wall if latencies else 0.0,
+        "requests": len(latencies),
+        "seconds": wall,
         "errors": len(failures),
     }
 
@@ -416,11 +432,12 @@ def _measure(
     """Max rate of node and peer (closed loop), then both at one common paced rate:
     half of the lower max rate, so that neither is saturated."""
     load0 = _loadavg()
-    node = asyncio.run(_drive(url, token, paths, REQUESTS))
-    peer = asyncio.run(_drive(peer_url, token, peer_paths, REQUESTS))
+    node = asyncio.run(_drive(url, token, paths, REQUESTS, seconds=DRIVE_S))
+    peer = asyncio.run(_drive(peer_url, token, peer_paths, REQUESTS, seconds=DRIVE_S))
     rate = max(1.0, min(node["rps"], peer["rps"]) * OFFERED_FRACTION)
-    node_paced = asyncio.run(_drive(url, token, paths, REQUESTS // 2, rate))
-    peer_paced = asyncio.run(_drive(peer_url, token, peer_paths, REQUESTS // 2, rate))
+    paced = max(50, int(rate * DRIVE_S))
+    node_paced = asyncio.run(_drive(url, token, paths, paced, rate))
+    peer_paced = asyncio.run(_drive(peer_url, token, peer_paths, paced, rate))
     return {
         "saturated": node,
         "paced": {**node_paced, "offered_rps": rate},

@@ -8,6 +8,8 @@ off: only threads that run, or wait for the GIL, are counted). Each sample is pu
 in one category by its innermost frame that matches one (:data:`CATEGORIES`), and
 the node's CPU seconds over the window (``/proc/<pid>/stat``) divided by the
 requests served give CPU ms per request, split by the categories' sample shares.
+Samples whose leaf frame is a blocking wait (:data:`IDLE_LEAVES`: a pool thread
+waiting for work, a selector, a condition) are counted as idle and left out.
 Prints the table; ``--raw FILE`` keeps py-spy's collapsed stacks.
 """
 
@@ -49,9 +51,23 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )  # fmt: skip
 
 
+IDLE_LEAVES = (
+    "_worker (concurrent/futures/thread.py",  # a pool thread waiting for work
+    "EpollSelector.select", "Condition.wait", "Event.wait", "Queue.get",
+)  # fmt: skip
+"""Leaf frames of a thread blocked in C (py-spy cannot always tell them idle)."""
+IDLE = "idle (waiting)"
+
+
 def category(stack: str) -> str:
-    """The category of one collapsed stack (``root;...;leaf``): its innermost match."""
-    for frame in reversed(stack.split(";")):
+    """The category of one collapsed stack (``root;...;leaf``): idle when its leaf
+    waits, else its innermost frame that matches a category."""
+    frames = stack.split(";")
+    if any(frames[-1].startswith(leaf) for leaf in IDLE_LEAVES):
+        return IDLE
+    if frames[-1].startswith("Runner.run (asyncio/runners.py"):
+        return "event loop (uvloop, native)"
+    for frame in reversed(frames):
         for name, needles in CATEGORIES:
             if any(n in frame for n in needles):
                 return name
@@ -96,11 +112,13 @@ def profile(settings: Settings, events: int, seconds: float, raw: Path | None) -
     if raw is not None:
         shutil.copy(out, raw)
     shutil.rmtree(out.parent, ignore_errors=True)
+    idle = counts.pop(IDLE, 0)
     total = sum(counts.values()) or 1
     per_request_ms = 1000 * cpu / served
     print(f"{events:,} events; {served:,} requests in {wall:.1f}s = {served / wall:.0f} req/s; "
           f"node CPU {cpu:.1f}s = {per_request_ms:.2f} ms/request; load average "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"  busy samples {total:,} (and {idle:,} idle, left out); CPU split by busy share")
     print(f"  {'category':<50} {'share':>6} {'CPU ms/request':>15}")
     for name, n in counts.most_common():
         print(f"  {name:<50} {100 * n / total:>5.1f}% {per_request_ms * n / total:>15.2f}")

@@ -85,9 +85,10 @@ def compare(settings: Settings, rev: str, events: int, rounds: int) -> dict[str,
                         run = _drive(urls[side], token, paths, 10**6, seconds=DRIVE_S)
                         rates[side].append(asyncio.run(run)["rps"])
                 b, a = statistics.median(rates["before"]), statistics.median(rates["after"])
-                result[name] = {"before_rps": b, "after_rps": a, "after_to_before": a / b,
+                ratio = a / b if b else 0.0
+                result[name] = {"before_rps": b, "after_rps": a, "after_to_before": ratio,
                                 "rounds": rates}  # fmt: skip
-                print(f"  {name:<40} before {b:7.0f}/s  after {a:7.0f}/s  x{a / b:.2f}", flush=True)
+                print(f"  {name:<40} before {b:7.0f}/s  after {a:7.0f}/s  x{ratio:.2f}", flush=True)
         finally:
             _stop(after)
     finally:

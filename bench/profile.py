@@ -28,7 +28,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.query import WARMUP, _drive, _start_server, _stop, generate
+from bench.query import _drive, _start_server, _stop, generate
 from cli.keys import create_key
 from velora.broker import BrokerConfig, LocalBroker
 from velora.settings import Settings
@@ -98,7 +98,7 @@ def profile(settings: Settings, events: int, seconds: float, raw: Path | None) -
         time.sleep(1.0)  # py-spy attaches
         cpu0, t0 = _cpu_s(proc.pid), time.perf_counter()
         result = asyncio.run(_drive(url, token, path, 10**6, seconds=seconds - 2))
-        served = result["requests"] + WARMUP
+        served = result["completed"]
         cpu, wall = _cpu_s(proc.pid) - cpu0, time.perf_counter() - t0
         spy.wait(timeout=seconds + 60)
     finally:

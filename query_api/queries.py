@@ -22,9 +22,9 @@ filter shape (which filters are set, not their values), the window that last
 answered, with twice that span as headroom, and the next query of that shape
 starts there. A hint that answers at once is shrunk by 3% for next time, so that
 it follows a tenant that grows denser (one extra probe when it has become too
-small, about once in 20 queries). A hint only chooses where
-the probing starts; the rule that a window is used only when it holds ``limit``
-rows is unchanged, so answers are the same with or without hints.
+small, about once in 20 queries). A hint only chooses where the probing starts;
+the rule that a window is used only when it holds ``limit`` rows is unchanged, so
+answers are the same with or without hints.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 The same bytes as Starlette's renderer (compact separators, UTF-8, no ASCII
 escaping) for the values the API returns (strings, ints, bools, None, lists and
-dicts with string keys), in about a tenth of the time for a page of 50 events.
-Like Starlette's, it refuses NaN and infinity (orjson writes them as ``null``,
-which the API never returns: no field is a float).
+dicts with string keys), about 20 times faster: a page of 50 events rendered in
+0.2 ms against 4 ms with ``json.dumps`` (same loaded machine, best of 5). One
+difference: Starlette's refuses NaN and infinity where orjson writes ``null``;
+no field of the API is a float.
 """
 
 from __future__ import annotations

@@ -15,24 +15,35 @@ auditing through ``ingest.AuditProducer`` to the bench broker), routes and SQL.
 a minimal asyncio HTTP/1.1 client (cheaper than httpx, so that the two cores go
 to the server) and measures client-side latency per request.
 
-Each scenario runs twice on 32 connections: closed loop (every connection sends
-its next request as soon as the last answer arrives) for the maximum rate, where
-latency is just 32 / rate by Little's law; then open loop at half that rate, for
-the latency a client sees on a busy but not saturated node (counted from each
-request's due time). Scenarios (limit 50): the first page of the biggest and of
-the smallest tenant; a deep page by cursor (20 days back); filtered by exact
-action, action prefix and one actor. Floor: at 10M events, p99 < 100 ms for the
-first page of 50 (open loop).
+**Peer.** The same rows are loaded into a local PostgreSQL (:mod:`bench.postgres`:
+Debian's package, installed when missing, a temp cluster on a free port, stopped
+at the end) with the indexes a typical team would build, and served by a minimal
+Starlette + asyncpg app on one uvicorn worker (:mod:`bench.peer_app`). Before any
+timing, :func:`check_identical` fetches every scenario's pages from both and
+stops the run unless the events are identical. The peer does not audit reads;
+the node waits for each read's audit record to be acknowledged by Kafka.
+
+Each scenario runs on both servers over 32 connections: closed loop (every
+connection sends its next request as soon as the last answer arrives) for 8 s, for
+the maximum rate, where latency is just 32 / rate by Little's law; then open loop at
+one common rate, half the lower of the two maximum rates, for the latency a
+client sees on a busy but not saturated server (8 s of requests, latency counted
+from each request's due time). ``query.json`` gets, per scenario, both servers'
+figures, the node / peer ratio of the maximum rates and the load average before and after. Scenarios
+(limit 50): the first page of the biggest and of the smallest tenant; a deep page
+by cursor (20 days back); filtered by exact action, action prefix and one actor.
+Floor: at 10M events, p99 < 100 ms for the first page of 50 (open loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,18 +51,20 @@ from typing import Any
 import duckdb
 import httpx
 
+from bench.postgres import LocalPostgres, load_from_duckdb
 from bench.report import Row, percentile, write_results
 from cli.keys import create_key
 from ledger.tables import ALL_DDL
-from velora.errors import BrokerError
+from velora.errors import BrokerError, LedgerMismatch
 from velora.settings import Settings
 
 TENANTS = 20
 SKEW = 1.07  # Zipf exponent: the biggest of 20 tenants holds ~30%
 SPAN = timedelta(days=30)
 CONCURRENCY = 32
-REQUESTS = 800
-WARMUP = 64
+REQUESTS = 20_000  # at most, per closed-loop run ...
+DRIVE_S = 8.0  # ... of at most this long; a paced run offers DRIVE_S seconds of requests
+WARMUP = 32  # one request per connection
 FLOOR_P99_MS = 100.0
 OFFERED_FRACTION = 0.5  # latency is measured at half the saturation rate
 _ACTIONS = ("claim.viewed", "claim.updated", "member.viewed", "member.exported",
@@ -144,18 +157,26 @@ def _child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _start_server(settings: Settings, db: Path) -> tuple[subprocess.Popen[str], str]:
-    code = "from bench.query import _serve_main; _serve_main()"
+def _start_child(
+    code: str, args: list[str], env: dict[str, str], stdin: str = "", cwd: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -c code *args`` (it prints its port, then serves); wait for /readyz.
+    With ``cwd``, the code is imported from that folder (another revision's tree)."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(db)],
-        env=_child_env(settings),
+        [sys.executable, "-c", code, *args],
+        env=env if cwd is None else {**env, "PYTHONPATH": str(cwd)},
+        cwd=cwd,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    if proc.stdin is not None:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.strip().isdigit():
         proc.kill()
-        raise BrokerError("the bench query server did not start")
+        raise BrokerError("a bench query server did not start")
     url = f"http://127.0.0.1:{line.strip()}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -166,7 +187,33 @@ def _start_server(settings: Settings, db: Path) -> tuple[subprocess.Popen[str], 
             pass
         time.sleep(0.2)
     proc.kill()
-    raise BrokerError("the bench query server did not become ready")
+    raise BrokerError("a bench query server did not become ready")
+
+
+def _start_server(
+    settings: Settings, db: Path, tree: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    code = "from bench.query import _serve_main; _serve_main()"
+    return _start_child(code, [str(db)], _child_env(settings), cwd=tree)
+
+
+def start_peer(dsn: str, tokens: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Serve :mod:`bench.peer_app` over ``dsn`` in a child process; ``tokens`` maps a
+    Bearer token to its tenant (passed on stdin, not on the command line)."""
+    code = "from bench.peer_app import serve_main; serve_main()"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VELORA_")}
+    return _start_child(code, [dsn], env, json.dumps(tokens) + "\n")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 async def _client(
@@ -177,6 +224,7 @@ async def _client(
     jobs: Any,
     latencies: list[float],
     failures: list[int],
+    done: list[int],
     schedule: Callable[[int], float] | None = None,
 ) -> None:
     """One keep-alive HTTP/1.1 connection: a minimal client, so the load generator
@@ -184,28 +232,39 @@ async def _client(
 
     With ``schedule`` (open loop), request ``i`` is due at ``schedule(i)`` and its
     latency counts from that due time, so a slow server cannot hide queueing
-    (no coordinated omission)."""
+    (no coordinated omission). A connection the server closed while idle (its
+    keep-alive timeout, at low paced rates) is reopened, and the reconnect counts
+    in that request's latency."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         for i in jobs:
             request = (
                 f"GET {paths[i % len(paths)]} HTTP/1.1\r\nHost: {host}\r\n"
                 f"Authorization: Bearer {token}\r\nUser-Agent: velora-bench\r\n\r\n"
-            )
+            ).encode()
             t0 = time.perf_counter()
             if schedule is not None:
                 due = schedule(i)
                 if due > t0:
                     await asyncio.sleep(due - t0)
                 t0 = due
-            writer.write(request.encode())
-            head = await reader.readuntil(b"\r\n\r\n")
+            for attempt in (1, 2):
+                try:
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    break
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    writer.close()
+                    if attempt == 2:
+                        raise
+                    reader, writer = await asyncio.open_connection(host, port)
             length = 0
             for line in head.split(b"\r\n"):
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
             await reader.readexactly(length)
             took = (time.perf_counter() - t0) * 1000
+            done[0] += 1
             if i >= WARMUP:
                 latencies.append(took)
                 if head[9:12] != b"200":
@@ -214,32 +273,52 @@ async def _client(
         writer.close()
 
 
+def _jobs(limit: int, deadline: float) -> Iterator[int]:
+    """Request numbers 0.. while under ``limit`` and before ``deadline``."""
+    i = 0
+    while i < limit and time.perf_counter() < deadline:
+        yield i
+        i += 1
+
+
 async def _drive(
-    url: str, token: str, paths: list[str], total: int, rate: float | None = None
+    url: str,
+    token: str,
+    paths: list[str],
+    total: int,
+    rate: float | None = None,
+    seconds: float = float("inf"),
 ) -> dict[str, Any]:
-    """``total`` GETs cycling over ``paths`` on CONCURRENCY connections: as fast as
-    possible (closed loop) or, with ``rate``, offered at ``rate`` req/s (open loop)."""
+    """Up to ``total`` GETs (after WARMUP) cycling over ``paths`` on CONCURRENCY
+    connections, for at most ``seconds``: as fast as possible (closed loop) or, with
+    ``rate``, offered at ``rate`` req/s (open loop)."""
     parsed = httpx.URL(url)
     latencies: list[float] = []
     failures: list[int] = []
-    jobs = iter(range(total + WARMUP))
+    done = [0]
     t0 = time.perf_counter()
+    jobs = _jobs(total + WARMUP, t0 + seconds)
     schedule = None if rate is None else (lambda i: t0 + i / rate)
     await asyncio.gather(*(
-        _client(parsed.host, parsed.port or 80, token, paths, jobs, latencies, failures, schedule)
+        _client(parsed.host, parsed.port or 80, token, paths, jobs, latencies, failures, done,
+                schedule)
         for _ in range(CONCURRENCY)
     ))  # fmt: skip
     wall = time.perf_counter() - t0
     return {
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
-        "rps": (total + WARMUP) / wall,
-        "requests": total,
+        "rps": done[0] / wall,
+        "requests": len(latencies),
+        "completed": done[0],
+        "seconds": wall,
         "errors": len(failures),
     }
 
 
-def _scenarios(url: str, token: str, small_token: str, end: datetime) -> dict[str, tuple]:
+def scenarios(url: str, token: str, small_token: str, end: datetime) -> dict[str, tuple]:
+    """Each scenario's (token, paths) against the server at ``url``; the deep page's
+    cursor is that server's own (``next_cursor`` of its page 20 days back)."""
     base = "/api/v2/public/audit/events"
     until = (end - timedelta(days=20)).isoformat()
     first = httpx.get(
@@ -262,46 +341,147 @@ def _scenarios(url: str, token: str, small_token: str, end: datetime) -> dict[st
     }  # fmt: skip
 
 
+def _get(url: str, token: str, path: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    if response.status_code != 200:
+        raise LedgerMismatch(f"GET {path} answered {response.status_code}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def check_identical(
+    node_url: str, node_scenarios: dict[str, tuple], peer_url: str, peer_scenarios: dict[str, tuple]
+) -> int:
+    """GET every path of every scenario from both servers; raise :class:`LedgerMismatch`
+    unless both return the same, non-empty events in the same order, the same
+    ``limit`` and both a next page or neither. Returns the number of events compared."""
+    compared = 0
+    for name, (token, node_paths) in node_scenarios.items():
+        peer_token, peer_paths = peer_scenarios[name]
+        for node_path, peer_path in zip(node_paths, peer_paths, strict=True):
+            mine, theirs = _get(node_url, token, node_path), _get(peer_url, peer_token, peer_path)
+            if not mine["events"]:
+                raise LedgerMismatch(f"{name}: the node returned no events to compare")
+            for k, (a, b) in enumerate(zip(mine["events"], theirs["events"], strict=False)):
+                if a != b:
+                    raise LedgerMismatch(f"{name}: event {k} differs ({a['event_id']} vs peer)")
+            if len(mine["events"]) != len(theirs["events"]):
+                raise LedgerMismatch(f"{name}: {len(mine['events'])} events, peer has "
+                                     f"{len(theirs['events'])}")  # fmt: skip
+            if mine["page"]["limit"] != theirs["page"]["limit"] or (
+                mine["page"]["next_cursor"] is None
+            ) != (theirs["page"]["next_cursor"] is None):
+                raise LedgerMismatch(f"{name}: the page object differs")
+            compared += len(mine["events"])
+    return compared
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def run(settings: Settings, sizes: tuple[int, ...] = (1_000_000, 10_000_000)) -> list[Row]:
-    """Generate each size, serve it, drive every scenario; rows of p50/p99 ms and req/s."""
+    """Generate each size, serve it from the node and from the Postgres peer, check the
+    answers identical, drive every scenario on both; rows of p50/p99 ms, req/s, ratios."""
     rows: list[Row] = []
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     big = create_key(settings, "tenant-00", ("audit:read",), name="bench").token
     small = create_key(settings, f"tenant-{TENANTS - 1:02d}", ("audit:read",), name="bench").token
-    for n in sizes:
-        label = f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
-        db = settings.state_dir / f"query-{label}.duckdb"
-        end = datetime.now(UTC)
-        gen_s = generate(db, n, end)
-        print(f"bench query: generated {n:,} events in {gen_s:.1f}s", file=sys.stderr)
-        proc, url = _start_server(settings, db)
-        section: dict[str, Any] = {
-            "events": n,
-            "generation_s": gen_s,
-            "concurrency": CONCURRENCY,
-            "loadavg_1m_at_start": os.getloadavg()[0],  # other work on the machine skews p99
-        }
-        try:
-            for name, (token, paths) in _scenarios(url, big, small, end).items():
-                saturated = asyncio.run(_drive(url, token, paths, REQUESTS))
-                rate = max(1.0, saturated["rps"] * OFFERED_FRACTION)
-                paced = asyncio.run(_drive(url, token, paths, REQUESTS // 2, rate))
-                section[name] = {"saturated": saturated, "paced": {**paced, "offered_rps": rate}}
-                floor = ""
-                if n >= 10_000_000 and name.startswith("first page"):
-                    ok = paced["p99_ms"] < FLOOR_P99_MS
-                    floor = f"< {FLOOR_P99_MS:.0f} ms: {'ok' if ok else 'MISSED'}"
-                errors = saturated["errors"] + paced["errors"]
-                rows += [
-                    Row(f"{label} {name}: p50 @{rate:.0f}/s", paced["p50_ms"], "ms"),
-                    Row(f"{label} {name}: p99 @{rate:.0f}/s", paced["p99_ms"], "ms", floor),
-                    Row(f"{label} {name}: max rate", saturated["rps"], "req/s",
-                        f"{errors} errors" if errors else ""),
-                    Row(f"{label} {name}: p99 at max rate", saturated["p99_ms"], "ms"),
-                ]  # fmt: skip
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            db.unlink(missing_ok=True)
-        write_results("query", label, section)
+    tokens = {big: "tenant-00", small: f"tenant-{TENANTS - 1:02d}"}
+    with LocalPostgres() as pg:
+        for n in sizes:
+            label = f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+            rows += _run_size(settings, pg, n, label, big, small, tokens)
     return rows
+
+
+def _run_size(
+    settings: Settings,
+    pg: LocalPostgres,
+    n: int,
+    label: str,
+    big: str,
+    small: str,
+    tokens: dict[str, str],
+) -> list[Row]:
+    rows: list[Row] = []
+    db = settings.state_dir / f"query-{label}.duckdb"
+    end = datetime.now(UTC)
+    gen_s = generate(db, n, end)
+    load_s = load_from_duckdb(pg, db)
+    print(f"bench query: {n:,} events generated in {gen_s:.1f}s, loaded into PostgreSQL "
+          f"in {load_s:.1f}s", file=sys.stderr)  # fmt: skip
+    proc, url = _start_server(settings, db)
+    section: dict[str, Any] = {
+        "events": n,
+        "generation_s": gen_s,
+        "peer_load_s": load_s,
+        "concurrency": CONCURRENCY,
+        "loadavg_at_start": _loadavg(),  # other work on the machine skews p99
+        "peer": "PostgreSQL (Debian) + Starlette/asyncpg on one uvicorn worker; no read audit",
+    }
+    try:
+        peer_proc, peer_url = start_peer(pg.dsn, tokens)
+        try:
+            node_sc = scenarios(url, big, small, end)
+            peer_sc = scenarios(peer_url, big, small, end)
+            section["events_checked_identical"] = check_identical(url, node_sc, peer_url, peer_sc)
+            for name, (token, paths) in node_sc.items():
+                peer_paths = peer_sc[name][1]
+                result = _measure(url, token, paths, peer_url, peer_paths)
+                section[name] = result
+                rows += _rows_of(label, name, n, result)
+        finally:
+            _stop(peer_proc)
+    finally:
+        _stop(proc)
+        db.unlink(missing_ok=True)
+    section["loadavg_at_end"] = _loadavg()
+    write_results("query", label, section)
+    return rows
+
+
+def _measure(
+    url: str, token: str, paths: list[str], peer_url: str, peer_paths: list[str]
+) -> dict[str, Any]:
+    """Max rate of node and peer (closed loop), then both at one common paced rate:
+    half of the lower max rate, so that neither is saturated."""
+    load0 = _loadavg()
+    node = asyncio.run(_drive(url, token, paths, REQUESTS, seconds=DRIVE_S))
+    peer = asyncio.run(_drive(peer_url, token, peer_paths, REQUESTS, seconds=DRIVE_S))
+    rate = max(1.0, min(node["rps"], peer["rps"]) * OFFERED_FRACTION)
+    paced = max(50, int(rate * DRIVE_S))
+    node_paced = asyncio.run(_drive(url, token, paths, paced, rate))
+    peer_paced = asyncio.run(_drive(peer_url, token, peer_paths, paced, rate))
+    return {
+        "saturated": node,
+        "paced": {**node_paced, "offered_rps": rate},
+        "peer_saturated": peer,
+        "peer_paced": {**peer_paced, "offered_rps": rate},
+        "node_to_peer_max_rate": node["rps"] / peer["rps"] if peer["rps"] else 0.0,
+        "loadavg": {"before": load0, "after": _loadavg()},
+    }
+
+
+def _rows_of(label: str, name: str, n: int, r: dict[str, Any]) -> list[Row]:
+    node, paced = r["saturated"], r["paced"]
+    peer, peer_paced = r["peer_saturated"], r["peer_paced"]
+    rate = paced["offered_rps"]
+    floor = ""
+    if n >= 10_000_000 and name.startswith("first page"):
+        ok = paced["p99_ms"] < FLOOR_P99_MS
+        floor = f"< {FLOOR_P99_MS:.0f} ms: {'ok' if ok else 'MISSED'}"
+    errors = node["errors"] + paced["errors"] + peer["errors"] + peer_paced["errors"]
+    ratio = r["node_to_peer_max_rate"]
+    return [
+        Row(f"{label} {name}: node p50 @{rate:.0f}/s", paced["p50_ms"], "ms"),
+        Row(f"{label} {name}: node p99 @{rate:.0f}/s", paced["p99_ms"], "ms", floor),
+        Row(f"{label} {name}: peer p50 @{rate:.0f}/s", peer_paced["p50_ms"], "ms"),
+        Row(f"{label} {name}: peer p99 @{rate:.0f}/s", peer_paced["p99_ms"], "ms",
+            "node <= peer" if paced["p99_ms"] <= peer_paced["p99_ms"] else "node > peer"),
+        Row(f"{label} {name}: node max rate", node["rps"], "req/s",
+            f"{errors} errors" if errors else ""),
+        Row(f"{label} {name}: peer max rate", peer["rps"], "req/s"),
+        Row(f"{label} {name}: node / peer max rate", ratio, "x",
+            ">= 1: ok" if ratio >= 1 else "< 1: short"),
+    ]  # fmt: skip

@@ -36,6 +36,7 @@ from query_api.health import ReadinessSource, health_routes
 from query_api.middleware import FailureGate, PublicApiMiddleware
 from query_api.openapi import PREFIX
 from query_api.portal_routes import portal_routes
+from query_api.queries import WindowHints
 from query_api.ratelimit import BucketMap
 from query_api.read_audit import CONFIRM_TIMEOUT_S, AuditSink, ReadAuditor
 from query_api.routes import event_routes
@@ -149,6 +150,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.ledger = node
+    app.state.window_hints = WindowHints()  # where the list query's window probes start
     app.state.control = control_state
     app.state.api_prefix = PREFIX
     app.state.export_streams = threading.BoundedSemaphore(settings.export_max_streams)

@@ -15,6 +15,16 @@ those are exactly the newest ``limit`` rows (every row outside the window is
 older), so the answer is the same as the unbounded query's; only the amount
 scanned differs. Rows arriving late with an old ``occurred_at`` widen a row
 group's min/max and cost pruning, never correctness.
+
+**Window hints.** A sparse tenant, or a rare filter, needs two or three probes
+before a window holds a page. :class:`WindowHints` remembers, per tenant and
+filter shape (which filters are set, not their values), the window that last
+answered, with twice that span as headroom, and the next query of that shape
+starts there. A hint that answers at once is shrunk by 3% for next time, so that
+it follows a tenant that grows denser (one extra probe when it has become too
+small, about once in 20 queries). A hint only chooses where the probing starts;
+the rule that a window is used only when it holds ``limit`` rows is unchanged, so
+answers are the same with or without hints.
 """
 
 from __future__ import annotations
@@ -48,6 +58,43 @@ COLUMNS = ", ".join(_EXPRESSIONS.get(name, name) for name in COLUMN_NAMES)
 ORDER = "ORDER BY occurred_at DESC, event_id DESC"
 
 Row = dict[str, Any]
+HINT_HEADROOM, HINT_DECAY = 2.0, 0.97
+HINT_CAPACITY = 10_000
+"""Hints kept per node; past it the table starts over (a hint is only a starting point)."""
+_BOUND_FILTERS = ("since", "until")
+
+
+class WindowHints:
+    """Where to start probing, per ``(tenant, filter shape)``; shared by a node's read threads.
+
+    Races between threads only pick which of two valid hints is kept.
+    """
+
+    def __init__(self, capacity: int = HINT_CAPACITY) -> None:
+        self._capacity = capacity
+        self._hints: dict[tuple[str, tuple[str, ...]], timedelta] = {}
+
+    @staticmethod
+    def key(tenant_id: str, filters: Filters) -> tuple[str, tuple[str, ...]]:
+        """The hint key: the tenant and the names of the filters that narrow the rows."""
+        shape = tuple(
+            name
+            for name, value in vars(filters).items()
+            if value is not None and name not in _BOUND_FILTERS
+        )
+        return tenant_id, shape
+
+    def start(self, key: tuple[str, tuple[str, ...]]) -> timedelta:
+        """The first window to probe for ``key``."""
+        return self._hints.get(key, FIRST_WINDOW)
+
+    def learn(self, key: tuple[str, tuple[str, ...]], window: timedelta, first: bool) -> None:
+        """``window`` held a page: start next time at 97% of it if it was the first
+        window probed, else at twice it."""
+        window = window * (HINT_DECAY if first else HINT_HEADROOM)
+        if len(self._hints) >= self._capacity and key not in self._hints:
+            self._hints.clear()
+        self._hints[key] = max(FIRST_WINDOW, min(MAX_WINDOW, window))
 
 
 def filter_sql(tenant_id: str, f: Filters) -> tuple[list[str], list[Any]]:
@@ -97,8 +144,12 @@ def list_events(
     after: Position | None,
     limit: int,
     now: datetime | None = None,
+    hints: WindowHints | None = None,
 ) -> list[Row]:
-    """Up to ``limit`` events of one tenant, newest first, strictly after ``after``."""
+    """Up to ``limit`` events of one tenant, newest first, strictly after ``after``.
+
+    With ``hints``, probing starts at the window that last answered a query of
+    the same tenant and filter shape (see :class:`WindowHints`)."""
     where, params = filter_sql(tenant_id, filters)
     if after is not None:
         at = from_micros(after.occurred_us)
@@ -111,15 +162,20 @@ def list_events(
         anchor = now or datetime.now(UTC)
     # Only constant clauses are joined here; every value is a bound parameter.
     base = f"SELECT {COLUMNS} FROM audit_events WHERE {' AND '.join(where)}"  # noqa: S608
-    window = FIRST_WINDOW
+    key = WindowHints.key(tenant_id, filters) if hints is not None else None
+    window = hints.start(key) if hints is not None and key is not None else FIRST_WINDOW
+    first = True
     while window <= MAX_WINDOW:
         lower = _lower_bound(anchor, window)
         if lower is None or (filters.since is not None and lower <= filters.since):
             break  # the since bound is already narrower: the final query covers it
         rows = _rows(cur, f"{base} AND occurred_at >= ? {ORDER} LIMIT ?", [*params, lower, limit])
         if len(rows) >= limit:
+            if hints is not None and key is not None:
+                hints.learn(key, window, first)
             return rows
         window *= _growth(len(rows), limit)
+        first = False
     return _rows(cur, f"{base} {ORDER} LIMIT ?", [*params, limit])
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from query_api import cursor, queries
@@ -20,6 +19,7 @@ from query_api.auth import require_scope
 from query_api.db import LedgerReader
 from query_api.filters import as_mapping, parse_list_query, query_items
 from query_api.links import page_url
+from query_api.responses import JsonResponse
 from query_api.serialize import event_json
 from schemas.events import Target
 from schemas.limits import MAX_EVENT_ID
@@ -38,7 +38,7 @@ def ledger_reader(request: Request) -> LedgerReader:
     return reader
 
 
-async def list_audit_events(request: Request) -> JSONResponse:
+async def list_audit_events(request: Request) -> JsonResponse:
     """A page of the caller's tenant's audit events, newest first."""
     principal = require_scope(request, READ_SCOPE)
     settings: Settings = request.app.state.settings
@@ -53,9 +53,10 @@ async def list_audit_events(request: Request) -> JSONResponse:
         after = cursor.decode(
             settings.cursor_secret, principal.tenant_id, fingerprint, query.cursor
         )
+    hints = getattr(request.app.state, "window_hints", None)
     rows = await ledger_reader(request).read(
         lambda cur: queries.list_events(
-            cur, principal.tenant_id, query.filters, after, query.limit + 1
+            cur, principal.tenant_id, query.filters, after, query.limit + 1, hints=hints
         )
     )
     page, more = rows[: query.limit], len(rows) > query.limit
@@ -75,10 +76,10 @@ async def list_audit_events(request: Request) -> JSONResponse:
         "events": [event_json(r) for r in page],
         "page": {"next_cursor": next_cursor, "limit": query.limit},
     }
-    return JSONResponse(body, headers=headers)
+    return JsonResponse(body, headers=headers)
 
 
-async def get_audit_event(request: Request) -> JSONResponse:
+async def get_audit_event(request: Request) -> JsonResponse:
     """One event of the caller's tenant; 404 for unknown ids and other tenants' events."""
     principal = require_scope(request, READ_SCOPE)
     for name, _ in request.query_params.multi_items():
@@ -96,7 +97,7 @@ async def get_audit_event(request: Request) -> JSONResponse:
     )
     if row is None:
         raise NotFound("no such audit event")
-    return JSONResponse(event_json(row))
+    return JsonResponse(event_json(row))
 
 
 def event_routes(prefix: str) -> list[Route]:

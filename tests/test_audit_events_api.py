@@ -232,8 +232,10 @@ def test_reads_are_audited_in_the_tenants_trail(settings):
     assert single["metadata"]["status"] == "404"
 
 
-def test_window_probes_answer_exactly_like_a_full_scan(tmp_path):
-    """The widening occurred_at windows are an optimisation only: same rows as a full scan."""
+@pytest.mark.parametrize("hinted", [False, True], ids=["no hints", "window hints"])
+def test_window_probes_answer_exactly_like_a_full_scan(tmp_path, hinted: bool):
+    """The widening occurred_at windows are an optimisation only: same rows as a full scan,
+    also when every probe starts at a hint left by the queries before it (any shape)."""
     from datetime import UTC, datetime
 
     from ledger.duck import LedgerFile
@@ -252,6 +254,7 @@ def test_window_probes_answer_exactly_like_a_full_scan(tmp_path):
         events.append(make_event(tenant, i, occurred_at=at, actor_id=f"u{i % 7}"))
     insert_events(reader, events)
     cur = reader.cursor()
+    hints = queries.WindowHints() if hinted else None
     try:
         for tenant in ("dense", "sparse", "nobody"):
             for f in (
@@ -265,7 +268,7 @@ def test_window_probes_answer_exactly_like_a_full_scan(tmp_path):
                     None,
                     Position(int((now - timedelta(days=200)).timestamp() * 1e6), "z"),
                 ):
-                    got = queries.list_events(cur, tenant, f, after, 21, now=now)
+                    got = queries.list_events(cur, tenant, f, after, 21, now=now, hints=hints)
                     mine = [
                         e
                         for e in events
@@ -334,3 +337,73 @@ def test_the_next_link_uses_the_configured_public_base_url(settings):
             assert url.startswith(f"https://api.velora.health{EVENTS}?limit=1&cursor=")
             resp = api.get(url.removeprefix("https://api.velora.health"), key.token)
             assert resp.status_code == 200
+
+
+class _CountingCursor:
+    """The real DuckDB cursor, counting the statements it runs."""
+
+    def __init__(self, cur):
+        self.cur = cur
+        self.statements = 0
+
+    def execute(self, sql, params):
+        self.statements += 1
+        return self.cur.execute(sql, params)
+
+
+def test_window_hints_answer_a_sparse_tenant_in_one_probe(tmp_path):
+    """A sparse tenant's first page takes several window probes; with the node's hints,
+    the next pages of that shape start at the window that answered: one query each."""
+    from datetime import UTC, datetime
+
+    from ledger.duck import LedgerFile
+    from query_api import queries
+    from query_api.filters import Filters
+
+    reader = LedgerFile(tmp_path / "h.duckdb")
+    now = datetime(2025, 6, 1, tzinfo=UTC)
+    events = [
+        make_event("sparse", i, occurred_at=now - timedelta(hours=6 * i), actor_id=f"u{i % 2}")
+        for i in range(200)
+    ]
+    insert_events(reader, events)
+    newest = sorted(events, key=lambda e: (e.occurred_at, e.event_id), reverse=True)
+    try:
+        cur = _CountingCursor(reader.cursor())
+        hints = queries.WindowHints()
+        first = queries.list_events(cur, "sparse", Filters(), None, 21, now=now, hints=hints)
+        assert cur.statements >= 3  # 15 min, 4 h, then wide enough
+        assert [r["event_id"] for r in first] == [e.event_id for e in newest[:21]]
+        for k in range(5):
+            cur.statements = 0
+            later = now + timedelta(minutes=k)
+            again = queries.list_events(cur, "sparse", Filters(), None, 21, now=later, hints=hints)
+            assert cur.statements == 1
+            assert again == first
+        # another shape (an actor filter) learns its own window
+        cur.statements = 0
+        queries.list_events(cur, "sparse", Filters(actor_id="u1"), None, 21, now=now, hints=hints)
+        assert cur.statements >= 2
+    finally:
+        reader.close()
+
+
+def test_orjson_renders_the_same_bytes_as_starlette():
+    """query_api.responses.JsonResponse is a faster renderer, not another format."""
+    from starlette.responses import JSONResponse
+
+    from query_api.responses import JsonResponse
+    from query_api.serialize import event_json
+
+    row = {
+        "event_id": "0190-ä", "tenant_id": "t", "occurred_us": 1_700_000_000_123_456,
+        "received_us": 1_700_000_000_000_000, "action": "claim.viewed", "crud": "read",
+        "category": None, "actor_type": "user", "actor_id": 'a"\\/b', "actor_name": "Zoë 😀",
+        "actor_email": None, "actor_ip": "::1", "actor_user_agent": "x\ty\n\u0001\u2028",
+        "targets": [{"type": "claim", "id": "<&>", "name": None}], "outcome_result": "success",
+        "outcome_reason": None, "request_id": None, "source": "s",
+        "metadata": {"k": "v", "é": ""}, "schema_version": 1,
+    }  # fmt: skip
+    body = {"events": [event_json(row)] * 3, "page": {"next_cursor": None, "limit": 50}}
+    assert JsonResponse(body).body == JSONResponse(body).body
+    assert JsonResponse({"events": []}).body == b'{"events":[]}'

@@ -78,7 +78,7 @@ def cli_paths() -> set[tuple[str, ...]]:
 
 def test_the_expected_services_exist():
     assert {"kafka", "topics", "node", "ingest"} <= set(SERVICES)
-    assert VELORA_SERVICES == ["dispatcher", "ingest", "node", "topics"]
+    assert VELORA_SERVICES == ["dispatcher", "ingest", "node", "replica", "topics"]
 
 
 @pytest.mark.parametrize("service", VELORA_SERVICES)
@@ -93,6 +93,7 @@ def test_the_services_run_node_ingest_and_topics():
     commands = {service: tuple(command(service)[1:]) for service in VELORA_SERVICES}
     assert commands == {
         "node": ("node",),
+        "replica": ("node",),
         "ingest": ("ingest", "serve"),
         "topics": ("kafka", "topics"),
         "dispatcher": ("webhooks", "dispatch"),
@@ -184,10 +185,44 @@ def test_node_and_dispatcher_require_the_secrets_key():
 
 def test_start_order():
     assert SERVICES["topics"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
-    for service in ("node", "ingest", "dispatcher"):
+    for service in ("node", "replica", "ingest", "dispatcher"):
         assert SERVICES[service]["depends_on"] == {
             "topics": {"condition": "service_completed_successfully"}
         }
+
+
+def test_replicas_scale_the_node_behind_a_load_balancer_that_checks_readiness():
+    """`docker compose --profile scale up --scale replica=N`: N query nodes like `node`."""
+    replica = SERVICES["replica"]
+    assert replica["profiles"] == ["scale"] and SERVICES["lb"]["profiles"] == ["scale"]
+    # the same settings as node: the same cursor secret and pepper, so any replica
+    # accepts another's cursors and keys
+    assert replica["environment"] == SERVICES["node"]["environment"]
+    env = environment("replica")
+    port = env["VELORA_NODE_PORT"]
+    assert "ports" not in replica, "a fixed host port cannot be scaled"
+    assert [str(p) for p in replica["expose"]] == [port]
+    # an anonymous volume per replica: DuckDB admits one process per file
+    assert replica["volumes"] == ["/var/lib/velora"]
+    assert str(Settings.from_env(env).duckdb_path).startswith("/var/lib/velora/")
+    assert check_bind_secrets(Settings.from_env(env), "node", env["VELORA_NODE_HOST"]) == []
+
+    lb = SERVICES["lb"]
+    assert lb["image"].startswith("haproxy:")
+    source, target, mode = lb["volumes"][0].split(":")
+    assert target == "/usr/local/etc/haproxy/haproxy.cfg" and mode == "ro"
+    cfg = (REPO / source).read_text(encoding="utf-8")
+    lines = [line.split("#")[0].split() for line in cfg.splitlines()]
+    lines = [line for line in lines if line]
+    binds = [line[1].lstrip(":") for line in lines if line[0] == "bind"]
+    assert [str(p).rsplit(":", 1)[-1] for p in lb["ports"]] == binds
+    templates = [line for line in lines if line[0] == "server-template"]
+    assert len(templates) == 1 and templates[0][3] == f"replica:{port}"
+    assert {"check", "resolvers"} <= set(templates[0])
+    assert ["option", "httpchk", "GET", "/readyz"] in lines
+    assert ["http-check", "expect", "status", "200"] in lines
+    assert "/readyz" in [r.path for r in health_routes(None)]
+    assert ["http-request", "set-header", "X-Forwarded-For", "%[src]"] in lines
 
 
 # -- the Kafka service ---------------------------------------------------------------

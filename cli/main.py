@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "cli.commands.demo",
     "cli.commands.portal",
     "cli.commands.webhooks",
+    "cli.commands.tokenizer",
 )
 
 

@@ -2,7 +2,9 @@
 
 Token text: ``tok_v1_<key id>_<base64url>``, where the key id is the keyset key's
 8 hex digits and the base64url (no padding) is AES-SIV's synthetic IV followed by
-the ciphertext. The associated data is ``[b"tok_v1", tenant, domain, key id]``:
+the ciphertext. The associated data is one component, ``tok_v1 NUL tenant NUL
+domain NUL key id`` (none of the parts can hold a NUL, so the encoding is
+unambiguous; one component instead of four halves the cost of S2V):
 
 - the same value gives the same token under one key, tenant and domain, so
   equality filters work on tokens (determinism leaks equality and frequency, and
@@ -14,6 +16,11 @@ the ciphertext. The associated data is ``[b"tok_v1", tenant, domain, key id]``:
 Values are normalized per domain before tokenizing (:func:`normalize`): Unicode
 NFC and surrounding whitespace trimmed for every domain, lowercased as well for
 ``email``. Detokenizing returns the normalized value.
+
+A :class:`Tokenizer` remembers its most recent results (:data:`CACHE_SIZE` tokens
+and as many detokenized values), because audit events name the same members and
+staff again and again; the cache lives in the memory of the process that holds
+the keys anyway, and is dropped with the tokenizer (a rotation makes a new one).
 
 Errors are :class:`~velora.errors.ValidationError` naming the problem (malformed
 token, unknown key id, does not decrypt), never a value or partial plaintext.
@@ -27,6 +34,8 @@ import binascii
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
@@ -39,7 +48,8 @@ TOKEN_RE = re.compile(r"tok_v1_([0-9a-f]{8})_([A-Za-z0-9_-]{22,})")
 """A well-formed token (16 bytes of SIV at least, so 22 base64url characters or more)."""
 DOMAIN_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 LOWERCASE_DOMAINS = frozenset({"email"})
-_AD_TAG = b"tok_v1"
+CACHE_SIZE = 16_384
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def _error(reason: str, where: str) -> ValidationError:
@@ -68,9 +78,16 @@ class Tokenizer:
 
     keyset: Keyset
     _ciphers: dict[str, AESSIV] = field(default_factory=dict, repr=False)
+    _ads: dict[tuple[str, str], list[bytes]] = field(default_factory=dict, repr=False)
+    _cached: Any = field(default=None, repr=False)
+    _opened: Any = field(default=None, repr=False)
+    _primary: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         self._ciphers = {k.kid: AESSIV(k.key) for k in self.keyset.keys}
+        self._primary = self.keyset.primary.kid
+        self._cached = lru_cache(maxsize=CACHE_SIZE)(self._tokenize)
+        self._opened = lru_cache(maxsize=CACHE_SIZE)(self._detokenize)
 
     @property
     def tenant_id(self) -> str:
@@ -78,15 +95,22 @@ class Tokenizer:
         return self.keyset.tenant_id
 
     def _ad(self, domain: str, kid: str) -> list[bytes]:
-        return [_AD_TAG, self.tenant_id.encode(), domain.encode(), kid.encode()]
+        ad = self._ads.get((domain, kid))
+        if ad is None:
+            _check_domain(domain)
+            ad = [b"\0".join((b"tok_v1", self.tenant_id.encode(), domain.encode(), kid.encode()))]
+            self._ads[(domain, kid)] = ad
+        return ad
 
     def tokenize(self, value: str, domain: str, kid: str | None = None) -> str:
         """The token of ``value`` in ``domain``, under the primary key (or key ``kid``)."""
-        _check_domain(domain)
-        kid = kid or self.keyset.primary.kid
-        cipher = self._ciphers[kid]
-        sealed = cipher.encrypt(normalize(value, domain).encode("utf-8"), self._ad(domain, kid))
-        return PREFIX + kid + "_" + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+        return self._cached(value, domain, kid or self._primary)  # type: ignore[no-any-return]
+
+    def _tokenize(self, value: str, domain: str, kid: str) -> str:
+        ad = self._ad(domain, kid)
+        sealed = self._ciphers[kid].encrypt(normalize(value, domain).encode("utf-8"), ad)
+        text = binascii.b2a_base64(sealed, newline=False).translate(_URLSAFE).rstrip(b"=")
+        return f"{PREFIX}{kid}_{text.decode('ascii')}"
 
     def search_tokens(self, value: str, domain: str) -> list[str]:
         """The token of ``value`` under every key, primary first: equality search after rotation."""
@@ -94,22 +118,41 @@ class Tokenizer:
 
     def detokenize(self, token: str, domain: str, where: str = "token") -> str:
         """The (normalized) value of ``token``; :class:`ValidationError` naming ``where``."""
-        _check_domain(domain)
+        reason = None
+        try:
+            return self._opened(token, domain)  # type: ignore[no-any-return]
+        except _Refused as exc:
+            reason = exc.reason
+        raise _error(reason, where)
+
+    def _detokenize(self, token: str, domain: str) -> str:
         match = TOKEN_RE.fullmatch(token)
         if match is None:
-            raise _error("is not a well-formed tok_v1 token", where)
+            raise _Refused("is not a well-formed tok_v1 token")
         kid, body = match.groups()
         cipher = self._ciphers.get(kid)
         if cipher is None:
-            raise _error("token's key id is not in this keyset", where)
+            raise _Refused("token's key id is not in this keyset")
+        try:
+            ad = self._ad(domain, kid)
+        except ValidationError:
+            raise _Refused("domain must be 1-32 of a-z, 0-9 and _, from a letter") from None
         try:
             sealed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            plain = cipher.decrypt(sealed, self._ad(domain, kid))
+            plain = cipher.decrypt(sealed, ad)
         except (InvalidTag, binascii.Error, ValueError):
-            raise _error(
-                "token does not decrypt with this keyset (another tenant, domain or key)", where
+            raise _Refused(
+                "token does not decrypt with this keyset (another tenant, domain or key)"
             ) from None
         try:
             return plain.decode("utf-8")
         except UnicodeDecodeError:  # pragma: no cover - SIV authenticated what we encrypted
-            raise _error("token does not hold UTF-8 text", where) from None
+            raise _Refused("token does not hold UTF-8 text") from None
+
+
+class _Refused(Exception):
+    """Why a token does not open (not cached: lru_cache keeps only results)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

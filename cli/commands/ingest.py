@@ -10,8 +10,10 @@ from ``VELORA_TRUSTED_PROXIES``, inside the app) on a socket bound here, so with
 PHI: the service follows the control topic (tenants' PHI modes and wrapped
 keysets, :class:`ledger.control.ControlState`) and writes through
 :class:`phi.policy.PhiTransform`: server-mode tenants' PHI fields are tokenized
-before encoding, client- and sidecar-mode tenants' must hold tokens. Until the
-control state has caught up, ingest answers 503 rather than guess a tenant's mode.
+before encoding, client- and sidecar-mode tenants' must hold tokens. Start-up waits
+up to ``CONTROL_WAIT_S`` for the control state before it listens; if that is not
+enough (Kafka down), ingest serves and answers 503 until the state has caught up,
+rather than guess a tenant's mode.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from velora.errors import ConfigError
 from velora.settings import Settings, check_bind_secrets
 
 log = logging.getLogger("velora.ingest")
+
+CONTROL_WAIT_S = 15.0
+"""How long start-up waits for the control state (PHI modes) before serving regardless."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +67,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     check_bind_secrets(settings, "ingest", host)
     sock = listen(host, port, settings.http_backlog)
     control = ControlState(settings)
-    control.start(wait_timeout=0.0)  # never blocks: until caught up, PHI look-ups answer 503
+    # Wait (a bounded time) for the tenants' PHI modes before serving; with Kafka down it
+    # serves anyway and answers 503 until the control state has caught up.
+    control.start(wait_timeout=CONTROL_WAIT_S)
     directory = PhiDirectory(
         control.tenant_settings,
         control.phi_keyset,

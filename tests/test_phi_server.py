@@ -83,6 +83,8 @@ def test_server_mode_never_stores_or_logs_phi_and_serves_it_in_plaintext(
     bootstrap, broker_dir = own_broker
     settings = phi_settings(bootstrap, tmp_path)
     caplog.set_level(logging.DEBUG)
+    for name in ("kafka", "ingest", "ledger", "phi", "velora"):  # others may have raised them
+        caplog.set_level(logging.DEBUG, logger=name)
     for tenant in ("acme", "globex"):
         out = velora(settings, "tenants", "set-phi-mode", tenant, "server", "--metadata-key", "mrn")
         assert out.returncode == 0, out.stderr

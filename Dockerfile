@@ -25,10 +25,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY velora ./velora
 COPY schemas ./schemas
+COPY phi ./phi
 COPY ingest ./ingest
 COPY ledger ./ledger
 COPY webhooks ./webhooks
 COPY query_api ./query_api
+COPY sidecar ./sidecar
 COPY cli ./cli
 RUN pip install . && rm -rf /src
 

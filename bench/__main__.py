@@ -30,6 +30,7 @@ SUITES = {
     "soak": ("bench.soak", "soak: 5 min of HTTP ingest at 5,000 events/s while 4 clients page"),
     "analytics": ("bench.analytics", "analytics: endpoint latency, rollups vs rows, exports"),
     "webhooks": ("bench.webhooks", "webhooks: deliveries/s and ingest-to-delivery latency"),
+    "phi": ("bench.phi", "phi: tokenization values/s, server-mode HTTP ingest vs plain"),
 }
 
 

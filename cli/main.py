@@ -31,6 +31,9 @@ COMMAND_MODULES = (
     "cli.commands.demo",
     "cli.commands.portal",
     "cli.commands.webhooks",
+    "cli.commands.tenants",
+    "cli.commands.tokenizer",
+    "cli.commands.sidecar",
 )
 
 

@@ -2,7 +2,8 @@
 
 Every record is the entity's *full current state*, keyed ``<kind>:<id>`` so that
 compaction keeps the latest one: ``api_key:<key_id>``, ``tenant:<tenant_id>``,
-``webhook:<endpoint_id>`` and ``webhook_health:<endpoint_id>``; deleting an endpoint
+``phi_keyset:<tenant_id>``, ``webhook:<endpoint_id>`` and
+``webhook_health:<endpoint_id>``; deleting an endpoint
 writes a tombstone (no value) under both of its keys.
 Values are single-object Avro (see :mod:`schemas.codec`). Each write waits for
 ``acks=all`` and returns the record's offset, so a caller can wait until a node's
@@ -14,7 +15,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from schemas.codec import AvroCodec
-from schemas.events import ApiKey, TenantSettings, WebhookEndpoint, WebhookHealth
+from schemas.events import ApiKey, PhiKeyset, TenantSettings, WebhookEndpoint, WebhookHealth
 from velora.kafka_clients import close_producer, map_kafka_errors, new_producer
 from velora.settings import Settings
 
@@ -30,6 +31,11 @@ def api_key_record_key(key_id: str) -> str:
 def tenant_record_key(tenant_id: str) -> str:
     """The control-topic key of one tenant's settings."""
     return f"tenant:{tenant_id}"
+
+
+def phi_keyset_record_key(tenant_id: str) -> str:
+    """The control-topic key of one server-mode tenant's wrapped PHI keyset."""
+    return f"phi_keyset:{tenant_id}"
 
 
 def webhook_record_key(endpoint_id: str) -> str:
@@ -69,6 +75,11 @@ class ControlWriter:
         """Write the full settings of one tenant; return its offset once acknowledged."""
         value = self._codec.encode("TenantSettings", tenant.to_avro())
         return self._send(tenant_record_key(tenant.tenant_id), value)
+
+    def put_phi_keyset(self, keyset: PhiKeyset) -> int:
+        """Write one tenant's wrapped PHI keyset; return its offset once acknowledged."""
+        value = self._codec.encode("PhiKeyset", keyset.to_avro())
+        return self._send(phi_keyset_record_key(keyset.tenant_id), value)
 
     def put_webhook_endpoint(self, endpoint: WebhookEndpoint) -> int:
         """Write the full configuration of one webhook endpoint; return its offset."""

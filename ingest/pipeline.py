@@ -63,6 +63,7 @@ class Pipeline:
         self._schema = latest.parsed
         self._writer = compile_writer(latest.parsed, REPEATED_STRINGS)
         self._transform = transform
+        self._record_transform = getattr(transform, "transform_record", None)
 
     def prepare(
         self,
@@ -76,7 +77,9 @@ class Pipeline:
         """
         raw = event_as_mapping(item) if isinstance(item, AuditEvent) else item
         record = to_record(raw, now, system=self.system, sources=sources)
-        if self._transform is not None:
+        if self._record_transform is not None:
+            record = self._record_transform(record)
+        elif self._transform is not None:
             record = self._apply_transform(record)
         value = self.encode(record)
         return record["event_id"], record["tenant_id"], value

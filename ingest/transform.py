@@ -1,12 +1,17 @@
 """The per-tenant transform seam between validation and encoding.
 
 The ingest pipeline is ``parse/validate -> transform -> encode -> produce``. The
-transform step is where PHI tokenization will plug in for tenants whose PHI mode
-is ``client`` or ``sidecar``: it receives each validated event (its tenant is
-``event.tenant_id``) and returns the event to write, e.g. with free-text fields
-replaced by tokens. Nothing here tokenizes yet; the default is the identity, and
-:class:`~ingest.AuditProducer` skips the step entirely when no transform is given,
-so the hot path pays nothing for the seam.
+transform step is where PHI handling plugs in (:class:`phi.policy.PhiTransform`:
+server-mode tenants' PHI fields are tokenized, client- and sidecar-mode tenants'
+must already hold tokens): it receives each validated event (its tenant is
+``event.tenant_id``) and returns the event to write. The default is the identity,
+and :class:`~ingest.AuditProducer` skips the step entirely when no transform is
+given, so the hot path pays nothing for the seam.
+
+A transform may also offer ``transform_record(record) -> record``, the same
+function on the validated Avro record (a dict, timestamps as epoch micros); the
+pipeline then calls that instead and skips building an ``AuditEvent``. It must
+keep ``event_id`` and ``tenant_id`` and the record's shape.
 
 Contract for implementations:
 
@@ -15,8 +20,9 @@ Contract for implementations:
 - must return an :class:`~schemas.AuditEvent` with the same ``event_id`` and
   ``tenant_id`` (the key and the idempotency key must not change);
 - may raise :class:`~velora.errors.ValidationError` to reject that one event
-  (reported per item like any validation failure); any other exception is a bug
-  and propagates.
+  (reported per item like any validation failure), or
+  :class:`~velora.errors.Unavailable` when it cannot decide now (the request
+  answers 503 and nothing is written); any other exception is a bug and propagates.
 """
 
 from __future__ import annotations

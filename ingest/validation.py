@@ -12,7 +12,8 @@ Two classes of strings, decided per field:
   ``target.id``): must be :meth:`str.isprintable` - no control (Cc), format (Cf:
   zero-width, bidi marks and overrides, BOM), surrogate, private-use, unassigned
   or separator characters other than the ASCII space. Some have a stricter
-  pattern (tenant_id, action, event_id, metadata keys).
+  pattern (tenant_id, action, event_id, metadata keys); ``actor.email`` must hold
+  an ``@`` and no space, or be a PHI token (``tok_v1_...``, client- and sidecar-mode).
 - **free text** (``actor.name``, ``actor.user_agent``, ``target.name``,
   ``outcome.reason``, metadata values): any Unicode, including emoji, ZWJ
   sequences, combining marks and RTL marks, but no C0/C1 control characters
@@ -53,6 +54,7 @@ from ingest.fields import (
     text,
     timestamp,
 )
+from phi.tokens import is_token
 from schemas import Actor, AuditEvent, Outcome, Target
 from schemas.events import CRUD, OUTCOME_RESULTS
 from schemas.limits import (
@@ -239,7 +241,7 @@ def _actor(errors: Errors, value: Any) -> dict[str, Any] | None:
     actor_id = ident(errors, g("id"), "actor.id", FIELD_LIMITS["actor.id"], required=True)
     name = text(errors, g("name"), "actor.name", FIELD_LIMITS["actor.name"])
     email = ident(errors, g("email"), "actor.email", FIELD_LIMITS["actor.email"])
-    if email is not None and ("@" not in email or " " in email):
+    if email is not None and not is_token(email) and ("@" not in email or " " in email):
         errors.append(ErrorDetail("actor.email", "must be an e-mail address"))
     ip = ident(errors, g("ip"), "actor.ip", FIELD_LIMITS["actor.ip"])
     if ip is not None:

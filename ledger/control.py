@@ -2,7 +2,8 @@
 
 The control topic (one partition, ``cleanup.policy=compact``) holds the full
 current state of each API key (``api_key:<key_id>``), each tenant's settings
-(``tenant:<tenant_id>``) and each webhook endpoint (``webhook:<endpoint_id>``, its
+(``tenant:<tenant_id>``), each server-mode tenant's wrapped PHI keyset
+(``phi_keyset:<tenant_id>``) and each webhook endpoint (``webhook:<endpoint_id>``, its
 configuration with encrypted secrets, and ``webhook_health:<endpoint_id>``, what the
 dispatchers found about it). Folding it from the beginning, latest record per key
 wins, gives every node the same view. A ``None`` value (tombstone) deletes.
@@ -49,10 +50,12 @@ from kafka.structs import TopicPartition
 from schemas.codec import AvroCodec
 from schemas.events import (
     API_KEY,
+    PHI_KEYSET,
     TENANT_SETTINGS,
     WEBHOOK_ENDPOINT,
     WEBHOOK_HEALTH,
     ApiKey,
+    PhiKeyset,
     TenantSettings,
     WebhookEndpoint,
     WebhookHealth,
@@ -96,6 +99,7 @@ class ControlFold:
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
     last_written: dict[str, ApiKey] = field(default_factory=dict)
     tenants: dict[str, TenantSettings] = field(default_factory=dict)
+    phi_keysets: dict[str, PhiKeyset] = field(default_factory=dict)
     webhooks: dict[str, WebhookEndpoint] = field(default_factory=dict)
     webhook_health: dict[str, WebhookHealth] = field(default_factory=dict)
     codec: AvroCodec = field(default_factory=AvroCodec)
@@ -113,6 +117,8 @@ class ControlFold:
                 self.last_written.pop(ident, None)
             elif kind == "tenant":
                 self.tenants.pop(ident, None)
+            elif kind == "phi_keyset":
+                self.phi_keysets.pop(ident, None)
             elif kind == "webhook":
                 self.webhooks.pop(ident, None)
             elif kind == "webhook_health":
@@ -130,6 +136,8 @@ class ControlFold:
             self.api_keys[ident] = merge_key(self.api_keys.get(ident), written)
         elif kind == "tenant" and name == TENANT_SETTINGS:
             self.tenants[ident] = TenantSettings.from_avro(record)
+        elif kind == "phi_keyset" and name == PHI_KEYSET:
+            self.phi_keysets[ident] = PhiKeyset.from_avro(record)
         elif kind == "webhook" and name == WEBHOOK_ENDPOINT:
             self.webhooks[ident] = WebhookEndpoint.from_avro(record)
         elif kind == "webhook_health" and name == WEBHOOK_HEALTH:
@@ -345,6 +353,11 @@ class ControlState:
         """One tenant's settings, or None when never set."""
         with self._cond:
             return self._fold.tenants.get(tenant_id)
+
+    def phi_keyset(self, tenant_id: str) -> PhiKeyset | None:
+        """One server-mode tenant's wrapped PHI keyset, or None."""
+        with self._cond:
+            return self._fold.phi_keysets.get(tenant_id)
 
     def webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
         """The current configuration of one webhook endpoint, or None."""

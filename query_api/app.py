@@ -27,6 +27,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from ledger.control import ControlState
+from phi.policy import PhiDirectory
+from phi.wrap import KeysetWrapper
 from query_api.analytics_routes import analytics_routes
 from query_api.auth import Authenticator
 from query_api.db import LedgerReader
@@ -152,6 +154,12 @@ def create_app(
     app.state.ledger = node
     app.state.window_hints = WindowHints()  # where the list query's window probes start
     app.state.control = control_state
+    app.state.phi = PhiDirectory(
+        control_state.tenant_settings,
+        control_state.phi_keyset,
+        KeysetWrapper(settings.secrets_key),
+        control_state.caught_up,
+    )
     app.state.api_prefix = PREFIX
     app.state.export_streams = threading.BoundedSemaphore(settings.export_max_streams)
     app.state.export_jobs = make_export_jobs(settings, app.state)

@@ -10,7 +10,10 @@ Rules (every violation is a 422 naming the parameter):
   space instead of ``T``) is refused; both are normalised to UTC;
 - ``action`` is exact (``claim.viewed``) or a prefix ending in ``.*`` (``claim.*``);
 - ``outcome`` is one of ``success``, ``failure``, ``denied``, ``unknown``;
-- text values are 1..256 characters with no C0/C1 control characters (so no NUL bytes).
+- text values are 1..256 characters with no C0/C1 control characters (so no NUL bytes);
+  ``actor_id`` and ``target_id`` may instead list up to 16 comma-separated PHI tokens
+  (``tok_v1_...``, each up to 256 characters), which match as alternatives in
+  client- and sidecar-mode (``docs/phi.md``).
 
 Values never reach SQL as text: :mod:`query_api.queries` binds them as parameters.
 """
@@ -20,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
+from phi.tokens import is_token
 from schemas.events import OUTCOME_RESULTS
 from schemas.limits import MAX_FILTER_TEXT
 from schemas.rules import clip, has_forbidden
@@ -51,10 +55,18 @@ class Filters:
     target_type: str | None = None
     outcome: str | None = None
     source: str | None = None
+    actor_ids: tuple[str, ...] = ()
+    """What ``actor_id`` matches, when the PHI mode widens it (:func:`with_phi`); else empty."""
+    target_ids: tuple[str, ...] = ()
+    """What ``target_id`` matches, when the PHI mode widens it; else empty."""
 
     def fingerprint(self) -> str:
-        """A stable digest of the filters; cursors are bound to it."""
-        data = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
+        """A stable digest of the filters as asked (not as widened); cursors are bound to it."""
+        data = {
+            k: v.isoformat() if isinstance(v, datetime) else v
+            for k, v in asdict(self).items()
+            if k not in ("actor_ids", "target_ids")
+        }
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -106,6 +118,19 @@ def _limit(raw: str) -> int:
     return value
 
 
+ID_FILTERS = ("actor_id", "target_id")
+MAX_FILTER_TOKENS = 16
+"""Comma-separated PHI tokens an ``actor_id``/``target_id`` filter may list (one per key
+and domain: ``velora-tokenizer search-tokens``, the sidecar); each token is a text value."""
+
+
+def _token_list(raw: str) -> bool:
+    parts = raw.split(",")
+    return 1 < len(parts) <= MAX_FILTER_TOKENS and all(
+        len(p) <= MAX_FILTER_TEXT and is_token(p) for p in parts
+    )
+
+
 def parse_list_query(items: Sequence[tuple[str, str]]) -> ListQuery:
     """Validate the raw query items (repeated keys included) of a list request."""
     seen: dict[str, str] = {}
@@ -133,10 +158,25 @@ def parse_list_query(items: Sequence[tuple[str, str]]) -> ListQuery:
         fields["outcome"] = seen["outcome"]
     for name in TEXT_FILTERS:
         if name in seen:
-            fields[name] = _text(name, seen[name])
+            raw = seen[name]
+            fields[name] = raw if name in ID_FILTERS and _token_list(raw) else _text(name, raw)
     cursor = _text("cursor", seen["cursor"]) if "cursor" in seen else None
     limit = _limit(seen["limit"]) if "limit" in seen else DEFAULT_LIMIT
     return ListQuery(Filters(**fields), limit, cursor)  # type: ignore[arg-type]
+
+
+def with_phi(filters: Filters, values: Callable[[str, str], tuple[str, ...]]) -> Filters:
+    """``filters`` with ``actor_id``/``target_id`` widened to ``values(field, value)``.
+
+    ``values`` is the tenant's :meth:`phi.policy.TenantPhi.id_filter_values`: in
+    server-mode, the plain value and its token under every key and id domain, so a
+    plain-value filter finds events written under any key, before or after a rotation.
+    """
+    return replace(
+        filters,
+        actor_ids=() if filters.actor_id is None else values("actor_id", filters.actor_id),
+        target_ids=() if filters.target_id is None else values("target_id", filters.target_id),
+    )
 
 
 def query_items(filters: Filters, limit: int, cursor: str | None) -> list[tuple[str, str]]:

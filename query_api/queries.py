@@ -107,7 +107,6 @@ def filter_sql(tenant_id: str, f: Filters) -> tuple[list[str], list[Any]]:
     simple = (
         ("action = ?", f.action),
         ("starts_with(action, ?)", f.action_prefix),
-        ("actor_id = ?", f.actor_id),
         ("actor_type = ?", f.actor_type),
         ("outcome_result = ?", f.outcome),
         ("source = ?", f.source),
@@ -118,17 +117,27 @@ def filter_sql(tenant_id: str, f: Filters) -> tuple[list[str], list[Any]]:
         if value is not None:
             where.append(clause)
             params.append(value)
-    if f.target_id is not None or f.target_type is not None:
+    actors = f.actor_ids or (() if f.actor_id is None else (f.actor_id,))
+    if actors:
+        where.append(_equals_any("actor_id", len(actors)))
+        params.extend(actors)
+    target_ids = f.target_ids or (() if f.target_id is None else (f.target_id,))
+    if target_ids or f.target_type is not None:
         conds, values = [], []
-        if f.target_id is not None:
-            conds.append("t.id = ?")
-            values.append(f.target_id)
+        if target_ids:
+            conds.append(_equals_any("t.id", len(target_ids)))
+            values.extend(target_ids)
         if f.target_type is not None:
             conds.append("t.type = ?")
             values.append(f.target_type)
         where.append(f"len(list_filter(targets, lambda t: {' AND '.join(conds)})) > 0")
         params.extend(values)
     return where, params
+
+
+def _equals_any(column: str, n: int) -> str:
+    """``column = ?`` or, for several values, ``column IN (?, ...)``."""
+    return f"{column} = ?" if n == 1 else f"{column} IN ({', '.join('?' * n)})"
 
 
 def _rows(cur: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> list[Row]:

@@ -9,6 +9,7 @@ is a next page (its base from :mod:`query_api.links`: configured, or a validated
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -17,10 +18,10 @@ from starlette.routing import Route
 from query_api import cursor, queries
 from query_api.auth import require_scope
 from query_api.db import LedgerReader
-from query_api.filters import as_mapping, parse_list_query, query_items
+from query_api.filters import as_mapping, parse_list_query, query_items, with_phi
 from query_api.links import page_url
 from query_api.responses import JsonResponse
-from query_api.serialize import event_json
+from query_api.serialize import event_json, tenant_phi
 from schemas.events import Target
 from schemas.limits import MAX_EVENT_ID
 from schemas.rules import clip
@@ -43,11 +44,13 @@ async def list_audit_events(request: Request) -> JsonResponse:
     principal = require_scope(request, READ_SCOPE)
     settings: Settings = request.app.state.settings
     query = parse_list_query(request.query_params.multi_items())
+    phi = tenant_phi(request.app.state, principal.tenant_id)
     request.scope["state"]["audit_metadata"] = {
         "limit": str(query.limit),
-        **{k: v[:256] for k, v in as_mapping(query.filters).items()},
+        **{k: v[:256] for k, v in phi_safe(as_mapping(query.filters), phi.mode).items()},
     }
     fingerprint = query.filters.fingerprint()
+    filters = with_phi(query.filters, phi.id_filter_values)
     after = None
     if query.cursor is not None:
         after = cursor.decode(
@@ -56,7 +59,7 @@ async def list_audit_events(request: Request) -> JsonResponse:
     hints = getattr(request.app.state, "window_hints", None)
     rows = await ledger_reader(request).read(
         lambda cur: queries.list_events(
-            cur, principal.tenant_id, query.filters, after, query.limit + 1, hints=hints
+            cur, principal.tenant_id, filters, after, query.limit + 1, hints=hints
         )
     )
     page, more = rows[: query.limit], len(rows) > query.limit
@@ -73,7 +76,7 @@ async def list_audit_events(request: Request) -> JsonResponse:
         items = query_items(query.filters, query.limit, next_cursor)
         headers["Link"] = f'<{page_url(request, settings, urlencode(items))}>; rel="next"'
     body = {
-        "events": [event_json(r) for r in page],
+        "events": [event_json(r, phi) for r in page],
         "page": {"next_cursor": next_cursor, "limit": query.limit},
     }
     return JsonResponse(body, headers=headers)
@@ -97,7 +100,20 @@ async def get_audit_event(request: Request) -> JsonResponse:
     )
     if row is None:
         raise NotFound("no such audit event")
-    return JsonResponse(event_json(row))
+    return JsonResponse(event_json(row, tenant_phi(request.app.state, principal.tenant_id)))
+
+
+PHI_FILTERS = ("actor_id", "target_id")
+REDACTED = "[PHI filter value not recorded]"
+
+
+def phi_safe(items: Mapping[str, str], mode: str | None) -> dict[str, str]:
+    """Filter values for the read-audit event: a server-mode tenant's PHI filters redacted.
+
+    Such a tenant filters with plain values, which must not reach the log; in the
+    other modes the value is a token (or not PHI) and is recorded as given.
+    """
+    return {k: REDACTED if mode == "server" and k in PHI_FILTERS else v for k, v in items.items()}
 
 
 def event_routes(prefix: str) -> list[Route]:

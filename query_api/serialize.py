@@ -2,6 +2,12 @@
 
 ``actor``, ``targets`` and ``outcome`` are nested objects, ``metadata`` an object of
 strings, and every timestamp is ISO-8601 in UTC with an explicit ``+00:00``.
+
+**PHI leaves here.** :func:`event_json` is the one place where an event's PHI is
+detokenized on the way out: given the tenant's :class:`phi.policy.TenantPhi`
+(from :func:`tenant_phi`), a server-mode tenant's tokens become plaintext; other
+modes return what is stored (tokens in client- and sidecar-mode). Every
+serializer of events (list, get, exports, webhook payloads) goes through it.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from phi.policy import NO_PHI, TenantPhi
 from schemas.times import from_micros
 
 
@@ -26,9 +33,15 @@ def _metadata(value: Any) -> dict[str, str]:
     return dict(zip(value["key"], value["value"], strict=True))  # pragma: no cover
 
 
-def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One event in the public shape."""
-    return {
+def tenant_phi(app_state: Any, tenant_id: str) -> TenantPhi:
+    """The PHI policy of ``tenant_id`` from the app's ``phi`` directory (none: no PHI handling)."""
+    directory = getattr(app_state, "phi", None)
+    return NO_PHI if directory is None else directory.tenant(tenant_id)
+
+
+def event_json(row: Mapping[str, Any], phi: TenantPhi = NO_PHI) -> dict[str, Any]:
+    """One event in the public shape, its PHI revealed as the tenant's mode says."""
+    out = {
         "event_id": row["event_id"],
         "tenant_id": row["tenant_id"],
         "occurred_at": iso(row["occurred_us"]),
@@ -53,3 +66,4 @@ def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": _metadata(row["metadata"]),
         "schema_version": row["schema_version"],
     }
+    return out if phi.mode is None else dict(phi.reveal(out))

@@ -17,6 +17,7 @@ from schemas.times import from_micros, to_micros
 AUDIT_EVENT = "health.velora.audit.AuditEvent"
 API_KEY = "health.velora.control.ApiKey"
 TENANT_SETTINGS = "health.velora.control.TenantSettings"
+PHI_KEYSET = "health.velora.control.PhiKeyset"
 WEBHOOK_ENDPOINT = "health.velora.control.WebhookEndpoint"
 WEBHOOK_HEALTH = "health.velora.control.WebhookHealth"
 WEBHOOK_JOB = "health.velora.webhooks.WebhookJob"
@@ -220,6 +221,7 @@ class TenantSettings:
     tenant_id: str
     updated_at: datetime
     phi_mode: str = "server"
+    phi_metadata_keys: tuple[str, ...] = ()
 
     def to_avro(self) -> dict[str, Any]:
         """The record as the codec takes it."""
@@ -227,6 +229,7 @@ class TenantSettings:
             "tenant_id": self.tenant_id,
             "phi_mode": self.phi_mode,
             "updated_at": to_micros(self.updated_at, "updated_at"),
+            "phi_metadata_keys": list(self.phi_metadata_keys),
         }
 
     @classmethod
@@ -235,6 +238,40 @@ class TenantSettings:
         return cls(
             tenant_id=record["tenant_id"],
             phi_mode=record.get("phi_mode", "server"),
+            updated_at=from_micros(record["updated_at"]),
+            phi_metadata_keys=tuple(record.get("phi_metadata_keys") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PhiKeyset:
+    """A server-mode tenant's wrapped PHI keyset (schema ``PhiKeyset``, on the control topic).
+
+    ``wrapped`` is AES-GCM ciphertext under ``VELORA_SECRETS_KEY`` (``phi.wrap``),
+    never key material; ``primary_kid`` is the id of the key that tokenizes.
+    """
+
+    tenant_id: str
+    wrapped: str
+    primary_kid: str
+    updated_at: datetime
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec takes it."""
+        return {
+            "tenant_id": self.tenant_id,
+            "wrapped": self.wrapped,
+            "primary_kid": self.primary_kid,
+            "updated_at": to_micros(self.updated_at, "updated_at"),
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> PhiKeyset:
+        """Build from a decoded record."""
+        return cls(
+            tenant_id=record["tenant_id"],
+            wrapped=record["wrapped"],
+            primary_kid=record["primary_kid"],
             updated_at=from_micros(record["updated_at"]),
         )
 
@@ -443,6 +480,7 @@ STRUCTS: dict[str, type[Any]] = {
     AUDIT_EVENT: AuditEvent,
     API_KEY: ApiKey,
     TENANT_SETTINGS: TenantSettings,
+    PHI_KEYSET: PhiKeyset,
     WEBHOOK_ENDPOINT: WebhookEndpoint,
     WEBHOOK_HEALTH: WebhookHealth,
     WEBHOOK_JOB: WebhookJob,

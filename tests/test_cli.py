@@ -46,6 +46,8 @@ def loaded_by(args: list[str], env: dict[str, str] | None = None) -> dict:
         ["node", "--help"],
         ["webhooks", "dispatch", "--help"],
         ["webhooks", "listen", "--help"],
+        ["tenants", "show", "--help"],
+        ["tokenizer", "tokenize", "--help"],
     ],
 )
 def test_help_loads_no_web_server_and_no_duckdb(args):

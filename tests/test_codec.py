@@ -27,6 +27,8 @@ WRITTEN_FINGERPRINTS = {
     ("health.velora.control.ApiKey", 1): "0bd2ab4e203b5d7a",
     ("health.velora.control.ApiKey", 2): "29dc7e5a9a6a1d63",
     ("health.velora.control.TenantSettings", 1): "06734747d4f6334f",
+    ("health.velora.control.TenantSettings", 2): "99ad39f3f740663e",
+    ("health.velora.control.PhiKeyset", 1): "e436a0a2064937bc",
     ("health.velora.control.WebhookEndpoint", 1): "ba321f1f83898d33",
     ("health.velora.control.WebhookHealth", 1): "3a1062b2703c40a8",
     ("health.velora.webhooks.WebhookJob", 1): "305c23c8b0f3de11",

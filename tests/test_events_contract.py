@@ -23,6 +23,7 @@ from schemas.events import (
     ApiKey,
     AuditEvent,
     Outcome,
+    PhiKeyset,
     Target,
     TenantSettings,
     WebhookAttempt,
@@ -58,6 +59,7 @@ SCHEMA_NAMES = (
     "AuditEvent",
     "ApiKey",
     "TenantSettings",
+    "PhiKeyset",
     "WebhookEndpoint",
     "WebhookHealth",
     "WebhookJob",
@@ -73,6 +75,7 @@ STRUCTS: dict[str, type] = {
     "Outcome": Outcome,
     "ApiKey": ApiKey,
     "TenantSettings": TenantSettings,
+    "PhiKeyset": PhiKeyset,
     "WebhookEndpoint": WebhookEndpoint,
     "WebhookHealth": WebhookHealth,
     "WebhookJob": WebhookJob,
@@ -228,7 +231,11 @@ KEYS = [
         updated_at=T0,
     ),
 ]
-SETTINGS = [TenantSettings(tenant_id="t", updated_at=T0, phi_mode=m) for m in events.PHI_MODES]
+SETTINGS = [
+    *(TenantSettings(tenant_id="t", updated_at=T0, phi_mode=m) for m in events.PHI_MODES),
+    TenantSettings("t", T0, "server", phi_metadata_keys=("mrn", "dob")),
+    PhiKeyset(tenant_id="t", wrapped="v1.abc", primary_kid="0a1b2c3d", updated_at=T0),
+]
 WEBHOOK_STRUCTS = [
     WebhookEndpoint(
         endpoint_id="we_" + "a" * 24,

@@ -95,6 +95,14 @@ GOOD: dict[str, tuple[str, Any]] = {
     "VELORA_WEBHOOKS_SESSION_TIMEOUT_MS": ("6000", 6000),
     "VELORA_DISPATCHER_HOST": ("0.0.0.0", "0.0.0.0"),
     "VELORA_DISPATCHER_PORT": ("0", 0),
+    "VELORA_SIDECAR_HOST": ("0.0.0.0", "0.0.0.0"),
+    "VELORA_SIDECAR_PORT": ("0", 0),
+    "VELORA_SIDECAR_UPSTREAM": ("https://audit.velora.example", "https://audit.velora.example"),
+    "VELORA_SIDECAR_KEYSET": ("/etc/velora/acme.json", Path("/etc/velora/acme.json")),
+    "VELORA_SIDECAR_METADATA_KEYS": ("mrn, dob", ("mrn", "dob")),
+    "VELORA_SIDECAR_VELORA_SECRET": ("whsec_" + "v" * 32, Secret("whsec_" + "v" * 32)),
+    "VELORA_SIDECAR_RELAY_SECRET": ("whsec_" + "r" * 32, Secret("whsec_" + "r" * 32)),
+    "VELORA_SIDECAR_SIEM_URL": ("https://siem.internal/hec", "https://siem.internal/hec"),
 }
 
 # variable: bad raw values, each of which must be rejected
@@ -170,6 +178,14 @@ BAD: dict[str, tuple[str, ...]] = {
     "VELORA_WEBHOOKS_SESSION_TIMEOUT_MS": ("5999", "300001"),
     "VELORA_DISPATCHER_HOST": ("a b",),
     "VELORA_DISPATCHER_PORT": ("65536",),
+    "VELORA_SIDECAR_HOST": ("a b",),
+    "VELORA_SIDECAR_PORT": ("65536",),
+    "VELORA_SIDECAR_UPSTREAM": ("ftp://x", "not a url"),
+    "VELORA_SIDECAR_KEYSET": ("",),
+    "VELORA_SIDECAR_METADATA_KEYS": ("a b", "x" * 41),
+    "VELORA_SIDECAR_VELORA_SECRET": ("short",),
+    "VELORA_SIDECAR_RELAY_SECRET": ("short",),
+    "VELORA_SIDECAR_SIEM_URL": ("ftp://siem", "siem.internal"),
 }
 
 SECRET_VARS = {
@@ -178,6 +194,8 @@ SECRET_VARS = {
     "VELORA_KEY_PEPPERS",
     "VELORA_CURSOR_SECRET",
     "VELORA_SECRETS_KEY",
+    "VELORA_SIDECAR_VELORA_SECRET",
+    "VELORA_SIDECAR_RELAY_SECRET",
 }
 
 
@@ -378,6 +396,7 @@ SECRETS_KEY = "operator-secrets-key-0123456789"
             "VELORA_SECRETS_KEY",
         ),
         ("dispatcher", {}, "VELORA_SECRETS_KEY"),
+        ("ingest", {"VELORA_INGEST_TOKENS": TOKEN_A}, "VELORA_SECRETS_KEY"),
     ],
 )
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "node.internal"])
@@ -416,4 +435,5 @@ def test_own_secrets_bind_anywhere_without_a_word(caplog):
         assert check_bind_secrets(settings, "ingest", "0.0.0.0") == []
         assert check_bind_secrets(settings, "dispatcher", "0.0.0.0") == []
     assert not caplog.records
-    assert dev_secrets(Settings.from_env({}), "ingest") == []  # no token: refused elsewhere
+    # no token is refused elsewhere; the secrets key unwraps server-mode PHI keysets
+    assert dev_secrets(Settings.from_env({}), "ingest") == ["VELORA_SECRETS_KEY"]

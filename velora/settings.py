@@ -173,6 +173,21 @@ def _base_url(raw: str) -> str | None:
     return parse_base_url(raw) if raw else None
 
 
+def _url(raw: str) -> str | None:
+    if not raw:
+        return None
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s#]*)?", raw):
+        raise ValueError("must be an http(s) URL")
+    return raw
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    if any(not re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", n) for n in names):
+        raise ValueError("must be comma-separated metadata keys ([A-Za-z0-9_.:-], 1-40 each)")
+    return names
+
+
 _PEPPER_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
@@ -240,6 +255,7 @@ def _log_level(raw: str) -> str:
 _DEV_PEPPER = Secret("velora-dev-pepper-change-me")
 _DEV_CURSOR_SECRET = Secret("velora-dev-cursor-secret-change-me")
 _DEV_SECRETS_KEY = Secret("velora-dev-secrets-key-change-me")
+_NO_SECRET = Secret("")
 _DEV_INGEST_TOKEN = "dev-ingest-token-change-me"  # noqa: S105 - the value published in the repo
 DEV_SECRET_VALUES = frozenset(
     {
@@ -313,6 +329,14 @@ class Settings:
     webhooks_session_timeout_ms: int = 10_000
     dispatcher_host: str = "127.0.0.1"
     dispatcher_port: int = 8082
+    sidecar_host: str = "127.0.0.1"
+    sidecar_port: int = 8700
+    sidecar_upstream: str | None = None
+    sidecar_keyset: Path | None = None
+    sidecar_metadata_keys: tuple[str, ...] = ()
+    sidecar_velora_secret: Secret = _NO_SECRET
+    sidecar_relay_secret: Secret = _NO_SECRET
+    sidecar_siem_url: str | None = None
 
     @property
     def audit_topic(self) -> str:
@@ -433,6 +457,8 @@ SECRET_VARS = frozenset(
         "VELORA_KEY_PEPPERS",
         "VELORA_CURSOR_SECRET",
         "VELORA_SECRETS_KEY",
+        "VELORA_SIDECAR_VELORA_SECRET",
+        "VELORA_SIDECAR_RELAY_SECRET",
     }
 )
 
@@ -452,7 +478,7 @@ def dev_secrets(settings: Settings, service: str) -> list[str]:
             found.append("VELORA_INGEST_TOKENS")
     elif service != "dispatcher":
         raise ValueError(f"unknown service {service!r}")
-    if service in ("node", "dispatcher") and settings.secrets_key.reveal() in DEV_SECRET_VALUES:
+    if settings.secrets_key.reveal() in DEV_SECRET_VALUES:  # every service unwraps with it
         found.append("VELORA_SECRETS_KEY")
     return found
 
@@ -536,6 +562,14 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_WEBHOOKS_SESSION_TIMEOUT_MS": ("webhooks_session_timeout_ms", _int(6_000, 300_000)),
     "VELORA_DISPATCHER_HOST": ("dispatcher_host", _host),
     "VELORA_DISPATCHER_PORT": ("dispatcher_port", _int(0, 65535)),
+    "VELORA_SIDECAR_HOST": ("sidecar_host", _host),
+    "VELORA_SIDECAR_PORT": ("sidecar_port", _int(0, 65535)),
+    "VELORA_SIDECAR_UPSTREAM": ("sidecar_upstream", _base_url),
+    "VELORA_SIDECAR_KEYSET": ("sidecar_keyset", _path),
+    "VELORA_SIDECAR_METADATA_KEYS": ("sidecar_metadata_keys", _names),
+    "VELORA_SIDECAR_VELORA_SECRET": ("sidecar_velora_secret", _secret),
+    "VELORA_SIDECAR_RELAY_SECRET": ("sidecar_relay_secret", _secret),
+    "VELORA_SIDECAR_SIEM_URL": ("sidecar_siem_url", _url),
 }
 
 

@@ -6,6 +6,14 @@ every service (``velora.http_server``: uvicorn with the ``VELORA_HTTP_*`` limits
 and uvicorn's own proxy-header handling off: forwarded headers are trusted only
 from ``VELORA_TRUSTED_PROXIES``, inside the app) on a socket bound here, so with
 ``--port 0`` the port the OS chose is logged as ``listening on http://HOST:PORT``.
+
+PHI: the service follows the control topic (tenants' PHI modes and wrapped
+keysets, :class:`ledger.control.ControlState`) and writes through
+:class:`phi.policy.PhiTransform`: server-mode tenants' PHI fields are tokenized
+before encoding, client- and sidecar-mode tenants' must hold tokens. Start-up waits
+up to ``CONTROL_WAIT_S`` for the control state before it listens; if that is not
+enough (Kafka down), ingest serves and answers 503 until the state has caught up,
+rather than guess a tenant's mode.
 """
 
 from __future__ import annotations
@@ -17,6 +25,9 @@ from velora.errors import ConfigError
 from velora.settings import Settings, check_bind_secrets
 
 log = logging.getLogger("velora.ingest")
+
+CONTROL_WAIT_S = 15.0
+"""How long start-up waits for the control state (PHI modes) before serving regardless."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,17 +54,38 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             "VELORA_INGEST_TOKENS is not set: the ingest service needs at least one service "
             "token (comma-separated, each at least 16 characters)"
         )
-    from ingest.http import create_ingest_app  # imported here so other commands start fast
+    # imported here so other commands start fast
+    from ingest.http import REQUEST_DEADLINE_S, create_ingest_app
+    from ingest.producer import AuditProducer
+    from ledger.control import ControlState
+    from phi.policy import PhiDirectory, PhiTransform
+    from phi.wrap import KeysetWrapper
     from velora.http_server import listen, make_server, url_of
 
     host = args.host or settings.ingest_host
     port = settings.ingest_port if args.port is None else args.port
     check_bind_secrets(settings, "ingest", host)
     sock = listen(host, port, settings.http_backlog)
+    control = ControlState(settings)
+    # Wait (a bounded time) for the tenants' PHI modes before serving; with Kafka down it
+    # serves anyway and answers 503 until the control state has caught up.
+    control.start(wait_timeout=CONTROL_WAIT_S)
+    directory = PhiDirectory(
+        control.tenant_settings,
+        control.phi_keyset,
+        KeysetWrapper(settings.secrets_key),
+        control.caught_up,
+    )
+    producer = AuditProducer(
+        settings, transform=PhiTransform(directory), timeout=REQUEST_DEADLINE_S
+    )
     try:
-        server = make_server(create_ingest_app(settings), settings, access_log=args.access_log)
+        app = create_ingest_app(settings, producer)
+        server = make_server(app, settings, access_log=args.access_log)
         log.info("listening on %s", url_of(sock))
         server.run(sockets=[sock])
     finally:
         sock.close()
+        producer.close()
+        control.stop()
     return 0

@@ -1,0 +1,177 @@
+"""What each PHI mode does to one tenant's events, on the way in and on the way out.
+
+:class:`TenantPhi` is one tenant's policy, built from its ``TenantSettings`` (mode,
+PHI metadata keys) and, in server-mode, its unwrapped keyset:
+
+==========  ===============================  ==========================  ====================
+mode        ingest (:meth:`~TenantPhi.protect`)  out (:meth:`~TenantPhi.reveal`)  id filters
+==========  ===============================  ==========================  ====================
+none        as validated                     as stored                   the value
+server      every PHI value tokenized        tokens detokenized          value + its tokens
+client      422 unless every PHI value is    as stored (tokens)          the token(s)
+sidecar     a well-formed token              as stored (tokens)          the token(s)
+==========  ===============================  ==========================  ====================
+
+*none* is a tenant without a ``TenantSettings`` record (no mode chosen): nothing
+is tokenized. A server-mode tenant whose keyset is missing or does not unwrap
+fails closed: ingest answers 503 and writes nothing, rather than plaintext.
+Out of the ledger, a server-mode PHI value that is not a token (written before
+the mode was set) or a token that its keyset does not open (written in client
+mode before a forced change) is returned as stored: history is never rewritten.
+
+:class:`PhiDirectory` gives the policy of any tenant from two look-ups (the
+control state's settings and wrapped keysets), caching each unwrapped keyset
+until its record changes. :class:`PhiTransform` is the ingest transform
+(:mod:`ingest.transform`) that applies :meth:`TenantPhi.protect`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from phi.fields import id_domains, map_event
+from phi.tokens import Tokenizer, is_token
+from phi.wrap import KeysetWrapper
+from schemas.events import AuditEvent, PhiKeyset, TenantSettings
+from velora.errors import ErrorDetail, Unavailable, ValidationError
+
+TOKEN_MODES = frozenset({"client", "sidecar"})
+
+
+@dataclass(frozen=True)
+class TenantPhi:
+    """One tenant's PHI policy (see the module docstring)."""
+
+    tenant_id: str
+    mode: str | None = None
+    metadata_keys: tuple[str, ...] = ()
+    tokenizer: Tokenizer | None = None
+
+    def protect(self, record: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The record to write: tokenized (server), checked (client, sidecar) or as given."""
+        if self.mode is None:
+            return record
+        if self.mode == "server":
+            tok = self.tokenizer
+            if tok is None:
+                raise Unavailable(
+                    f"the PHI keyset of tenant {self.tenant_id} is not available; "
+                    "events are refused rather than written in plaintext",
+                    retry_after=5,
+                )
+            return map_event(record, lambda v, d, _p: tok.tokenize(v, d), self.metadata_keys)
+        problems: list[ErrorDetail] = []
+
+        def check(value: str, domain: str, path: str) -> str:
+            if not is_token(value):
+                problems.append(
+                    ErrorDetail(path, f"must be a tok_v1 token (tenant PHI mode {self.mode})")
+                )
+            return value
+
+        map_event(record, check, self.metadata_keys)
+        if problems:
+            raise ValidationError(
+                f"PHI fields must hold tokens: {', '.join(p.field for p in problems)}",
+                tuple(problems),
+            )
+        return record
+
+    def reveal(self, event: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The event as the API returns it: server-mode tokens detokenized, else as stored."""
+        tok = self.tokenizer
+        if self.mode != "server" or tok is None:
+            return event
+
+        def open_token(value: str, domain: str, path: str) -> str:
+            if not is_token(value):
+                return value
+            try:
+                return tok.detokenize(value, domain, path)
+            except ValidationError:
+                return value  # not this tenant's server key: written in another mode
+
+        return map_event(event, open_token, self.metadata_keys)
+
+    def id_filter_values(self, field: str, value: str) -> tuple[str, ...]:
+        """What an ``actor_id``/``target_id`` filter matches.
+
+        Server-mode: the plain value and its token under every key and id domain.
+        Client- and sidecar-mode: the value, or several comma-separated tokens (the
+        output of ``velora-tokenizer search-tokens``, one per key) matching any.
+        """
+        tok = self.tokenizer
+        if self.mode in TOKEN_MODES:
+            parts = tuple(value.split(","))
+            return parts if len(parts) > 1 and all(is_token(p) for p in parts) else (value,)
+        if self.mode != "server" or tok is None:
+            return (value,)
+        tokens = [t for d in id_domains(field) for t in tok.search_tokens(value, d)]
+        return (value, *tokens)
+
+
+NO_PHI = TenantPhi("")
+
+
+class PhiDirectory:
+    """The PHI policy of any tenant, from the control state; thread-safe.
+
+    ``ready`` tells whether the look-ups are complete (the control state caught up):
+    until then :meth:`tenant` raises :class:`Unavailable` rather than guess a mode.
+    """
+
+    def __init__(
+        self,
+        settings_of: Callable[[str], TenantSettings | None],
+        keyset_of: Callable[[str], PhiKeyset | None],
+        wrapper: KeysetWrapper,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._settings_of = settings_of
+        self._keyset_of = keyset_of
+        self._wrapper = wrapper
+        self._ready = ready
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[TenantSettings, PhiKeyset | None, TenantPhi]] = {}
+
+    def tenant(self, tenant_id: str) -> TenantPhi:
+        """The policy of ``tenant_id`` now."""
+        if not self._ready():
+            raise Unavailable("tenant PHI settings are still loading", retry_after=2)
+        settings = self._settings_of(tenant_id)
+        if settings is None:
+            return TenantPhi(tenant_id)
+        record = self._keyset_of(tenant_id) if settings.phi_mode == "server" else None
+        with self._lock:
+            cached = self._cache.get(tenant_id)
+        if cached is not None and cached[0] is settings and cached[1] is record:
+            return cached[2]
+        tokenizer = None
+        if record is not None:
+            tokenizer = Tokenizer(self._wrapper.unwrap(record.wrapped, tenant_id))
+        policy = TenantPhi(tenant_id, settings.phi_mode, settings.phi_metadata_keys, tokenizer)
+        with self._lock:
+            self._cache[tenant_id] = (settings, record, policy)
+        return policy
+
+
+class PhiTransform:
+    """The ingest transform of every tenant's PHI mode (``ingest.transform`` contract).
+
+    ``transform_record`` is the fast form the pipeline prefers: it works on the
+    validated Avro record and skips building an :class:`AuditEvent`.
+    """
+
+    def __init__(self, directory: PhiDirectory) -> None:
+        self._directory = directory
+
+    def transform_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record to encode for ``record["tenant_id"]``."""
+        return dict(self._directory.tenant(record["tenant_id"]).protect(record))
+
+    def __call__(self, event: AuditEvent) -> AuditEvent:
+        """The event to write for ``event.tenant_id``."""
+        return AuditEvent.from_avro(self.transform_record(event.to_avro()))

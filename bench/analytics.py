@@ -49,7 +49,7 @@ from bench.query import _start_server, generate
 from bench.report import Row, percentile, write_results
 from cli.keys import create_key
 from ledger.duck import LedgerFile
-from ledger.rollups import rebuild_sql
+from ledger.rollups import ROLLUP_TABLES, rebuild_sql
 from query_api import analytics
 from query_api.filters import Filters
 from velora.settings import Settings
@@ -186,7 +186,7 @@ def run(settings: Settings, n: int = EVENTS) -> list[Row]:
         ).fetchall()[0][0]
         rollup_rows = {
             t: check.connection.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-            for t in ("audit_rollup_minute", "audit_rollup_hour")
+            for t, _ in ROLLUP_TABLES
         }
     finally:
         check.close()

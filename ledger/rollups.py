@@ -1,22 +1,26 @@
-"""Rollups: per-tenant event counts per minute and per hour, kept in step with ``audit_events``.
+"""Rollups: per-tenant event counts per minute, hour and day, kept in step with ``audit_events``.
 
-Two tables, one per grain, with the same columns::
+Three tables, one per grain, with the same columns::
 
     tenant_id, bucket (TIMESTAMPTZ, UTC-aligned), action, outcome, source, actor_type, events
 
-``bucket`` is ``occurred_at`` truncated to the minute (``audit_rollup_minute``) or to
-the hour (``audit_rollup_hour``). The tables hold *deltas*: every write appends the
-grouped counts of the rows it added (and negative counts for rows it removed), so
-the number of rows of ``audit_events`` with given values is ``sum(events)`` over the
-matching rollup rows; a cell that sums to 0 holds no rows (readers filter
-``HAVING sum(events) <> 0``). Appending is what makes them cheap to keep: an
-``ON CONFLICT DO UPDATE`` upsert into a keyed table cost about 4x as much per batch
-(measured: 0.28 s against 0.07 s for a 40,000-row batch, both grains).
+``bucket`` is ``occurred_at`` truncated to the minute (``audit_rollup_minute``), the
+hour (``audit_rollup_hour``) or the day (``audit_rollup_day``), in UTC. The tables
+hold *deltas*: every write appends the grouped counts of the rows it added (and
+negative counts for rows it removed), so the number of rows of ``audit_events``
+with given values is ``sum(events)`` over the matching rollup rows; a cell that
+sums to 0 holds no rows (readers filter ``HAVING sum(events) <> 0``). Appending is
+what makes them cheap to keep: an ``ON CONFLICT DO UPDATE`` upsert into a keyed
+table cost about 4x as much per batch (measured: 0.28 s against 0.07 s for a
+40,000-row batch, minute and hour grains).
 
 The analytics endpoints (``query_api.analytics``) answer counts from them where the
-request allows (see there); the hour table keeps a 30-day range of a busy tenant to
-some ten thousand rows where the minute table would hold nearly as many rows as
-events.
+request allows (see there), whole days from the day table: with 8 actions, 3
+outcomes, 4 sources and 2 actor types, a busy tenant's 30 days are at most 5,760 day
+rows, 138,240 hour rows, and nearly as many minute rows as events. The day grain
+costs the writer a third grouped insert per batch (measured 432 -> 536 ms for the
+rollups of a 40,000-row batch under load; deriving the coarser grains from a
+temporary per-minute delta was slower, 781 ms).
 
 **Exactly as fresh as the rows.** :class:`~ledger.store.LedgerStore` calls
 :func:`add_sql` / :func:`subtract_sql` inside the very transaction that changes
@@ -38,6 +42,7 @@ from __future__ import annotations
 ROLLUP_TABLES: tuple[tuple[str, str], ...] = (
     ("audit_rollup_minute", "minute"),
     ("audit_rollup_hour", "hour"),
+    ("audit_rollup_day", "day"),
 )
 """``(table, date_trunc unit)`` of every rollup, finest first."""
 

@@ -22,17 +22,17 @@ with identical content.
   offsets in ``ledger_offsets`` committed in the same transaction.
 - ``ledger_meta``: the layout version (:data:`LAYOUT_VERSION`) and the identity of
   the topic the file was built from.
-- ``audit_rollup_minute``, ``audit_rollup_hour``: per-tenant event counts per minute
-  and per hour by action, outcome, source and actor type, written in the same
-  transaction as the rows they count (:mod:`ledger.rollups`). Layout v3 added them
-  and ``webhook_attempts``.
+- ``audit_rollup_minute``, ``audit_rollup_hour``, ``audit_rollup_day``: per-tenant
+  event counts per minute, hour and day by action, outcome, source and actor type,
+  written in the same transaction as the rows they count (:mod:`ledger.rollups`).
+  Layout v3 added the first two and ``webhook_attempts``; v4 the day rollup.
 """
 
 from __future__ import annotations
 
 from ledger.rollups import ROLLUP_DDL
 
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 """Bumped whenever a table changes; a node finding an older file rebuilds it from the log."""
 
 AUDIT_EVENTS_DDL = """

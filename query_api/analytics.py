@@ -1,14 +1,15 @@
 """The SQL of the analytics endpoints: time series, top keys and a period summary.
 
 **Where counts come from.** A count is served from the rollups
-(:mod:`ledger.rollups`, per-tenant counts per minute and per hour by action, outcome,
-source and actor type) when every filter is one of their columns (``action``,
+(:mod:`ledger.rollups`, per-tenant counts per minute, hour and day by action,
+outcome, source and actor type) when every filter is one of their columns (``action``,
 ``action`` prefix, ``outcome``, ``source``, ``actor_type``) and the grouping is too;
 otherwise (``actor_id``, ``target_id``, ``target_type``, distinct counts, top actors,
 targets and source IPs) from the rows of ``audit_events``. The range
-``[since, until)`` is cut into pieces (:func:`plan`): whole hours from the hour
-rollup (only when buckets are an hour or longer), whole minutes from the minute
-rollup, and the seconds at either edge from the rows; the counts of the pieces are
+``[since, until)`` is cut into pieces (:func:`plan`): whole days from the day
+rollup (only when buckets are a day long or no buckets), whole hours around them
+from the hour rollup (buckets of an hour or longer), whole minutes around those
+from the minute rollup, and the seconds at either edge from the rows; the counts of the pieces are
 added. The rollups are written in the same transaction as the rows, so both
 sources give the same numbers at every moment (``tests/test_analytics.py`` recounts
 the answers in plain Python, and checks the rollups are what is read).
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from ledger.rollups import utc_trunc
+from ledger.rollups import ROLLUP_TABLES, utc_trunc
 from query_api.filters import Filters
 from query_api.queries import filter_sql
 from query_api.ranges import INTERVALS, bucket_starts, iso
@@ -42,7 +43,6 @@ TOP_DIMENSIONS: tuple[str, ...] = ("actor", "action", "target", "source_ip")
 FAILED_OUTCOMES: tuple[str, ...] = ("failure", "denied")
 """Outcomes counted as failures in a summary's ``failures`` and ``failure_rate``."""
 
-_MINUTE, _HOUR = INTERVALS["minute"], INTERVALS["hour"]
 # Grouping key -> column, in the rows and in the rollups (None: the rollups lack it).
 _ROW_COLUMNS = {
     "action": "action",
@@ -54,7 +54,9 @@ _ROW_COLUMNS = {
 }
 _ROLLUP_COLUMNS = {"action": "action", "outcome": "outcome", "actor_type": "actor_type",
                    "source": "source"}  # fmt: skip
-_ROLLUP_TABLES = {"minute": "audit_rollup_minute", "hour": "audit_rollup_hour"}
+_ROLLUP_TABLES = {unit: table for table, unit in ROLLUP_TABLES}
+_GRAINS = tuple((unit, INTERVALS[unit]) for _, unit in ROLLUP_TABLES)
+"""``(unit, length in us)`` of every rollup, finest first."""
 
 
 @dataclass(frozen=True)
@@ -72,38 +74,38 @@ def rollups_can_serve(filters: Filters, group: str | None = None) -> bool:
     return all(v is None for v in rows_only) and (group is None or group in _ROLLUP_COLUMNS)
 
 
-def _ceil(at: datetime, step: int) -> int:
-    us = micros(at)
+def _ceil(us: int, step: int) -> int:
     return us + (-us % step)
 
 
-def _floor(at: datetime, step: int) -> int:
-    us = micros(at)
+def _floor(us: int, step: int) -> int:
     return us - us % step
 
 
 def plan(since: datetime, until: datetime, bucket_us: int | None, rollups: bool) -> list[Piece]:
-    """Cut ``[since, until)`` into pieces served by the rows, the minute or the hour rollup.
+    """Cut ``[since, until)`` into pieces served by the rows or a rollup, coarsest inside.
 
-    The hour rollup serves whole hours only when buckets are at least an hour long
-    (``bucket_us`` None: no buckets), so every rollup row lies inside one bucket.
+    Whole days come from the day rollup, the whole hours around them from the hour
+    rollup, the whole minutes around those from the minute rollup, and the seconds
+    at either edge from the rows. A rollup serves only when buckets are at least as
+    long as its grain (``bucket_us`` None: no buckets), so every rollup row lies
+    inside one bucket (buckets and grains are UTC-aligned).
     """
     if not rollups:
         return [Piece("rows", since, until)]
-    m_lo, m_hi = _ceil(since, _MINUTE), _floor(until, _MINUTE)
-    if m_lo >= m_hi:
-        return [Piece("rows", since, until)]
-    edges: list[tuple[str, int, int]] = []
-    if bucket_us is None or bucket_us >= _HOUR:
-        h_lo, h_hi = -(-m_lo // _HOUR) * _HOUR, m_hi // _HOUR * _HOUR
-        if h_lo < h_hi:
-            edges += [("minute", m_lo, h_lo), ("hour", h_lo, h_hi), ("minute", h_hi, m_hi)]
-        else:
-            edges.append(("minute", m_lo, m_hi))
-    else:
-        edges.append(("minute", m_lo, m_hi))
+    grains = [(name, step) for name, step in _GRAINS if bucket_us is None or step <= bucket_us]
     lo_us, hi_us = micros(since), micros(until)
-    spans = [("rows", lo_us, m_lo), *edges, ("rows", m_hi, hi_us)]
+    left: list[tuple[str, int, int]] = []
+    right: list[tuple[str, int, int]] = []
+    source, lo, hi = "rows", lo_us, hi_us
+    for name, step in grains:
+        a, b = _ceil(lo, step), _floor(hi, step)
+        if a >= b:
+            break
+        left.append((source, lo, a))
+        right.append((source, b, hi))
+        source, lo, hi = name, a, b
+    spans = [*left, (source, lo, hi), *reversed(right)]
     return [Piece(src, from_micros(a), from_micros(b)) for src, a, b in spans if a < b]
 
 
@@ -283,17 +285,26 @@ def _distinct(
     cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters, split: datetime
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """Distinct actor ids and target ids of the matching events (from the rows), at or
-    after ``split`` and before it, in one pass over each."""
+    after ``split`` and before it, in one pass over each.
+
+    One hash aggregate per key (was it seen after, before ``split``) rather than two
+    ``count(DISTINCT) FILTER`` aggregates: measured 2.5x faster for targets (1.1 s
+    against 2.8 s for a million events, under load).
+    """
     where, params = filter_sql(tenant_id, f)
     cond = " AND ".join(where)
-    actors = (
-        "SELECT count(DISTINCT actor_id) FILTER (WHERE occurred_at >= ?), "  # noqa: S608
-        f"count(DISTINCT actor_id) FILTER (WHERE occurred_at < ?) FROM audit_events WHERE {cond}"
+    seen = (
+        "SELECT count(*) FILTER (WHERE now), count(*) FILTER (WHERE before) FROM "
+        "(SELECT bool_or(occ >= ?) AS now, bool_or(occ < ?) AS before FROM ({}) "
+        "WHERE k IS NOT NULL GROUP BY k)"
     )
-    targets = (
-        "SELECT count(DISTINCT id) FILTER (WHERE occ >= ?), "  # noqa: S608
-        "count(DISTINCT id) FILTER (WHERE occ < ?) FROM (SELECT occurred_at AS occ, "
-        f"unnest(list_transform(targets, lambda t: t.id)) AS id FROM audit_events WHERE {cond})"
+    keys = (
+        "occurred_at AS occ, actor_id AS k",
+        "occurred_at AS occ, unnest(list_transform(targets, lambda t: t.id)) AS k",
+    )
+    actors, targets = (
+        seen.format(f"SELECT {k} FROM audit_events WHERE {cond}")  # noqa: S608
+        for k in keys
     )
     a_now, a_before = cur.execute(actors, [split, split, *params]).fetchall()[0]
     t_now, t_before = cur.execute(targets, [split, split, *params]).fetchall()[0]

@@ -8,6 +8,7 @@ The recount uses only the list of events this module made.
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from collections import Counter
@@ -17,6 +18,7 @@ import pytest
 from kafka import KafkaProducer
 
 from ledger.node import QueryNode
+from query_api import analytics
 from query_api.app import create_app
 from schemas.codec import AvroCodec
 from schemas.events import Actor, AuditEvent, Outcome, Target
@@ -499,6 +501,36 @@ def test_rollup_served_answers_read_the_rollups(settings):
             "INSERT INTO audit_rollup_hour VALUES ('acme', '2025-03-01 12:00:00+00', "
             "'claim.viewed', 'success', 'claims-service', 'user', 1000)"
         )
+        cur.execute(
+            "INSERT INTO audit_rollup_day VALUES ('acme', '2025-03-01 00:00:00+00', "
+            "'claim.viewed', 'success', 'claims-service', 'user', 200)"
+        )
         cur.close()
-        assert total() == total(action="claim.viewed") == 1030  # served by the hour rollup
+        assert total() == total(action="claim.viewed") == 230  # a whole day: the day rollup
         assert total(actor_id="user-1") == 10  # served by the rows
+        hours = {"since": "2025-03-01T00:00:00Z", "until": "2025-03-01T23:00:00Z"}
+        assert total(**hours) == 1030  # whole hours, not a whole day: the hour rollup
+
+
+@pytest.mark.parametrize("bucket", [None, "minute", "hour", "day"])
+def test_the_plan_covers_the_range_with_the_coarsest_aligned_pieces(bucket):
+    """Pieces are contiguous, rollup pieces aligned to their grain and never coarser than
+    a bucket; days are read from the day rollup only for daily buckets or none."""
+    step = {"minute": 60, "hour": 3600, "day": 86400}
+    since = datetime(2025, 2, 27, 22, 58, 30, 5, tzinfo=UTC)
+    until = datetime(2025, 3, 3, 1, 2, 3, tzinfo=UTC)
+    pieces = analytics.plan(since, until, step[bucket] * 10**6 if bucket else None, True)
+    assert pieces[0].lo == since and pieces[-1].hi == until
+    assert all(a.hi == b.lo and a.lo < a.hi for a, b in itertools.pairwise(pieces))
+    for p in pieces:
+        if p.source != "rows":
+            assert p.lo.timestamp() % step[p.source] == p.hi.timestamp() % step[p.source] == 0
+    sources = [p.source for p in pieces]
+    expected = {
+        None: ["rows", "minute", "hour", "day", "hour", "minute", "rows"],
+        "day": ["rows", "minute", "hour", "day", "hour", "minute", "rows"],
+        "hour": ["rows", "minute", "hour", "minute", "rows"],
+        "minute": ["rows", "minute", "rows"],
+    }
+    assert sources == expected[bucket]
+    assert analytics.plan(since, until, None, False) == [analytics.Piece("rows", since, until)]

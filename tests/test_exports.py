@@ -319,3 +319,12 @@ def test_every_export_is_recorded_in_the_trail(api: Api):
     assert by_job["metadata"]["actor_id"] == "usr_2" and by_job["metadata"]["rows"] == "30"
     assert by_job["targets"][0] == {"type": "audit_export", "id": job["id"], "name": None}
     assert key.token not in json.dumps(found, default=str)
+
+
+def test_a_slice_out_of_log_order_is_sorted_by_time_then_event_id():
+    table = pa.table(
+        {"_ts": [5, 3, 3, 9, 1], "_id": ["e", "d", "b", "a", "z"], "v": [0, 1, 2, 3, 4]}
+    )
+    assert exports._in_order(table).column("v").to_pylist() == [4, 2, 1, 0, 3]
+    ordered = pa.table({"_ts": [1, 2, 3], "_id": ["c", "b", "a"], "v": [0, 1, 2]})
+    assert exports._in_order(ordered) is ordered  # already in order: no copy

@@ -22,6 +22,13 @@ partition until then (nothing after it is handed over or committed). A job whose
 ``due_at`` is still ahead at that point (a long ``Retry-After``) goes back to the
 tier that fits its remaining wait.
 
+**No silent freeze.** A member that holds no partitions for :data:`REJOIN_MIN_S`
+(or three session timeouts, if longer) closes its consumer and joins the group
+again: a rebalance that never completes for it must not leave it idle while
+records wait. (More dispatchers than partitions would make the extra ones rejoin
+every half minute; run at most as many dispatchers as the audit topic has
+partitions.)
+
 **Back-pressure.** With more than :data:`MAX_IN_FLIGHT` records unsettled, every
 partition is paused (polling goes on, so the group keeps its member) until the
 count falls below half of it.
@@ -49,6 +56,8 @@ log = logging.getLogger(__name__)
 COMMIT_INTERVAL_S = 0.5
 MAX_IN_FLIGHT = 20_000
 POLL_MS = 50
+REJOIN_MIN_S = 30.0
+"""A member with no partitions for this long (or 3 sessions) leaves and rejoins."""
 
 
 @dataclass
@@ -177,11 +186,20 @@ class GroupConsumer:
         self.assigned: set[TopicPartition] = set()
         self.error: str | None = None
         self.retries_waiting = 0
+        self.rejoins = 0
+        session_s = self.settings.webhooks_session_timeout_ms / 1000
+        self._rejoin_after_s = max(REJOIN_MIN_S, 3 * session_s)
 
     def start(self) -> None:
         """Join the group and start consuming in a background thread."""
+        self._consumer = self._connect()
+        self._thread = threading.Thread(target=self._run, name="webhooks-consumer", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> KafkaConsumer:
+        """A consumer in the group, subscribed to every topic the dispatcher reads."""
         session = self.settings.webhooks_session_timeout_ms
-        self._consumer = new_consumer(
+        consumer = new_consumer(
             self.settings,
             self._client_id,
             group_id=self.settings.webhook_group,
@@ -197,11 +215,11 @@ class GroupConsumer:
         # until the next metadata refresh.
         with map_kafka_errors("webhook topics metadata"):
             for topic in self.topics:
-                if not self._consumer.partitions_for_topic(topic):
+                if not consumer.partitions_for_topic(topic):
+                    close_quietly(consumer)
                     raise Unavailable(f"topic {topic} has no partitions yet", retry_after=1)
-        self._consumer.subscribe(self.topics, listener=_Listener(self))
-        self._thread = threading.Thread(target=self._run, name="webhooks-consumer", daemon=True)
-        self._thread.start()
+        consumer.subscribe(self.topics, listener=_Listener(self))
+        return consumer
 
     def stop(self) -> None:
         """Commit what is settled, leave the group, close."""
@@ -216,6 +234,7 @@ class GroupConsumer:
         if consumer is None:
             return
         last_commit = time.monotonic()
+        unassigned_since: float | None = time.monotonic()
         try:
             while not self._stop.is_set():
                 try:
@@ -228,6 +247,13 @@ class GroupConsumer:
                         last_commit = time.monotonic()
                         self._commit(consumer)
                         self._measure(consumer)
+                    if self.assigned:
+                        unassigned_since = None
+                    elif unassigned_since is None:
+                        unassigned_since = time.monotonic()
+                    elif time.monotonic() - unassigned_since > self._rejoin_after_s:
+                        consumer = self._rejoin(consumer)
+                        unassigned_since = time.monotonic()
                     self.error = None
                 except Exception as exc:
                     # Never die silently: a record handed over stays unsettled, so nothing
@@ -239,8 +265,36 @@ class GroupConsumer:
         finally:
             close_quietly(consumer)
 
+    def _rejoin(self, consumer: KafkaConsumer) -> KafkaConsumer:
+        """Leave the group and join it again with a new consumer.
+
+        A member whose rebalance never completes would otherwise hold no partitions
+        and deliver nothing, silently. Nothing is lost: what it had not settled was
+        not committed, and is read again by whoever is assigned the partition.
+        """
+        log.warning(
+            "webhook consumer: no partitions for %.0f s; leaving and rejoining the group",
+            self._rejoin_after_s,
+        )
+        self.rejoins += 1
+        close_quietly(consumer)
+        while not self._stop.is_set():
+            try:
+                fresh = self._connect()
+            except Exception as exc:  # the broker may be away: keep trying, visibly
+                self.error = type(exc).__name__
+                log.warning("webhook consumer: rejoin failed (%s); retrying", type(exc).__name__)
+                self._stop.wait(1.0)
+                continue
+            self._consumer = fresh
+            return fresh
+        return consumer
+
     def _take(self, consumer: KafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
         if tp not in self.assigned or tp in self._waiting:
+            # Fetched before the listener saw the assignment, or while the partition
+            # waits: not handed over, so read them again rather than step past them.
+            _rewind(consumer, tp, records[0].offset)
             return
         retry = tp.topic in self._retry_topics
         for record in records:
@@ -253,6 +307,7 @@ class GroupConsumer:
                     return
             ref = self.tracker.add(tp, record.offset)
             if ref is None:
+                _rewind(consumer, tp, record.offset)
                 return
             self._handle(tp, record, ref)
 
@@ -318,9 +373,23 @@ class GroupConsumer:
         """Start tracking ``tps``."""
         self.tracker.assign(tps)
         self.assigned.update(tps)
-        if self._flow_paused and self._consumer is not None and tps:
-            self._consumer.pause(*tps)
+        if self._consumer is not None and tps:
+            if self._flow_paused:
+                self._consumer.pause(*tps)
+            else:
+                # A retry partition paused by the previous generation (and forgotten at
+                # the revocation) would otherwise stay paused for good.
+                self._consumer.resume(*tps)
         log.info("webhook consumer: %d partitions assigned", len(tps))
+
+
+def _rewind(consumer: KafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    """Fetch ``tp`` again from ``offset`` if it is still ours (else its next owner will)."""
+    try:
+        if tp in consumer.assignment():
+            consumer.seek(tp, offset)
+    except (*KAFKA_ERRORS, AssertionError) as exc:
+        log.info("webhook consumer: no rewind of %s (%s)", tp, type(exc).__name__)
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -59,11 +59,11 @@ def captured(kafka_bootstrap, tmp_path_factory):
         with running_dispatcher(s) as d:
             d.wait_control(offset)
             send_events(s, [make_event("acme", 0)])
-            wait_for(lambda: len(rx.received) >= 1 and batch_rx.received, timeout=30)
+            wait_for(lambda: len(rx.received) >= 1 and batch_rx.received, timeout=90)
             _, new, offset = rotate_endpoint(s, record)
             d.wait_control(offset)
             send_events(s, [make_event("acme", 1)])
-            wait_for(lambda: len(rx.received) >= 2, timeout=30)
+            wait_for(lambda: len(rx.received) >= 2, timeout=90)
     finally:
         rx.stop()
         batch_rx.stop()

@@ -59,15 +59,9 @@ def exchange(
                 reset = True
                 break
         conn.settimeout(wait_s)
-        while True:
-            try:
-                data = conn.recv(65536)
-            except ConnectionResetError:
-                reset = True
-                break
-            if not data:
-                break
-            raw += data
+        rest, closed_by_reset = read_until_closed(conn)
+        raw += rest
+        reset = reset or closed_by_reset
     finally:
         conn.close()
     status, headers, body = parse(raw)
@@ -80,3 +74,16 @@ def request(path: str, *headers: str, method: str = "GET", body: bytes = b"") ->
     if body:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def read_until_closed(conn: socket.socket) -> tuple[bytes, bool]:
+    """Everything the peer sends until it closes; and whether it closed with a reset."""
+    raw = b""
+    while True:
+        try:
+            data = conn.recv(65536)
+        except ConnectionResetError:
+            return raw, True
+        if not data:
+            return raw, False
+        raw += data

@@ -37,7 +37,7 @@ import pytest
 from cli.keys import create_key
 from ingest.http import EVENTS_PATH
 from tests.helpers import REPO, wait_for
-from tests.raw_http import Answer, exchange, parse, request
+from tests.raw_http import Answer, exchange, parse, read_until_closed, request
 from tests.test_producer import raw_event
 from velora.memory import rss_bytes
 from velora.settings import Settings
@@ -193,19 +193,9 @@ def flood_header(port: int, size: int) -> Answer:
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
-    raw = b""
-    reset = False
     conn.settimeout(30)
     try:
-        while True:
-            try:
-                data = conn.recv(65536)
-            except ConnectionResetError:
-                reset = True
-                break
-            if not data:
-                break
-            raw += data
+        raw, reset = read_until_closed(conn)
     finally:
         sender.join(timeout=30)
         conn.close()

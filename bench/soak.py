@@ -3,15 +3,16 @@
 **System.** ``velora node`` and ``velora ingest serve`` as child processes (as
 ``velora run`` starts them, so with every HTTP limit), on the bench broker.
 
-**Load.** 5,000 events/s for :data:`DURATION_S`: :data:`SENDERS` threads each own
-a share of :data:`TENANTS` tenants and post a :data:`BATCH`-event JSON array on a
-fixed schedule, waiting for each answer. Event ids are chosen here, so a batch
+**Load.** 5,000 events/s for :data:`DURATION_S`: :data:`SENDERS` threads (in their
+own process, :mod:`bench.soak_clients`) each own a share of :data:`TENANTS` tenants
+and post a :data:`BATCH`-event JSON array on a fixed schedule, waiting for each
+answer. Event ids are chosen here, so a batch
 that was not acknowledged (503, timeout) is resent as is until it is: the ledger
 must then hold exactly the acknowledged events. A tenant's events come from one
 thread, in order, with rising ``occurred_at``, so its trail (newest first) must be
 its acknowledged events in reverse.
 
-**Readers.** :data:`PAGERS` threads walk whole trails (``limit`` 500, following
+**Readers.** :data:`PAGERS` threads (in another process) walk whole trails (``limit`` 500, following
 ``next_cursor``) tenant after tenant for the whole run, checking that no walk
 repeats an event or breaks the ``(occurred_at, event_id)`` order.
 
@@ -28,8 +29,6 @@ Run alone with ``python -m bench soak [--bootstrap host:port]``.
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import os
 import re
@@ -37,19 +36,24 @@ import secrets
 import statistics
 import subprocess
 import sys
-import threading
 import time
-import uuid
-from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.ingest import sample_events
 from bench.report import Row, percentile, write_results
+from bench.soak_clients import (
+    BATCH,
+    LIST_PATH,
+    PAGE_LIMIT,
+    SOURCE,
+    LoadProcess,
+    ReadersProcess,
+    order_problem,
+    walk,
+)
 from cli.keys import create_key
 from velora.errors import BrokerError
 from velora.memory import rss_bytes
@@ -58,14 +62,9 @@ from velora.settings import Settings
 DURATION_S = 300
 RATE = 5_000  # events/s, all senders together
 SENDERS = 20  # one tenant each; 20 requests in flight absorb a slow ack on a busy machine
-BATCH = 500  # as the ingest bench; ingest works on 2 requests at once (INGEST_WORKERS)
 TENANTS = 20
 PAGERS = 4
-PAGE_LIMIT = 500
 SAMPLE_EVERY_S = 30
-SOURCE = "soak-bench"
-EVENTS_PATH = "/internal/v1/events"
-LIST_PATH = "/api/v2/public/audit/events"
 MB = 1_000_000
 
 
@@ -83,26 +82,34 @@ def run(settings: Settings) -> list[Row]:
         keys = {t: create_key(settings, t, ("audit:read",), name="soak").token for t in tenants}
         for t in tenants:  # the node has folded every key
             _wait(lambda t=t: _list(node.url, keys[t]).status_code == 200, 60, "the soak keys")
-        load = _Load(ingest.url, token, tenants)
-        readers = _Readers(node.url, keys, tenants)
+        load = LoadProcess(
+            ingest.url,
+            token,
+            tenants,
+            rate=RATE,
+            senders=SENDERS,
+            duration_s=DURATION_S,
+            out=logs / "senders.json",
+        )
+        readers = ReadersProcess(node.url, keys, tenants, pagers=PAGERS, out=logs / "pagers.json")
         samples: list[dict[str, Any]] = []
         cpu0 = {"node": node.cpu_s(), "ingest": ingest.cpu_s()}
-        started = time.monotonic()
-        samples.append(_sample(0.0, load, node, ingest))
-        load.start(DURATION_S)
+        samples.append(_sample(0.0, load.count, node, ingest))
+        load.start()
         readers.start()
+        started = time.monotonic()
         for n in range(1, DURATION_S // SAMPLE_EVERY_S + 1):
             time.sleep(max(0.0, started + n * SAMPLE_EVERY_S - time.monotonic()))
-            samples.append(_sample(time.monotonic() - started, load, node, ingest))
+            samples.append(_sample(time.monotonic() - started, load.count, node, ingest))
             print(f"soak: {_describe(samples[-1])}", file=sys.stderr)
-        load.join()
+        sent = load.join()
         elapsed = time.monotonic() - started
-        readers.stop()
+        read = readers.stop()
         cpu = {"node": node.cpu_s() - cpu0["node"], "ingest": ingest.cpu_s() - cpu0["ingest"]}
         caught_up = _wait_caught_up(node.url)
-        verdict = _verify(node.url, keys, load.acked)
-        final = _sample(time.monotonic() - started, load, node, ingest)
-    data = _results(load, readers, samples, final, verdict, elapsed, cpu, caught_up)
+        verdict = _verify(node.url, keys, sent["acked"])
+        final = _sample(time.monotonic() - started, load.count, node, ingest)
+    data = _results(sent, read, samples, final, verdict, elapsed, cpu, caught_up)
     write_results("soak", "soak", data)
     if not verdict["ok"]:
         raise BrokerError(f"soak: the ledger does not hold the acknowledged events: {verdict}")
@@ -186,180 +193,6 @@ class _Child:
         self._log.close()
 
 
-class _Load:
-    """The senders: BATCH-event posts on a fixed schedule, resent until acknowledged."""
-
-    def __init__(self, url: str, token: str, tenants: list[str]) -> None:
-        self.url = url
-        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        self.tenants = tenants
-        self.acked: dict[str, list[str]] = defaultdict(list)  # tenant -> ids, in ack order
-        self.count = 0
-        self.batches = 0
-        self.resends = 0
-        self.max_slip_s = 0.0
-        self.errors: list[BaseException] = []
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-
-    def start(self, duration_s: float) -> None:
-        until = time.monotonic() + duration_s
-        for i in range(SENDERS):
-            mine = self.tenants[i::SENDERS]
-            t = threading.Thread(target=self._guard, args=(mine, until), daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def join(self) -> None:
-        for t in self._threads:
-            t.join()
-        if self.errors:
-            raise self.errors[0]
-
-    def _guard(self, tenants: list[str], until: float) -> None:
-        try:
-            self._send(tenants, until)
-        except BaseException as exc:  # reported by join()
-            self.errors.append(exc)
-
-    def _send(self, tenants: list[str], until: float) -> None:
-        interval = BATCH / (RATE / SENDERS)
-        due = time.monotonic()
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while time.monotonic() < until:
-                events = self._events(tenants)
-                body = json.dumps(events).encode()
-                while not self._post(client, body):
-                    with self._lock:
-                        self.resends += 1
-                    time.sleep(0.5)
-                with self._lock:
-                    for e in events:
-                        self.acked[e["tenant_id"]].append(e["event_id"])
-                    self.count += len(events)
-                    self.batches += 1
-                due += interval
-                slip = time.monotonic() - due
-                if slip > 0:
-                    self.max_slip_s = max(self.max_slip_s, slip)
-                else:
-                    time.sleep(-slip)
-
-    def _post(self, client: httpx.Client, body: bytes) -> bool:
-        try:
-            r = client.post(EVENTS_PATH, content=body, headers=self.headers)
-        except httpx.TransportError:
-            return False
-        if r.status_code in (429, 503):
-            return False
-        if r.status_code != 200 or r.json()["accepted"] != BATCH:
-            raise BrokerError(f"ingest answered {r.status_code}: {r.text[:300]}")
-        return True
-
-    def _events(self, tenants: list[str]) -> list[dict[str, Any]]:
-        """A batch with fresh ids, rising ``occurred_at`` and ``tenants`` taking turns."""
-        now = datetime.now(UTC)
-        events = sample_events(BATCH, seed=self.batches)
-        for i, event in enumerate(events):
-            event["event_id"] = str(uuid.uuid4())
-            event["tenant_id"] = tenants[i % len(tenants)]
-            event["occurred_at"] = (now + timedelta(microseconds=i)).isoformat()
-            event["source"] = SOURCE
-        return events
-
-
-class _Readers:
-    """PAGERS threads walking whole trails, tenant after tenant, until stopped."""
-
-    def __init__(self, url: str, keys: dict[str, str], tenants: list[str]) -> None:
-        self.url = url
-        self.keys = keys
-        self.tenants = tenants
-        self.page_ms: list[float] = []
-        self.walks = 0
-        self.events_read = 0
-        self.retries = 0
-        self.violations: list[str] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._read, args=(i,), daemon=True) for i in range(PAGERS)
-        ]
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-        if self.errors:
-            raise self.errors[0]
-
-    def _read(self, first: int) -> None:
-        n = first
-        try:
-            with httpx.Client(base_url=self.url, timeout=60) as client:
-                while not self._stop.is_set():
-                    tenant = self.tenants[n % len(self.tenants)]
-                    n += PAGERS
-                    seen = _walk(client, self.keys[tenant], self._stop, self._timed)
-                    problem = _order_problem(seen)
-                    self.walks += 1
-                    self.events_read += len(seen)
-                    if problem:
-                        self.violations.append(f"{tenant}: {problem}")
-        except BaseException as exc:  # reported by stop()
-            self.errors.append(exc)
-
-    def _timed(self, ms: float, retried: bool) -> None:
-        self.page_ms.append(ms)
-        self.retries += retried
-
-
-def _walk(
-    client: httpx.Client,
-    key: str,
-    stop: threading.Event | None = None,
-    on_page: Callable[[float, bool], None] | None = None,
-) -> list[tuple[str, str, str]]:
-    """One tenant's whole trail, newest first: ``(occurred_at, event_id, source)`` each."""
-    params: dict[str, Any] = {"limit": PAGE_LIMIT}
-    out: list[tuple[str, str, str]] = []
-    while stop is None or not stop.is_set():
-        t0 = time.perf_counter()
-        r = client.get(LIST_PATH, params=params, headers={"Authorization": f"Bearer {key}"})
-        if r.status_code in (429, 503):
-            if on_page:
-                on_page(1000 * (time.perf_counter() - t0), True)
-            time.sleep(float(r.headers.get("retry-after", "1")))
-            continue
-        if r.status_code != 200:
-            raise BrokerError(f"the node answered {r.status_code}: {r.text[:300]}")
-        if on_page:
-            on_page(1000 * (time.perf_counter() - t0), False)
-        body = r.json()
-        out.extend((e["occurred_at"], e["event_id"], e["source"]) for e in body["events"])
-        cursor = body["page"]["next_cursor"]
-        if cursor is None:
-            break
-        params = {"limit": PAGE_LIMIT, "cursor": cursor}
-    return out
-
-
-def _order_problem(walk: list[tuple[str, str, str]]) -> str | None:
-    """A repeated event or a break of the newest-first order in one walk, if any."""
-    ids = [e[1] for e in walk]
-    if len(set(ids)) != len(ids):
-        return f"{len(ids) - len(set(ids))} events repeated"
-    keys = [(datetime.fromisoformat(at), eid) for at, eid, _ in walk]
-    for a, b in itertools.pairwise(keys):
-        if not a > b:
-            return f"order broken at {b[1]}"
-    return None
-
-
 def _wait_caught_up(url: str) -> float:
     """Seconds until the node reports lag 0 twice in a row (its end offsets refresh ~1/s)."""
     t0 = time.monotonic()
@@ -378,14 +211,14 @@ def _verify(url: str, keys: dict[str, str], acked: dict[str, list[str]]) -> dict
     missing = repeated = unexpected = misordered = read_back = 0
     with httpx.Client(base_url=url, timeout=120) as client:
         for tenant, key in keys.items():
-            walk = _walk(client, key)
-            ours = [eid for _, eid, source in walk if source == SOURCE]
+            seen = walk(client, key)
+            ours = [eid for _, eid, source in seen if source == SOURCE]
             expected = list(reversed(acked.get(tenant, [])))  # newest first
             missing += len(set(expected) - set(ours))
             unexpected += len(set(ours) - set(expected))
             repeated += len(ours) - len(set(ours))
             read_back += len(set(ours) & set(expected))
-            misordered += ours != expected or _order_problem(walk) is not None
+            misordered += ours != expected or order_problem(seen) is not None
     ok = missing == repeated == unexpected == misordered == 0
     return {
         "ok": ok,
@@ -398,14 +231,14 @@ def _verify(url: str, keys: dict[str, str], acked: dict[str, list[str]]) -> dict
     }
 
 
-def _sample(t: float, load: _Load, node: _Child, ingest: _Child) -> dict[str, Any]:
+def _sample(t: float, acked: int, node: _Child, ingest: _Child) -> dict[str, Any]:
     try:
         lag = _get(f"{node.url}/readyz").json().get("lag")
     except (httpx.HTTPError, ValueError):
         lag = None
     return {
         "t_s": round(t, 1),
-        "events_acked": load.count,
+        "events_acked": acked,
         "node_rss_mb": round(node.rss_mb(), 1),
         "ingest_rss_mb": round(ingest.rss_mb(), 1),
         "node_lag": lag,
@@ -433,8 +266,8 @@ def _slope_mb_per_million(samples: list[dict[str, Any]], field: str) -> float:
 
 
 def _results(
-    load: _Load,
-    readers: _Readers,
+    sent: dict[str, Any],
+    read: dict[str, Any],
     samples: list[dict[str, Any]],
     final: dict[str, Any],
     verdict: dict[str, Any],
@@ -445,24 +278,25 @@ def _results(
     return {
         "duration_s": DURATION_S,
         "target_events_per_s": RATE,
-        "events_per_s": round(load.count / elapsed),
-        "events_acknowledged": load.count,
-        "batches": load.batches,
+        "events_per_s": round(verdict["acknowledged"] / sent["seconds"]),
+        "events_acknowledged": verdict["acknowledged"],
+        "sending_s": round(sent["seconds"], 1),
+        "batches": sent["batches"],
         "batch": BATCH,
         "senders": SENDERS,
         "tenants": TENANTS,
-        "resent_batches": load.resends,
-        "max_schedule_slip_s": round(load.max_slip_s, 2),
+        "resent_batches": sent["resends"],
+        "max_schedule_slip_s": round(sent["max_slip_s"], 2),
         "readers": {
             "clients": PAGERS,
             "page_limit": PAGE_LIMIT,
-            "walks": readers.walks,
-            "pages": len(readers.page_ms),
-            "events_read": readers.events_read,
-            "retried_pages": readers.retries,
-            "page_ms_p50": round(percentile(readers.page_ms, 50), 1),
-            "page_ms_p99": round(percentile(readers.page_ms, 99), 1),
-            "order_violations": readers.violations[:10],
+            "walks": read["walks"],
+            "pages": len(read["page_ms"]),
+            "events_read": read["events_read"],
+            "retried_pages": read["retried_pages"],
+            "page_ms_p50": round(percentile(read["page_ms"], 50), 1),
+            "page_ms_p99": round(percentile(read["page_ms"], 99), 1),
+            "order_violations": read["violations"][:10],
         },
         "verification": verdict,
         "caught_up_after_load_s": round(caught_up_s, 1),

@@ -38,14 +38,14 @@ class QueryNode:
         settings: Settings,
         *,
         on_batch: BatchCallback | None = None,
-        store_factory: Callable[[Path], LedgerStore] = LedgerStore,
+        store_factory: Callable[[Path], LedgerStore] | None = None,
         decoder: EventDecoder | None = None,
     ) -> None:
         """``store_factory`` opens the DuckDB file and ``decoder`` decodes the log (seams
         for fault-injection tests)."""
         self.settings = settings
         self._on_batch = on_batch
-        self._store_factory = store_factory
+        self._store_factory = store_factory or self._open_store
         self._decoder = decoder
         self.store: LedgerStore | None = None
         self.materializer: Materializer | None = None
@@ -154,6 +154,10 @@ class QueryNode:
     async def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run ``fn(cursor)`` in a ledger worker thread; DuckDB errors become Unavailable."""
         return await self._store().db.read(fn)
+
+    def _open_store(self, path: Path) -> LedgerStore:
+        limit = self.settings.duckdb_memory_limit_mb
+        return LedgerStore(path, memory_limit=f"{limit}MB" if limit else None)
 
     def _store(self) -> LedgerStore:
         store = self.store

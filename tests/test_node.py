@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 
+import duckdb
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -93,6 +94,24 @@ def test_reads_run_in_worker_threads_with_a_cursor_per_thread(settings, factory)
         assert other[0] is not node.cursor()
     finally:
         node.stop()
+
+
+def _memory_limit(con) -> str:
+    return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+
+@pytest.mark.parametrize("limit_mb", [256, 0])
+def test_the_duckdb_memory_limit_comes_from_the_settings(settings, limit_mb):
+    node = QueryNode(settings.with_overrides(duckdb_memory_limit_mb=limit_mb))
+    node.start()
+    try:
+        shown = _memory_limit(node.cursor())
+    finally:
+        node.stop()
+    with duckdb.connect() as fresh:
+        engine_default = _memory_limit(fresh)
+    # DuckDB shows 256 MB (decimal) as 244.1 MiB; 0 leaves its own default (80% of RAM)
+    assert shown == ("244.1 MiB" if limit_mb else engine_default)
 
 
 def test_wait_for_offset_gives_read_your_writes(settings, factory):

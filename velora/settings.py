@@ -101,6 +101,14 @@ def _float(lo: float, hi: float) -> Callable[[str], float]:
     return parse
 
 
+def _memory_limit_mb(raw: str) -> int:
+    """0 (DuckDB's own default) or a limit of 64 MB to 1 TB."""
+    value = _int(0, 1_048_576)(raw)
+    if 0 < value < 64:
+        raise ValueError("must be 0 (DuckDB's default) or at least 64")
+    return value
+
+
 def _host(raw: str) -> str:
     if not raw or any(c.isspace() for c in raw):
         raise ValueError("must be a host name or address")
@@ -279,6 +287,7 @@ class Settings:
     audit_partitions: int = 6
     state_dir: Path = Path("var")
     duckdb_path: Path = Path("var/velora.duckdb")
+    duckdb_memory_limit_mb: int = 0
     cache_dir: Path = Path(".cache")
     kafka_version: str = "4.0.2"
     broker_port: int = 9092
@@ -512,6 +521,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_AUDIT_PARTITIONS": ("audit_partitions", _int(1, 1000)),
     "VELORA_STATE_DIR": ("state_dir", _path),
     "VELORA_DUCKDB_PATH": ("duckdb_path", _path),
+    "VELORA_DUCKDB_MEMORY_LIMIT_MB": ("duckdb_memory_limit_mb", _memory_limit_mb),
     "VELORA_CACHE_DIR": ("cache_dir", _path),
     "VELORA_KAFKA_VERSION": ("kafka_version", _version),
     "VELORA_BROKER_PORT": ("broker_port", _int(0, 65535)),

@@ -196,8 +196,12 @@ class ControlState:
         fold: ControlFold | None = None,
         consumer_factory: ConsumerFactory = _consumer,
         clock: Callable[[], float] = time.monotonic,
+        refresh_s: float = END_CHECK_INTERVAL_S,
     ) -> None:
+        """``refresh_s``: how often the topic's end offset is read, which bounds how far
+        :meth:`folded_as_of` trails the wall clock."""
         self._settings = settings
+        self._refresh_s = refresh_s
         self._fold = fold if fold is not None else ControlFold()
         self._factory = consumer_factory
         self._clock = clock
@@ -205,6 +209,7 @@ class ControlState:
         self._position = 0
         self._start_end: int | None = None
         self._confirmed_at: float | None = None
+        self._confirmed_wall: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: str | None = None
@@ -276,20 +281,22 @@ class ControlState:
 
     def _follow(self, consumer: KafkaConsumer, tp: TopicPartition) -> None:
         """Poll and fold until stopped; any exception ends this attempt (and restarts)."""
-        pending: tuple[float, int] | None = None
+        pending: tuple[float, int, float] | None = None
         next_check = 0.0
+        poll_ms = min(POLL_TIMEOUT_MS, max(10, int(self._refresh_s * 1000)))
         while not self._stop.is_set():
             now = self._clock()
             if now >= next_check:
                 with map_kafka_errors("control topic end offsets"):
+                    wall = time.time()
                     end = consumer.end_offsets([tp])[tp]
-                pending = (now, end)
-                next_check = now + END_CHECK_INTERVAL_S
+                pending = (now, end, wall)
+                next_check = now + self._refresh_s
                 with self._cond:
                     if self._start_end is None:
                         self._start_end = end
             with map_kafka_errors("control topic poll"):
-                batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+                batches = consumer.poll(timeout_ms=poll_ms)
             with self._cond:
                 for records in batches.values():
                     for rec in records:
@@ -299,6 +306,7 @@ class ControlState:
                     self._position = max(self._position, consumer.position(tp))
                 if pending is not None and self._position >= pending[1]:
                     self._confirmed_at = pending[0]
+                    self._confirmed_wall = pending[2]
                     pending = None
                 self._error = None
                 self._cond.notify_all()
@@ -309,6 +317,13 @@ class ControlState:
 
     def _age(self) -> float | None:
         return None if self._confirmed_at is None else self._clock() - self._confirmed_at
+
+    def folded_as_of(self) -> float | None:
+        """A wall-clock time (epoch seconds) by which every control record then in the
+        topic is folded, or None before the first confirmation. A record acknowledged
+        before that time (an endpoint, a key) is known here."""
+        with self._cond:
+            return self._confirmed_wall
 
     @property
     def position(self) -> int:

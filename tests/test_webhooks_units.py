@@ -5,21 +5,30 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import threading
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import standardwebhooks
 import stripe
+from kafka.structs import TopicPartition
 
+from schemas.events import WebhookEndpoint
+from tests.api_support import make_event
 from velora.errors import AuthenticationError, ConfigError
 from velora.settings import Secret, Settings, check_bind_secrets
+from webhooks.consumer import GroupConsumer, OffsetTracker
+from webhooks.dispatcher import Dispatcher
 from webhooks.endpoints import matches
+from webhooks.inbox import Inbox
 from webhooks.receiver import receiver_app
 from webhooks.schedule import next_delay, retry_after, tier_for
 from webhooks.secrets import SecretBox, new_signing_secret
 from webhooks.signing import signature_headers, verify_standard, verify_velora
+from webhooks.transport import Answer, WebhookClient
 
 SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
@@ -94,6 +103,7 @@ def test_listen_verifies_and_prints_each_event():
     app = receiver_app([secret], out)
     body = b'{"id":"e1","type":"claim.viewed"}\n{"id":"e2","type":"member.viewed"}\n'
     headers = signature_headers([secret], "batch_1", body, int(time.time()))
+
     async def send() -> tuple[httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://rx") as client:
@@ -124,3 +134,212 @@ def test_published_secrets_key_is_refused_off_loopback():
     assert check_bind_secrets(own, "dispatcher", "0.0.0.0") == []
     assert check_bind_secrets(own, "node", "0.0.0.0") == []
     assert timedelta(seconds=dev.webhooks_rotation_overlap_s) == timedelta(hours=24)
+
+
+def test_the_inbox_keeps_order_wakes_the_loop_once_per_burst_and_survives_a_bad_call():
+    loop = asyncio.new_event_loop()
+    wakeups: list[int] = []
+    real = loop.call_soon_threadsafe
+
+    def counted(*args: object) -> object:
+        wakeups.append(1)
+        return real(*args)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    inbox, seen = Inbox(loop), []
+
+    def bad() -> None:
+        raise ValueError("boom")
+
+    def burst() -> None:
+        for i in range(100):
+            inbox.put(bad) if i == 5 else inbox.put(seen.append, i)
+
+    try:
+        worker = threading.Thread(target=burst)
+        worker.start()
+        worker.join()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert seen == [i for i in range(100) if i != 5]
+        assert len(wakeups) == 1
+        inbox.put(seen.append, 100)  # the inbox still works after the failed call
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert seen[-1] == 100 and len(wakeups) == 2
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback", "error"),
+    [
+        ("https://10.0.0.7/hook", False, "ssrf_refused"),
+        ("https://169.254.169.254/latest", False, "ssrf_refused"),
+        ("https://[::1]/hook", False, "ssrf_refused"),
+        ("http://127.0.0.1:9/hook", False, "ssrf_refused"),  # the exception needs the setting
+        ("https://127.0.0.1:9/hook", True, "ssrf_refused"),  # ... and plain http
+        ("https://internal.example/hook", False, "ssrf_refused"),  # resolves to 10.1.2.3
+    ],
+)
+def test_the_client_refuses_internal_addresses_before_any_connection(url, loopback, error):
+    resolved: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        resolved.append(host)
+        return ["10.1.2.3"]
+
+    async def post() -> Answer:
+        client = WebhookClient(
+            resolve, allow_insecure_loopback=loopback, timeout_s=5, max_connections=4
+        )
+        try:
+            return await client.post(url, b"{}", {"Content-Type": "application/json"})
+        finally:
+            await client.aclose()
+
+    answer = asyncio.run(post())
+    assert (answer.status, answer.error) == (None, error)
+    assert resolved == (["internal.example"] if "example" in url else [])
+
+
+class _FakeKafka:
+    """Fault injection: the consumer calls the handover makes, and where it seeks."""
+
+    def __init__(self) -> None:
+        self.seeks: list[int | str] = []
+        self.commits: list[dict[int, int]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append(offset)
+
+    def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self.seeks.append("beginning")
+
+    def pause(self, *tps: TopicPartition) -> None:
+        pass
+
+    def commit_async(self, offsets: dict) -> None:
+        self.commits.append({tp.partition: o.offset for tp, o in offsets.items()})
+
+    def resume(self, *tps: TopicPartition) -> None:
+        pass
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("units.audit.v1", p) for p in range(3)}
+
+
+def _records(first: int, n: int) -> list[SimpleNamespace]:
+    return [SimpleNamespace(offset=o, value=b"", timestamp=0) for o in range(first, first + n)]
+
+
+def _group() -> tuple[GroupConsumer, OffsetTracker, list[int]]:
+    tracker, handed = OffsetTracker(), []
+    group = GroupConsumer(
+        Settings(topic_prefix="units"), tracker, lambda tp, r, ref: handed.append(r.offset), None
+    )
+    return group, tracker, handed
+
+
+def test_a_partition_kept_across_a_rebalance_is_read_again_from_its_oldest_unsettled_record():
+    group, tracker, handed = _group()
+    tp = TopicPartition("units.audit.v1", 0)
+    fake = _FakeKafka()
+    group._consumer = fake  # type: ignore[assignment]
+    group.assigned_to([tp])
+    seen = group._rebalances
+    group._take_all(fake, {tp: _records(2254, 10)}, seen)
+    assert handed == list(range(2254, 2264)) and fake.seeks == []  # in flight, unsettled
+
+    # The partition is revoked and assigned again to this member. kafka-python may keep
+    # its fetch position (2264): the unsettled records would be committed past and, if
+    # the process died before their attempts, lost. It is read again from 2254.
+    group.revoked([tp])
+    group.assigned_to([tp])
+    assert fake.seeks == [2254] and fake.commits == [{0: 2254}]
+
+    # Records polled under the old assignment reach the thread after that (the listener
+    # runs on kafka-python's I/O thread): dropped, and read again from 2254 too.
+    group._take_all(fake, {tp: _records(4500, 100)}, seen)
+    assert handed == list(range(2254, 2264)) and fake.seeks == [2254, 2254]
+    assert tracker.committable() == {}  # nothing handed over: nothing to commit past
+
+    # A partition that was not ours before: dropped records were fetched from the
+    # committed offset, so they are read again from their first offset.
+    other = TopicPartition("units.audit.v1", 1)
+    seen = group._rebalances
+    group.revoked([tp])
+    group.assigned_to([other])
+    group._take_all(fake, {other: _records(70, 5)}, seen)
+    assert fake.seeks == [2254, 2254, 70]
+
+    # Ours before, but nothing was ever handed over: from the log start.
+    seen = group._rebalances
+    group.revoked([other])
+    group.assigned_to([other])
+    group._take_all(fake, {other: _records(75, 1)}, seen)
+    assert fake.seeks == [2254, 2254, 70, "beginning"] and handed == list(range(2254, 2264))
+
+
+def test_within_an_assignment_the_handover_never_skips_a_record():
+    group, tracker, handed = _group()
+    tp = TopicPartition("units.audit.v1", 0)
+    fake = _FakeKafka()
+    group.assigned_to([tp])
+    seen = group._rebalances
+    group._take_all(fake, {tp: _records(2254, 10)}, seen)
+    group._take_all(fake, {tp: _records(2270, 10)}, seen)  # a gap: read again from 2264
+    assert handed == list(range(2254, 2264)) and fake.seeks == [2264]
+    group._take_all(fake, {tp: _records(2264, 6)}, seen)
+    assert handed == list(range(2254, 2270))
+    assert tracker.committable() == {tp: 2254}  # the oldest unsettled record
+
+    # A gap that stays (expired by retention) is accepted the second time.
+    group._take_all(fake, {tp: _records(2300, 1)}, seen)
+    group._take_all(fake, {tp: _records(2300, 1)}, seen)
+    assert handed[-1] == 2300 and fake.seeks == [2264, 2270]
+
+
+class _LateControl:
+    """Fault injection: a control state that has not folded a new endpoint yet."""
+
+    def __init__(self) -> None:
+        self.as_of: float | None = time.time() - 60
+        self.endpoints: list[WebhookEndpoint] = []
+        self.position = 0
+
+    def folded_as_of(self) -> float | None:
+        return self.as_of
+
+    def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        return self.endpoints
+
+    def webhook_endpoint(self, endpoint_id: str) -> None:
+        return None  # the attempt finds it deleted, and settles
+
+    def webhook_health(self, endpoint_id: str) -> None:
+        return None
+
+
+def test_an_event_newer_than_the_control_state_waits_for_its_endpoints():
+    settings = Settings(topic_prefix="units")
+    control, tracker = _LateControl(), OffsetTracker()
+    tp = TopicPartition(settings.audit_topic, 0)
+    tracker.assign([tp])
+    created = datetime.now(UTC) - timedelta(seconds=1)
+    endpoint = WebhookEndpoint("we_1", "acme", "https://example.org/h", "x", created, created)
+    event = make_event("acme", 0)
+    logged_ms = int(time.time() * 1000)
+
+    async def scenario() -> tuple[int, int, bool]:
+        d = Dispatcher(settings, control, None, None, tracker)  # type: ignore[arg-type]
+        ref = tracker.add(tp, 0)
+        d.offer_event(ref, event, b"", logged_ms)
+        await asyncio.sleep(0.3)
+        held = tracker.in_flight  # not settled: the endpoint set may be incomplete
+        control.endpoints = [endpoint]  # the endpoint is folded, and the state confirmed
+        control.position, control.as_of = 1, time.time()
+        await asyncio.sleep(0.3)
+        return held, tracker.in_flight, "we_1" in d.lanes()
+
+    held, after, offered = asyncio.run(scenario())
+    assert held == 1  # before: settled at once as "no endpoint", so never delivered
+    assert offered and after == 0

@@ -11,6 +11,10 @@ and not yet *settled*: delivered, durably scheduled (their retry job acknowledge
 by Kafka), or found to need no delivery. The committed offset of a partition is
 its oldest unsettled record (or the one after the last record handed over), so an
 offset is committed only once everything before it is delivered or scheduled.
+The handover of a partition starts at its committed offset and never skips a
+record (a batch that does not continue it, such as one fetched before a rebalance
+and read after it, is dropped and the partition read again from where the
+handover is), so nothing is committed past a record that was not handed over.
 Offsets are committed about every :data:`COMMIT_INTERVAL_S` and when partitions
 are revoked; records in flight in a revoked partition are delivered again by the
 next owner (at-least-once).
@@ -126,6 +130,26 @@ class OffsetTracker:
                 open_.discard(ref.offset)
                 self.in_flight -= 1
 
+    def expected(self, tp: TopicPartition) -> int | None:
+        """The next offset to hand over in ``tp``, or None before the first of this epoch."""
+        with self._lock:
+            return self._next.get(tp)
+
+    def resume_points(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Per partition: its oldest unsettled record, or the one after the last handed over."""
+        out: dict[TopicPartition, int] = {}
+        with self._lock:
+            for tp in tps:
+                order, open_ = self._order.get(tp), self._open.get(tp, set())
+                if order is None:
+                    continue
+                while order and order[0] not in open_:
+                    order.popleft()
+                point = order[0] if order else self._next.get(tp)
+                if point is not None:
+                    out[tp] = point
+        return out
+
     def committable(self, only: list[TopicPartition] | None = None) -> dict[TopicPartition, int]:
         """Offsets to commit now: per partition its oldest unsettled record, if it moved."""
         out: dict[TopicPartition, int] = {}
@@ -182,6 +206,14 @@ class GroupConsumer:
         self._thread: threading.Thread | None = None
         self._consumer: KafkaConsumer | None = None
         self._waiting: dict[TopicPartition, float] = {}
+        self._gaps: dict[TopicPartition, tuple[int, int]] = {}
+        self._rebalance_lock = threading.Lock()
+        self._rebalances = 0
+        self._revoked_last: set[TopicPartition] = set()
+        self._kept: set[TopicPartition] = set()
+        """Partitions of the current assignment that were ours in the previous one."""
+        self._resume: dict[TopicPartition, int] = {}
+        """Per partition revoked last: its oldest unsettled record then (or the next)."""
         self._flow_paused = False
         self.assigned: set[TopicPartition] = set()
         self.error: str | None = None
@@ -240,9 +272,9 @@ class GroupConsumer:
                 try:
                     self._resume_due(consumer)
                     self._flow(consumer)
+                    seen = self._rebalances
                     polled = consumer.poll(timeout_ms=POLL_MS)
-                    for tp, records in polled.items():
-                        self._take(consumer, tp, records)
+                    self._take_all(consumer, polled, seen)
                     if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                         last_commit = time.monotonic()
                         self._commit(consumer)
@@ -290,11 +322,36 @@ class GroupConsumer:
             return fresh
         return consumer
 
+    def _take_all(
+        self, consumer: KafkaConsumer, polled: dict[TopicPartition, list[Any]], seen: int
+    ) -> None:
+        """Hand over a poll's records, unless a rebalance came between the poll and now.
+
+        kafka-python runs the rebalance listener on its I/O thread, so a poll's
+        records can reach this thread after their partitions were revoked and
+        assigned again, or were fetched from the new position before this thread
+        knew of the new assignment. Such a poll is dropped whole and each of its
+        partitions read again from a point that skips nothing (:meth:`_restart`).
+        The lock keeps a rebalance from starting midway through a handover.
+        """
+        with self._rebalance_lock:
+            if self._rebalances != seen:
+                for tp, records in polled.items():
+                    self._restart(consumer, tp, records[0].offset, stale=tp in self._kept)
+                return
+            for tp, records in polled.items():
+                self._take(consumer, tp, records)
+
     def _take(self, consumer: KafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
         if tp not in self.assigned or tp in self._waiting:
             # Fetched before the listener saw the assignment, or while the partition
             # waits: not handed over, so read them again rather than step past them.
-            _rewind(consumer, tp, records[0].offset)
+            if tp in self._waiting:
+                _rewind(consumer, tp, records[0].offset)
+            else:
+                self._restart(consumer, tp, records[0].offset, stale=tp in self._revoked_last)
+            return
+        if not self._contiguous(consumer, tp, records[0].offset):
             return
         retry = tp.topic in self._retry_topics
         for record in records:
@@ -310,6 +367,62 @@ class GroupConsumer:
                 _rewind(consumer, tp, record.offset)
                 return
             self._handle(tp, record, ref)
+
+    def _restart(
+        self, consumer: KafkaConsumer, tp: TopicPartition, first: int, *, stale: bool
+    ) -> None:
+        """Read ``tp`` again from a point that skips nothing, after records not handed over.
+
+        The records start at ``first``. Unless ``tp`` was also ours in the previous
+        assignment (``stale``), they were fetched from the new position, the
+        committed offset: read again from ``first``. If it was, they may be left
+        over from then and lie ahead of the committed offset: read again from its
+        oldest record not settled then (from the log start if none was ever handed
+        over). No lookup on the network, which kafka-python cannot serve while a
+        rebalance is in progress.
+        """
+        if tp not in consumer.assignment():
+            return  # no longer ours: its next owner starts at the committed offset
+        resume = self._resume.get(tp)
+        target = first if not stale else (None if resume is None else min(first, resume))
+        try:
+            if target is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, target)
+        except (*KAFKA_ERRORS, AssertionError) as exc:
+            log.info("webhook consumer: no restart of %s (%s)", tp, type(exc).__name__)
+
+    def _contiguous(self, consumer: KafkaConsumer, tp: TopicPartition, first: int) -> bool:
+        """Whether a batch starting at ``first`` continues the handover of ``tp``.
+
+        Within an assignment the handover goes on without a gap: a committed offset
+        is the oldest unsettled record, or the one after the last handed over, so a
+        record skipped here would be committed past and never delivered. A batch
+        that does not continue it is dropped and the partition read again from where
+        the handover is. (The first batch of an assignment is fetched from the
+        committed offset: a poll that straddled a rebalance is dropped whole, see
+        :meth:`_run`.) A gap that stays (records expired by retention) is accepted
+        the second time, with a warning.
+        """
+        expected = self.tracker.expected(tp)
+        if expected is None or first == expected:
+            self._gaps.pop(tp, None)
+            return True
+        if first > expected and self._gaps.get(tp) == (expected, first):
+            log.warning(
+                "webhook consumer: %s offsets %d-%d are gone from the log; going on at %d",
+                tp,
+                expected,
+                first - 1,
+                first,
+            )
+            self._gaps.pop(tp, None)
+            return True
+        if first > expected:
+            self._gaps[tp] = (expected, first)
+        consumer.seek(tp, expected)
+        return False
 
     def _resume_due(self, consumer: KafkaConsumer) -> None:
         now = time.monotonic()
@@ -355,6 +468,13 @@ class GroupConsumer:
     # (commit, position) raises: the listener commits with commit_async and returns.
     def revoked(self, tps: list[TopicPartition], *, commit: bool = True) -> None:
         """Commit what is settled in ``tps`` (without waiting) and forget them."""
+        with self._rebalance_lock:
+            self._rebalances += 1
+            self._revoked(tps, commit)
+
+    def _revoked(self, tps: list[TopicPartition], commit: bool) -> None:
+        self._revoked_last = set(tps)
+        self._resume = self.tracker.resume_points(tps)
         offsets = self.tracker.committable(tps) if commit else {}
         if offsets and self._consumer is not None:
             try:
@@ -371,7 +491,20 @@ class GroupConsumer:
 
     def assigned_to(self, tps: list[TopicPartition]) -> None:
         """Start tracking ``tps``."""
+        with self._rebalance_lock:
+            self._rebalances += 1
+            self._assigned_to(tps)
+
+    def _assigned_to(self, tps: list[TopicPartition]) -> None:
+        self._kept = set(tps) & self._revoked_last
         self.tracker.assign(tps)
+        if self._consumer is not None:
+            # A partition ours before and again: kafka-python may keep its fetch
+            # position, past records handed over and not settled yet (their
+            # settlements no longer count). Read it again from the oldest of them.
+            for tp in self._kept:
+                if tp in self._resume:
+                    self._consumer.seek(tp, self._resume[tp])
         self.assigned.update(tps)
         if self._consumer is not None and tps:
             if self._flow_paused:

@@ -21,6 +21,7 @@ from schemas.codec import AvroCodec
 from schemas.events import WebhookAttempt, WebhookHealth, WebhookJob
 from velora.kafka_clients import KAFKA_ERRORS, close_producer, new_producer
 from velora.settings import Settings
+from webhooks.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,12 @@ MAX_RETRY_S = 10.0
 class Publisher:
     """Produces the dispatcher's records; every ``publish_*`` waits for the acknowledgement."""
 
-    def __init__(self, settings: Settings, codec: AvroCodec | None = None) -> None:
+    def __init__(
+        self, settings: Settings, codec: AvroCodec | None = None, *, inbox: Inbox | None = None
+    ) -> None:
+        """``inbox`` carries the acknowledgements to the loop (by default, one per call)."""
         self.settings = settings
+        self._inbox = inbox
         self._codec = codec or AvroCodec()
         self._producer: KafkaProducer = new_producer(
             settings, "velora-webhooks", linger_ms=2, retries=5, batch_size=256 * 1024
@@ -62,11 +67,13 @@ class Publisher:
             loop = asyncio.get_running_loop()
             done: asyncio.Future[Any] = loop.create_future()
 
+            hand = loop.call_soon_threadsafe if self._inbox is None else self._inbox.put
+
             def ok(meta: Any) -> None:
-                loop.call_soon_threadsafe(_resolve, done, meta, None)
+                hand(_resolve, done, meta, None)
 
             def failed(exc: BaseException) -> None:
-                loop.call_soon_threadsafe(_resolve, done, None, exc)
+                hand(_resolve, done, None, exc)
 
             future = self._producer.send(topic, key=key.encode(), value=value)
             future.add_callback(ok)

@@ -39,9 +39,10 @@ from ledger.control import ControlState
 from velora.errors import UnknownSchema
 from velora.settings import Settings
 from webhooks.consumer import GroupConsumer, OffsetTracker, Ref
-from webhooks.dispatcher import Dispatcher
+from webhooks.dispatcher import CONTROL_REFRESH_S, Dispatcher
+from webhooks.inbox import Inbox
 from webhooks.publisher import Publisher
-from webhooks.transport import make_client
+from webhooks.transport import WebhookClient
 from webhooks.urls import Resolver, system_resolver
 
 log = logging.getLogger(__name__)
@@ -68,20 +69,22 @@ class DispatcherService:
         self.settings = settings
         self._resolve = resolve
         self._client_id = client_id
-        self.control = ControlState(settings)
+        self.control = ControlState(settings, refresh_s=CONTROL_REFRESH_S)
         self.tracker = OffsetTracker()
         self.dispatcher: Dispatcher | None = None
         self.consumer: GroupConsumer | None = None
         self.publisher: Publisher | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: Inbox | None = None
         self._unknown_logged = False
 
     async def start(self) -> None:
         """Follow the control topic, join the group, start dispatching."""
-        self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self.control.start)
-        self.publisher = await asyncio.to_thread(Publisher, self.settings)
-        client = make_client(
+        self._inbox = Inbox(asyncio.get_running_loop())
+        while not await asyncio.to_thread(self.control.start):
+            # Fanning out with a partial endpoint list would skip events for good.
+            log.warning("webhook dispatcher: control state not caught up yet; waiting")
+        self.publisher = await asyncio.to_thread(Publisher, self.settings, inbox=self._inbox)
+        client = WebhookClient(
             self._resolve,
             allow_insecure_loopback=self.settings.webhooks_allow_insecure_loopback,
             timeout_s=self.settings.webhooks_timeout_s,
@@ -109,8 +112,8 @@ class DispatcherService:
 
     # -- called in the consumer thread ----------------------------------------------------
     def _handle(self, tp: TopicPartition, record: Any, ref: Ref) -> None:
-        dispatcher, loop = self.dispatcher, self._loop
-        if dispatcher is None or loop is None:
+        dispatcher, inbox = self.dispatcher, self._inbox
+        if dispatcher is None or inbox is None:
             return
         if tp.topic == self.settings.audit_topic:
             try:
@@ -126,13 +129,9 @@ class DispatcherService:
                         exc.fp,
                     )
                 return
-            loop.call_soon_threadsafe(
-                dispatcher.offer_event, ref, event, record.value, record.timestamp
-            )
+            inbox.put(dispatcher.offer_event, ref, event, record.value, record.timestamp)
         else:
-            loop.call_soon_threadsafe(
-                dispatcher.offer_job, ref, dispatcher.decode_job(record.value)
-            )
+            inbox.put(dispatcher.offer_job, ref, dispatcher.decode_job(record.value))
 
     def _wait(self, tp: TopicPartition, record: Any) -> float:
         dispatcher = self.dispatcher

@@ -80,7 +80,7 @@ class TenantPhi:
             tok = self.tokenizer
             if tok is None:
                 raise _no_keyset(self.tenant_id)
-            return map_event(record, lambda v, d, _p: tok.tokenize(v, d), self.metadata_keys)
+            return map_event(record, tok.tokenize_at, self.metadata_keys, paths=False)
         problems: list[ErrorDetail] = []
 
         def check(value: str, domain: str, path: str) -> str:
@@ -227,13 +227,16 @@ class PhiDirectory:
         self._keyset_of = keyset_of
         self._wrapper = wrapper
         self._ready = ready
+        self._caught_up = False
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[TenantSettings, PhiKeyset | None, TenantPhi]] = {}
 
     def tenant(self, tenant_id: str) -> TenantPhi:
         """The policy of ``tenant_id`` now."""
-        if not self._ready():
-            raise Unavailable("tenant PHI settings are still loading", retry_after=2)
+        if not self._caught_up:  # once caught up, always (a lock fewer per event)
+            if not self._ready():
+                raise Unavailable("tenant PHI settings are still loading", retry_after=2)
+            self._caught_up = True
         settings = self._settings_of(tenant_id)
         if settings is None:
             return TenantPhi(tenant_id)

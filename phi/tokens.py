@@ -58,7 +58,8 @@ def _error(reason: str, where: str) -> ValidationError:
 
 def normalize(value: str, domain: str) -> str:
     """The value as it is tokenized: NFC, trimmed, and lowercased for emails."""
-    out = unicodedata.normalize("NFC", value).strip()
+    # ASCII text is already NFC: skip the Unicode pass (most ids and emails)
+    out = (value if value.isascii() else unicodedata.normalize("NFC", value)).strip()
     return out.lower() if domain in LOWERCASE_DOMAINS else out
 
 
@@ -105,6 +106,10 @@ class Tokenizer:
     def tokenize(self, value: str, domain: str, kid: str | None = None) -> str:
         """The token of ``value`` in ``domain``, under the primary key (or key ``kid``)."""
         return self._cached(value, domain, kid or self._primary)  # type: ignore[no-any-return]
+
+    def tokenize_at(self, value: str, domain: str, _path: str = "") -> str:
+        """:meth:`tokenize` under the primary key, as a :data:`phi.fields.ValueFn`."""
+        return self._cached(value, domain, self._primary)  # type: ignore[no-any-return]
 
     def _tokenize(self, value: str, domain: str, kid: str) -> str:
         ad = self._ad(domain, kid)

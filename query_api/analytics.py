@@ -22,6 +22,7 @@ come from one snapshot of the ledger.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -29,7 +30,10 @@ from typing import Any, TypeVar
 import duckdb
 
 from ledger.rollups import ROLLUP_TABLES, utc_trunc
+from phi.fields import id_domains
+from phi.policy import Revealer
 from query_api.filters import Filters
+from query_api.phi_sql import CanonicalKeys
 from query_api.queries import filter_sql
 from query_api.ranges import INTERVALS, bucket_starts, iso
 from schemas.times import from_micros, micros
@@ -247,26 +251,39 @@ def top(
     dimension: str,
     limit: int,
     rollups: bool = True,
+    reveal: Revealer | None = None,
 ) -> dict[str, Any]:
-    """The ``limit`` most frequent keys of ``dimension``: count desc, then key ascending."""
+    """The ``limit`` most frequent keys of ``dimension``: count desc, then key ascending.
+
+    ``reveal`` (a server-mode tenant's) opens PHI keys, the actor ids of members and
+    the ids of member, patient and claim targets; after a rotation a value's tokens
+    under every key are counted as one key (:class:`query_api.phi_sql.CanonicalKeys`).
+    """
     assert f.since is not None and f.until is not None
     if dimension == "target":
         where, params = filter_sql(tenant_id, f)
-        sql = (
-            "SELECT id, count(*) AS n FROM (SELECT unnest(list_distinct("  # noqa: S608
+        grouped = (
+            "SELECT id AS g, count(*) AS n FROM (SELECT unnest(list_distinct("  # noqa: S608
             f"list_transform(targets, lambda t: t.id))) AS id FROM audit_events "
-            f"WHERE {' AND '.join(where)}) GROUP BY id ORDER BY n DESC, id ASC LIMIT ?"
+            f"WHERE {' AND '.join(where)}) GROUP BY id"
         )
-        params.append(limit)
     else:
         group = {"actor": "actor", "action": "action", "source_ip": "source_ip"}[dimension]
         union, params = _union(tenant_id, f, None, group, rollups)
-        sql = (
+        grouped = (
             f"SELECT g, sum(n)::BIGINT AS n FROM ({union}) GROUP BY g "  # noqa: S608
-            "HAVING sum(n) <> 0 ORDER BY n DESC, g ASC LIMIT ?"
+            "HAVING sum(n) <> 0"
         )
-        params.append(limit)
-    rows = cur.execute(sql, params).fetchall()
+    domains = PHI_KEY_DOMAINS.get(dimension, ())
+    phi = reveal is not None and reveal.active and bool(domains)
+    with ExitStack() as stack:
+        if phi and reveal is not None and reveal.rotated:
+            fn = stack.enter_context(CanonicalKeys(cur, reveal, domains)).name
+            grouped = f"SELECT {fn}(g) AS g, sum(n)::BIGINT AS n FROM ({grouped}) GROUP BY 1"  # noqa: S608
+        sql = f"SELECT g, n FROM ({grouped}) ORDER BY n DESC, g ASC LIMIT ?"  # noqa: S608
+        rows = [(k, int(n)) for k, n in cur.execute(sql, [*params, limit]).fetchall()]
+    if phi and reveal is not None:
+        rows = _revealed(rows, reveal, domains)
     events = total(cur, tenant_id, f, rollups)
     return {
         "since": f.since.isoformat(),
@@ -275,10 +292,27 @@ def top(
         "limit": limit,
         "total": events,
         "items": [
-            {"key": k, "count": int(n), "share": (int(n) / events) if events else 0.0}
-            for k, n in rows
+            {"key": k, "count": n, "share": (n / events) if events else 0.0} for k, n in rows
         ],
     }
+
+
+PHI_KEY_DOMAINS: dict[str, tuple[str, ...]] = {
+    "actor": id_domains("actor_id"),
+    "target": id_domains("target_id"),
+}
+"""``top`` dimensions whose keys may be PHI tokens, and of which domains."""
+
+
+def _revealed(
+    rows: list[tuple[str, int]], reveal: Revealer, domains: tuple[str, ...]
+) -> list[tuple[str, int]]:
+    """The keys opened; two keys that open to one value (ids in two domains) are added."""
+    merged: dict[str, int] = {}
+    for key, n in rows:
+        plain = reveal.key(key, domains)
+        merged[plain] = merged.get(plain, 0) + n
+    return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def _distinct(

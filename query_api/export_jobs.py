@@ -35,6 +35,7 @@ from pathlib import Path
 
 import duckdb
 
+from phi.policy import Revealer
 from query_api.auth import Principal
 from query_api.exports import ExportProgress, Format, export_chunks
 from query_api.filters import Filters
@@ -64,6 +65,8 @@ class ExportJob:
     error: str | None = None
     path: Path | None = None
     finished_mono: float | None = None
+    reveal: Revealer | None = field(default=None, repr=False)
+    """Opens a server-mode tenant's PHI (None: as stored)."""
 
     @property
     def tenant_id(self) -> str:
@@ -99,8 +102,10 @@ class ExportJobs:
         filters: Filters,
         fmt: Format,
         cursor: duckdb.DuckDBPyConnection,
+        reveal: Revealer | None = None,
     ) -> ExportJob:
-        """Queue a job that exports with ``cursor`` (which the job closes)."""
+        """Queue a job that exports with ``cursor`` (which the job closes); ``reveal``
+        opens a server-mode tenant's PHI."""
         self._sweep()
         with self._lock:
             waiting = sum(1 for j in self._jobs.values() if j.status == "queued")
@@ -113,6 +118,7 @@ class ExportJobs:
                 filters=filters,
                 fmt=fmt,
                 created_at=datetime.now(UTC),
+                reveal=reveal,
             )
             self._jobs[job.id] = job
             self._stops[job.id] = threading.Event()
@@ -144,7 +150,7 @@ class ExportJobs:
             job.status = "running"
             with partial.open("wb") as out:
                 for chunk in export_chunks(
-                    cursor, job.tenant_id, job.filters, job.fmt, job.progress, stop
+                    cursor, job.tenant_id, job.filters, job.fmt, job.progress, stop, job.reveal
                 ):
                     out.write(chunk)
             if stop.is_set():

@@ -30,14 +30,16 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from phi.policy import Revealer
 from query_api.auth import Principal, require_scope
 from query_api.export_jobs import ExportJob, ExportJobs, sign, verify
 from query_api.exports import FORMATS, ExportProgress, Format, export_chunks
-from query_api.filters import Filters, as_mapping
+from query_api.filters import Filters, as_mapping, with_phi
 from query_api.links import base_url
 from query_api.ranges import RangedRequest, bad, parse_ranged
 from query_api.read_audit import ReadAuditor, read_event
-from query_api.routes import ledger_reader
+from query_api.routes import ledger_reader, phi_safe
+from query_api.serialize import tenant_phi
 from schemas.events import Target
 from velora.errors import NotFound, RateLimited
 from velora.settings import Settings
@@ -58,14 +60,20 @@ def _format(parsed: RangedRequest) -> Format:
     return fmt
 
 
-def _parse(request: Request) -> tuple[RangedRequest, Format]:
+def _parse(request: Request, principal: Principal) -> tuple[RangedRequest, Format, Revealer]:
+    """The request's filters (PHI filter values widened as the tenant's mode says), its
+    format and the tenant's revealer (a server-mode tenant without its keyset: 503 here,
+    before any work)."""
     parsed = parse_ranged(request.query_params.multi_items(), ("format",))
     fmt = _format(parsed)
+    phi = tenant_phi(request.app.state, principal.tenant_id)
     request.scope["state"]["audit_metadata"] = {
-        **{k: v[:256] for k, v in as_mapping(parsed.filters).items()},
+        **{k: v[:256] for k, v in phi_safe(as_mapping(parsed.filters), phi.mode).items()},
         "format": fmt.name,
     }
-    return parsed, fmt
+    reveal = phi.revealer()
+    filters = with_phi(parsed.filters, phi.id_filter_values)
+    return replace(parsed, filters=filters), fmt, reveal
 
 
 def filename(tenant_id: str, filters: Filters, fmt: Format) -> str:
@@ -92,12 +100,14 @@ def exported_event(
     mode: str,
     complete: bool,
     target: Target,
+    phi_mode: str | None = None,
 ) -> Any:
-    """The ``audit_log.exported`` event of one export."""
+    """The ``audit_log.exported`` event of one export (PHI filter values redacted for a
+    server-mode tenant, ``phi_mode``, as in every read audit)."""
     headers = request.headers if request is not None else {}
     client = request.client.host if request is not None and request.client else None
     metadata: Mapping[str, str] = {
-        **{k: v[:256] for k, v in as_mapping(filters).items()},
+        **{k: v[:256] for k, v in phi_safe(as_mapping(filters), phi_mode).items()},
         "format": fmt.name,
         "rows": str(rows),
         "mode": mode,
@@ -166,7 +176,7 @@ class _Producer(threading.Thread):
 async def export_stream(request: Request) -> Response:
     """The export as one streamed answer (NDJSON, CSV or Parquet), oldest first."""
     principal = require_scope(request, EXPORT_SCOPE)
-    parsed, fmt = _parse(request)
+    parsed, fmt, reveal = _parse(request, principal)
     slots: threading.BoundedSemaphore = request.app.state.export_streams
     if not slots.acquire(blocking=False):
         raise RateLimited("too many exports are running on this node; retry later", retry_after=5)
@@ -175,7 +185,7 @@ async def export_stream(request: Request) -> Response:
         progress = ExportProgress()
         stop = threading.Event()
         producer = _Producer(
-            export_chunks(cur, principal.tenant_id, parsed.filters, fmt, progress, stop)
+            export_chunks(cur, principal.tenant_id, parsed.filters, fmt, progress, stop, reveal)
         )
         producer.start()
         first = await producer.next()  # a failure before any byte is an ordinary error answer
@@ -221,6 +231,7 @@ async def export_stream(request: Request) -> Response:
                     mode="stream",
                     complete=item is _DONE,
                     target=Target("audit_log", principal.tenant_id),
+                    phi_mode="server" if reveal.active else None,
                 ),
             )
 
@@ -267,9 +278,9 @@ def _job_json(request: Request, job: ExportJob) -> dict[str, Any]:
 async def create_job(request: Request) -> JSONResponse:
     """Queue an export job; 202 with its status and ``Location``."""
     principal = require_scope(request, EXPORT_SCOPE)
-    parsed, fmt = _parse(request)
+    parsed, fmt, reveal = _parse(request, principal)
     cur = await ledger_reader(request).read(lambda c: c.cursor())
-    job = _jobs(request).submit(principal, parsed.filters, fmt, cur)
+    job = _jobs(request).submit(principal, parsed.filters, fmt, cur, reveal)
     request.scope["state"]["audit_target"] = Target("audit_export", job.id)
     location = f"{request.app.state.api_prefix}/audit/exports/{job.id}"
     return JSONResponse(_job_json(request, job), status_code=202, headers={"Location": location})
@@ -353,6 +364,7 @@ def make_export_jobs(settings: Settings, state: Any) -> ExportJobs:
                 mode="job",
                 complete=job.status == "done",
                 target=Target("audit_export", job.id),
+                phi_mode="server" if job.reveal is not None and job.reveal.active else None,
             ),
         )
 

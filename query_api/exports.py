@@ -19,6 +19,10 @@ memory bounded whatever the number of events:
   is Arrow's writer over the typed, nested event (:data:`PARQUET_SCHEMA`), one row
   group per batch.
 
+**PHI.** A server-mode tenant's PHI columns are detokenized in the same SQL by
+functions of the export's own (:mod:`query_api.phi_sql`), a vector of rows at a
+time; every other tenant's export runs the plain SQL above, unchanged.
+
 The caller (a streamed answer, or an export job writing a file) drives the
 generator from a thread of its own; DuckDB's errors become
 :class:`~velora.errors.Unavailable`.
@@ -41,7 +45,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ledger.duck import duckdb_errors
+from phi.policy import Revealer
 from query_api.filters import Filters
+from query_api.phi_sql import ColumnSql, PhiColumns, plain_column
 from query_api.queries import filter_sql
 from schemas.times import from_micros, micros
 
@@ -74,46 +80,65 @@ def _iso(column: str) -> str:
     )
 
 
-_ACTOR = (
-    "struct_pack(type := actor_type, id := actor_id, name := actor_name, "
-    "email := actor_email, ip := actor_ip, user_agent := actor_user_agent)"
-)
 _OUTCOME = "struct_pack(result := outcome_result, reason := outcome_reason)"
-_TARGETS = (
-    "list_transform(targets, lambda t: struct_pack(type := t.type, id := t.id, name := t.name))"
-)
 
-NDJSON_SELECT = (
-    "to_json(struct_pack(event_id := event_id, tenant_id := tenant_id, "
-    f"occurred_at := {_iso('occurred_at')}, received_at := {_iso('received_at')}, "
-    "action := action, crud := crud, category := category, "
-    f"actor := {_ACTOR}, targets := {_TARGETS}, outcome := {_OUTCOME}, "
-    "request_id := request_id, source := source, metadata := metadata, "
-    "schema_version := schema_version))::VARCHAR || chr(10) AS line"
-)
 
-CSV_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("event_id", "event_id"),
-    ("tenant_id", "tenant_id"),
-    ("occurred_at", _iso("occurred_at")),
-    ("received_at", _iso("received_at")),
-    ("action", "action"),
-    ("crud", "crud"),
-    ("category", "category"),
-    ("actor_type", "actor_type"),
-    ("actor_id", "actor_id"),
-    ("actor_name", "actor_name"),
-    ("actor_email", "actor_email"),
-    ("actor_ip", "actor_ip"),
-    ("actor_user_agent", "actor_user_agent"),
-    ("targets", f"to_json({_TARGETS})::VARCHAR"),
-    ("outcome_result", "outcome_result"),
-    ("outcome_reason", "outcome_reason"),
-    ("request_id", "request_id"),
-    ("source", "source"),
-    ("metadata", "to_json(metadata)::VARCHAR"),
-    ("schema_version", "schema_version"),
-)
+def _actor(col: ColumnSql) -> str:
+    return (
+        f"struct_pack(type := actor_type, id := {col('actor_id')}, name := {col('actor_name')}, "
+        f"email := {col('actor_email')}, ip := actor_ip, user_agent := actor_user_agent)"
+    )
+
+
+def ndjson_select(col: ColumnSql = plain_column) -> str:
+    """SQL: each event as its NDJSON line (``col`` gives the PHI columns' SQL)."""
+    return (
+        "to_json(struct_pack(event_id := event_id, tenant_id := tenant_id, "
+        f"occurred_at := {_iso('occurred_at')}, received_at := {_iso('received_at')}, "
+        "action := action, crud := crud, category := category, "
+        f"actor := {_actor(col)}, targets := {col('targets')}, outcome := {_OUTCOME}, "
+        f"request_id := request_id, source := source, metadata := {col('metadata')}, "
+        "schema_version := schema_version))::VARCHAR || chr(10) AS line"
+    )
+
+
+def csv_columns(col: ColumnSql = plain_column) -> tuple[tuple[str, str], ...]:
+    """CSV header -> SQL (see :data:`CSV_COLUMNS`)."""
+    return (
+        ("event_id", "event_id"),
+        ("tenant_id", "tenant_id"),
+        ("occurred_at", _iso("occurred_at")),
+        ("received_at", _iso("received_at")),
+        ("action", "action"),
+        ("crud", "crud"),
+        ("category", "category"),
+        ("actor_type", "actor_type"),
+        ("actor_id", col("actor_id")),
+        ("actor_name", col("actor_name")),
+        ("actor_email", col("actor_email")),
+        ("actor_ip", "actor_ip"),
+        ("actor_user_agent", "actor_user_agent"),
+        ("targets", f"to_json({col('targets')})::VARCHAR"),
+        ("outcome_result", "outcome_result"),
+        ("outcome_reason", "outcome_reason"),
+        ("request_id", "request_id"),
+        ("source", "source"),
+        ("metadata", f"to_json({col('metadata')})::VARCHAR"),
+        ("schema_version", "schema_version"),
+    )
+
+
+def parquet_select(col: ColumnSql = plain_column) -> str:
+    """SQL: the columns of :data:`PARQUET_SCHEMA`."""
+    return (
+        "event_id, tenant_id, occurred_at, received_at, action, crud, category, "
+        f"{_actor(col)} AS actor, {col('targets')} AS targets, {_OUTCOME} AS outcome, "
+        f"request_id, source, {col('metadata')} AS metadata, schema_version"
+    )
+
+
+NDJSON_SELECT = ndjson_select()
+CSV_COLUMNS: tuple[tuple[str, str], ...] = csv_columns()
 """CSV header -> SQL. Nested ``actor`` and ``outcome`` become ``actor_*``/``outcome_*``
 columns; the lists ``targets`` and the map ``metadata`` are JSON text; a null is an
 empty field; times are ISO-8601 with ``+00:00``."""
@@ -142,11 +167,7 @@ PARQUET_SCHEMA = pa.schema(
 )
 """The Parquet columns: the event's types and nesting (times are UTC microseconds)."""
 
-PARQUET_SELECT = (
-    "event_id, tenant_id, occurred_at, received_at, action, crud, category, "
-    f"{_ACTOR} AS actor, {_TARGETS} AS targets, {_OUTCOME} AS outcome, request_id, "
-    "source, metadata, schema_version"
-)
+PARQUET_SELECT = parquet_select()
 
 
 @dataclass
@@ -274,19 +295,37 @@ def export_chunks(
     fmt: Format,
     progress: ExportProgress,
     stop: threading.Event,
+    reveal: Revealer | None = None,
 ) -> Iterator[bytes]:
-    """The encoded export, chunk by chunk; ``cur`` is a cursor this export alone uses."""
+    """The encoded export, chunk by chunk; ``cur`` is a cursor this export alone uses.
+
+    ``reveal`` (the tenant's, made before the export starts) opens a server-mode
+    tenant's PHI columns (:mod:`query_api.phi_sql`); None or another mode's
+    revealer: as stored.
+    """
     with duckdb_errors("export"):
         cur.execute("SET TimeZone = 'UTC'")  # Arrow times carry the session's zone
-        cur.execute("BEGIN TRANSACTION")
+        phi = PhiColumns(cur, reveal) if reveal is not None and reveal.active else None
         try:
-            yield from _encode(cur, tenant_id, filters, fmt, progress, stop)
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                col = plain_column if phi is None else phi.column
+                yield from _encode(cur, tenant_id, filters, fmt, progress, stop, col)
+            finally:
+                cur.execute("ROLLBACK")
         finally:
-            cur.execute("ROLLBACK")
+            if phi is not None:
+                phi.close()
     progress.done = not stop.is_set()
 
 
 _CSV_SELECT = ", ".join(f'{sql} AS "{name}"' for name, sql in CSV_COLUMNS)
+
+
+def _csv_select(col: ColumnSql) -> str:
+    if col is plain_column:
+        return _CSV_SELECT
+    return ", ".join(f'{sql} AS "{name}"' for name, sql in csv_columns(col))
 
 
 def _encode(
@@ -296,16 +335,18 @@ def _encode(
     fmt: Format,
     progress: ExportProgress,
     stop: threading.Event,
+    col: ColumnSql,
 ) -> Iterator[bytes]:
     if fmt.name == "ndjson":
-        for batch in _slices(cur, tenant_id, filters, NDJSON_SELECT, stop):
+        select = NDJSON_SELECT if col is plain_column else ndjson_select(col)
+        for batch in _slices(cur, tenant_id, filters, select, stop):
             progress.rows += batch.num_rows
             yield _joined(batch.column(0))
         return
     sink = _Sink()
     if fmt.name == "csv":
         writer: Any = None
-        for batch in _slices(cur, tenant_id, filters, _CSV_SELECT, stop):
+        for batch in _slices(cur, tenant_id, filters, _csv_select(col), stop):
             if writer is None:
                 writer = pacsv.CSVWriter(sink, batch.schema)
             writer.write_batch(batch)
@@ -318,7 +359,8 @@ def _encode(
             yield sink.take()
         return
     writer = pq.ParquetWriter(sink, PARQUET_SCHEMA, compression="snappy")
-    for batch in _slices(cur, tenant_id, filters, PARQUET_SELECT, stop):
+    select = PARQUET_SELECT if col is plain_column else parquet_select(col)
+    for batch in _slices(cur, tenant_id, filters, select, stop):
         writer.write_batch(batch.cast(PARQUET_SCHEMA))
         progress.rows += batch.num_rows
         yield sink.take()

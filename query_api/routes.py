@@ -75,8 +75,9 @@ async def list_audit_events(request: Request) -> JsonResponse:
         )
         items = query_items(query.filters, query.limit, next_cursor)
         headers["Link"] = f'<{page_url(request, settings, urlencode(items))}>; rel="next"'
+    reveal = phi.revealer()
     body = {
-        "events": [event_json(r, phi) for r in page],
+        "events": [event_json(r, reveal) for r in page],
         "page": {"next_cursor": next_cursor, "limit": query.limit},
     }
     return JsonResponse(body, headers=headers)
@@ -100,7 +101,8 @@ async def get_audit_event(request: Request) -> JsonResponse:
     )
     if row is None:
         raise NotFound("no such audit event")
-    return JsonResponse(event_json(row, tenant_phi(request.app.state, principal.tenant_id)))
+    reveal = tenant_phi(request.app.state, principal.tenant_id).revealer()
+    return JsonResponse(event_json(row, reveal))
 
 
 PHI_FILTERS = ("actor_id", "target_id")

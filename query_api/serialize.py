@@ -3,11 +3,13 @@
 ``actor``, ``targets`` and ``outcome`` are nested objects, ``metadata`` an object of
 strings, and every timestamp is ISO-8601 in UTC with an explicit ``+00:00``.
 
-**PHI leaves here.** :func:`event_json` is the one place where an event's PHI is
-detokenized on the way out: given the tenant's :class:`phi.policy.TenantPhi`
-(from :func:`tenant_phi`), a server-mode tenant's tokens become plaintext; other
-modes return what is stored (tokens in client- and sidecar-mode). Every
-serializer of events (list, get, exports, webhook payloads) goes through it.
+**PHI leaves through one door.** Detokenizing on the way out is
+:class:`phi.policy.Revealer`'s (made per request from the tenant's policy, which
+:func:`tenant_phi` looks up): a server-mode tenant's tokens become plaintext; other
+modes return what is stored (tokens in client- and sidecar-mode). Every serializer
+of events calls it: :func:`event_json` here (list and get), the export encoders
+(:mod:`query_api.exports`, a column at a time), analytics ``top`` keys
+(:mod:`query_api.analytics`) and the webhook envelopes (:mod:`webhooks.envelope`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from phi.policy import NO_PHI, TenantPhi
+from phi.policy import NO_PHI, Revealer, TenantPhi
 from schemas.times import from_micros
 
 
@@ -39,8 +41,8 @@ def tenant_phi(app_state: Any, tenant_id: str) -> TenantPhi:
     return NO_PHI if directory is None else directory.tenant(tenant_id)
 
 
-def event_json(row: Mapping[str, Any], phi: TenantPhi = NO_PHI) -> dict[str, Any]:
-    """One event in the public shape, its PHI revealed as the tenant's mode says."""
+def event_json(row: Mapping[str, Any], reveal: Revealer | None = None) -> dict[str, Any]:
+    """One event in the public shape, its PHI revealed by ``reveal`` (None: as stored)."""
     out = {
         "event_id": row["event_id"],
         "tenant_id": row["tenant_id"],
@@ -66,4 +68,4 @@ def event_json(row: Mapping[str, Any], phi: TenantPhi = NO_PHI) -> dict[str, Any
         "metadata": _metadata(row["metadata"]),
         "schema_version": row["schema_version"],
     }
-    return out if phi.mode is None else dict(phi.reveal(out))
+    return out if reveal is None or not reveal.active else dict(reveal.event(out))

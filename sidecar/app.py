@@ -17,8 +17,10 @@ Routes:
 **Fails closed.** A tokenizer error, a token that does not open, a body the sidecar
 cannot rewrite, an upstream that cannot be reached: 502 in the one error shape
 (``bad_gateway``), naming the field; nothing is forwarded. Log lines name paths and
-error classes, never values. Upstream answers larger than :data:`MAX_BODY_BYTES`
-are refused (502) rather than streamed unrewritten.
+error classes, never values. NDJSON and CSV exports are rewritten as they stream
+(:mod:`sidecar.exports`; a failure after the first bytes cuts the stream short);
+other upstream answers larger than :data:`MAX_BODY_BYTES` are refused (502)
+rather than passed on unrewritten.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from urllib.parse import urlencode
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from sidecar.exports import STREAMED, ExportStream
 from sidecar.rewrite import Rewriter, SidecarFailure
 from velora.errors import AuthenticationError, ErrorDetail, error_body
 from velora.http_errors import EXCEPTION_HANDLERS
@@ -80,6 +83,7 @@ def create_sidecar_app(
             await state["client"].aclose()
 
     async def proxy(request: Request) -> Response:
+        answer: httpx.Response | None = None
         try:
             items = rewriter.query(request.query_params.multi_items())
             headers = {"accept": request.headers.get("accept", "*/*")}
@@ -88,31 +92,37 @@ def create_sidecar_app(
             if "content-type" in request.headers:
                 headers["content-type"] = request.headers["content-type"]
             body = await request.body()
+            client = state["client"]
             try:
-                answer = await state["client"].request(
-                    request.method,
-                    upstream + request.url.path,
-                    params=items,
-                    headers=headers,
-                    content=body or None,
+                answer = await client.send(
+                    client.build_request(
+                        request.method,
+                        upstream + request.url.path,
+                        params=items,
+                        headers=headers,
+                        content=body or None,
+                    ),
+                    stream=True,
                 )
             except httpx.HTTPError as exc:
                 raise SidecarFailure(
                     f"sidecar: Velora could not be reached ({type(exc).__name__})",
                     (ErrorDetail("upstream", "unreachable"),),
                 ) from None
-            if len(answer.content) > MAX_BODY_BYTES:
-                raise SidecarFailure(
-                    "sidecar: the answer is too large to rewrite",
-                    (ErrorDetail("response", "too large"),),
-                )
-            content = rewriter.response(answer.content, answer.headers.get("content-type", ""))
+            content_type = answer.headers.get("content-type", "")
+            out = {k: v for k, v in answer.headers.items() if k.lower() in _PASS_HEADERS}
+            media = content_type.split(";", 1)[0].strip().lower()
+            if media in STREAMED and 200 <= answer.status_code < 300:
+                return await _streamed(rewriter, answer, media, out)
+            content = await _read(answer)
+            content = rewriter.response(content, content_type, str(request.base_url))
         except SidecarFailure as exc:
             log.warning("sidecar refused %s %s: %s", request.method, request.url.path, exc.message)
+            if answer is not None:
+                await answer.aclose()
             return bad_gateway(exc)
-        out = {k: v for k, v in answer.headers.items() if k.lower() in _PASS_HEADERS}
         if "link" in answer.headers:
-            link = _next_link(request, content, answer.headers.get("content-type", ""))
+            link = _next_link(request, content, content_type)
             if link:
                 out["link"] = link
         return Response(content, status_code=answer.status_code, headers=out)
@@ -163,6 +173,81 @@ def create_sidecar_app(
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+
+
+async def _read(answer: httpx.Response) -> bytes:
+    """The whole answer, at most :data:`MAX_BODY_BYTES` (:class:`SidecarFailure` beyond)."""
+    parts, size = [], 0
+    try:
+        async for chunk in answer.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise SidecarFailure(
+                    "sidecar: the answer is too large to rewrite",
+                    (ErrorDetail("response", "too large"),),
+                )
+            parts.append(chunk)
+    except httpx.HTTPError as exc:
+        raise SidecarFailure(
+            f"sidecar: Velora's answer broke off ({type(exc).__name__})",
+            (ErrorDetail("upstream", "broke off"),),
+        ) from None
+    finally:
+        await answer.aclose()
+    return b"".join(parts)
+
+
+async def _streamed(
+    rewriter: Rewriter, answer: httpx.Response, media: str, headers: dict[str, str]
+) -> Response:
+    """An NDJSON or CSV export rewritten as it streams (:mod:`sidecar.exports`).
+
+    Velora's answer is read until the first rewritten bytes exist, so a failure
+    before them is still a 502; a failure later ends the stream early (the caller
+    sees a transfer cut short, never a token).
+    """
+    stream = ExportStream(rewriter, media)
+    chunks = answer.aiter_bytes()
+    first = b""
+    ended = False
+    try:
+        while not first:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                first, ended = stream.close(), True
+                break
+            first = stream.feed(chunk)
+    except httpx.HTTPError as exc:
+        await answer.aclose()
+        raise SidecarFailure(
+            f"sidecar: Velora's answer broke off ({type(exc).__name__})",
+            (ErrorDetail("upstream", "broke off"),),
+        ) from None
+    except BaseException:
+        await answer.aclose()
+        raise
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            if first:
+                yield first
+            if ended:
+                return
+            async for chunk in chunks:
+                out = stream.feed(chunk)
+                if out:
+                    yield out
+            rest = stream.close()
+            if rest:
+                yield rest
+        except SidecarFailure as exc:
+            log.warning("sidecar cut an export short: %s", exc.message)
+            raise
+        finally:
+            await answer.aclose()
+
+    return StreamingResponse(body(), status_code=answer.status_code, headers=headers)
 
 
 def _next_link(request: Request, content: bytes, content_type: str) -> str | None:

@@ -7,9 +7,14 @@
   value that already is a token is passed as is.
 - **Responses** (:meth:`Rewriter.response`): the PHI fields of every event (the
   field map of :mod:`phi.fields`) in a list answer (``{"events": [...]}``), a get
-  answer (one event) or an NDJSON export are detokenized. Then the whole body is
+  answer (one event) or an export (NDJSON, CSV, Parquet: :mod:`sidecar.exports`,
+  the first two as they stream) are detokenized; so are analytics ``top`` keys of
+  the ``actor`` and ``target`` dimensions (two keys that open to one value, its
+  tokens under two keys after a rotation, are added up and the items re-ranked),
+  and an export job's ``filters`` (the tokens the sidecar sent, opened back to the
+  value) with its ``download_url`` pointed at the sidecar. Then the whole body is
   scanned for ``tok_v1_`` tokens: if one is left (a route whose shape the sidecar
-  does not know, a CSV export, analytics ``top`` keys), nothing is forwarded.
+  does not know), nothing is forwarded.
 - **Webhook deliveries** (:meth:`Rewriter.delivery`): each envelope's ``data`` is
   detokenized, in the delivery's own format (json, ndjson, Splunk HEC), and the
   body is scanned the same way.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from phi.fields import TARGET_RULES, id_domains, map_event
 from phi.tokens import TOKEN_RE, is_token
@@ -43,8 +49,19 @@ class TokenCodec(Protocol):
     def detokenize(self, token: str, domain: str, where: str = "token") -> str: ...
 
 
-def _fail(where: str, reason: str) -> SidecarFailure:
+def fail(where: str, reason: str) -> SidecarFailure:
+    """The failure naming ``where`` (a field or part of the message), never a value."""
     return SidecarFailure(f"sidecar: {where}: {reason}", (ErrorDetail(where, reason),))
+
+
+_fail = fail
+TOP_DOMAINS = {"actor": id_domains("actor_id"), "target": id_domains("target_id")}
+"""Analytics ``top`` dimensions whose keys may be tokens, and of which domains."""
+
+
+def dumps_event(event: Any) -> bytes:
+    """One event as a line of an NDJSON export."""
+    return json.dumps(event, ensure_ascii=False).encode()
 
 
 class Rewriter:
@@ -103,8 +120,14 @@ class Rewriter:
             event, lambda v, d, p: self._open(v, d, f"{where}.{p}"), self._metadata_keys
         )
 
-    def response(self, body: bytes, content_type: str) -> bytes:
-        """A response body from Velora, detokenized; :class:`SidecarFailure` if unsafe."""
+    def response(self, body: bytes, content_type: str, base_url: str | None = None) -> bytes:
+        """A response body from Velora, detokenized; :class:`SidecarFailure` if unsafe.
+
+        ``base_url`` (the sidecar's own, as the caller reached it) replaces the origin
+        of an export job's ``download_url``, so the download comes through here too.
+        """
+        from sidecar.exports import PARQUET, STREAMED, ExportStream, parquet
+
         media = content_type.split(";", 1)[0].strip().lower()
         if media == "application/json":
             data = _json(body, "response")
@@ -115,18 +138,68 @@ class Rewriter:
                 }
             elif isinstance(data, dict) and "event_id" in data and "actor" in data:
                 data = self.event(data)
+            elif isinstance(data, dict) and isinstance(data.get("items"), list):
+                data = self.top(data)
+            elif isinstance(data, dict) and "download_url" in data:
+                data = self.job(data, base_url)
             out = json.dumps(data, ensure_ascii=False).encode()
-        elif media == "application/x-ndjson":
-            lines = []
-            for n, line in enumerate(body.splitlines(), start=1):
-                if line.strip():
-                    event = self.event(_json(line, f"line {n}"), f"line {n}")
-                    lines.append(json.dumps(event, ensure_ascii=False).encode())
-            out = b"".join(line + b"\n" for line in lines)
+        elif media in STREAMED:
+            stream = ExportStream(self, media)
+            out = stream.feed(body) + stream.close()
+        elif media == PARQUET:
+            out = parquet(self, body)
         else:
             out = body
         _no_tokens_left(out)
         return out
+
+    def top(self, data: dict[str, Any]) -> dict[str, Any]:
+        """An analytics ``top`` answer with PHI keys opened (and merged, re-ranked)."""
+        domains = TOP_DOMAINS.get(data.get("dimension"))  # type: ignore[arg-type]
+        if domains is None:
+            return data
+        merged: dict[str, dict[str, Any]] = {}
+        for i, item in enumerate(data["items"]):
+            if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+                raise _fail(f"items[{i}]", "is not a top item")
+            key = self._open_any(item["key"], domains, f"items[{i}].key")
+            if key in merged:
+                merged[key]["count"] += item["count"]
+                merged[key]["share"] += item["share"]
+            else:
+                merged[key] = {**item, "key": key}
+        items = sorted(merged.values(), key=lambda it: (-it["count"], it["key"]))
+        return {**data, "items": items}
+
+    def job(self, data: dict[str, Any], base_url: str | None) -> dict[str, Any]:
+        """An export job's status: its PHI filters opened, its download URL the sidecar's."""
+        filters = data.get("filters")
+        if isinstance(filters, dict):
+            filters = dict(filters)
+            for name in ("actor_id", "target_id"):
+                value = filters.get(name)
+                if isinstance(value, str) and _all_tokens(value):
+                    domains = TOP_DOMAINS["actor" if name == "actor_id" else "target"]
+                    first = value.split(",", 1)[0]  # every token holds the same value
+                    filters[name] = self._open_any(first, domains, f"filters.{name}")
+            data = {**data, "filters": filters}
+        url = data.get("download_url")
+        if isinstance(url, str) and base_url:
+            ours = urlsplit(base_url)
+            theirs = urlsplit(url)
+            data = {**data, "download_url": urlunsplit((ours.scheme, ours.netloc, *theirs[2:]))}
+        return data
+
+    def _open_any(self, value: str, domains: Sequence[str], where: str) -> str:
+        """A token of one of ``domains`` opened (SIV tells which); a plain value as is."""
+        if not is_token(value):
+            return value
+        for domain in domains[:-1]:
+            try:
+                return self._open(value, domain, where)
+            except SidecarFailure:
+                continue
+        return self._open(value, domains[-1], where)
 
     def delivery(self, body: bytes) -> bytes:
         """A webhook delivery body (json, ndjson or HEC), each envelope's data detokenized."""
@@ -178,6 +251,11 @@ def _json(body: bytes, where: str) -> Any:
         return json.loads(body)
     except ValueError:
         raise _fail(where, "is not valid JSON") from None
+
+
+def no_tokens_left(body: bytes) -> None:
+    """:class:`SidecarFailure` if ``body`` still holds a token."""
+    _no_tokens_left(body)
 
 
 def _no_tokens_left(body: bytes) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import time
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
 from cli.keys import create_key
@@ -85,6 +87,46 @@ def delivery(events: list[dict]) -> tuple[bytes, dict[str, str]]:
     return data, headers
 
 
+RANGE = {"since": "2026-07-01T00:00:00+00:00", "until": "2027-06-01T00:00:00+00:00",
+         "source": "ehr-service"}  # fmt: skip
+
+
+def exported_through_the_sidecar(side: str, key: str) -> None:
+    """Every export format through the sidecar: PHI in plaintext, plain filter values."""
+    auth = {"Authorization": f"Bearer {key}"}
+    params = {**RANGE, "actor_id": PHI["member_id"]}
+    url = f"{side}/api/v2/public/audit/export"
+    with httpx.stream("GET", url, params={**params, "format": "ndjson"}, headers=auth,
+                      timeout=30) as r:  # fmt: skip
+        assert r.status_code == 200 and "content-length" not in r.headers  # streamed
+        (event,) = [json.loads(line) for line in r.iter_lines() if line]
+    assert event["actor"]["email"] == PHI["email"] and event["metadata"]["mrn"] == PHI["mrn"]
+    r = httpx.get(url, params={**params, "format": "csv"}, headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    (row,) = csv.DictReader(io.StringIO(r.text))
+    assert (row["actor_id"], row["actor_email"]) == (PHI["member_id"], PHI["email"])
+    assert json.loads(row["targets"])[0]["name"] == PHI["patient_name"]
+    assert json.loads(row["metadata"]) == {"mrn": PHI["mrn"], "ward": "4"}
+    r = httpx.get(url, params={**params, "format": "parquet"}, headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    (row,) = pq.read_table(io.BytesIO(r.content)).to_pylist()
+    assert row["actor"]["name"] == PHI["name"] and dict(row["metadata"])["mrn"] == PHI["mrn"]
+    job = httpx.post(f"{side}/api/v2/public/audit/exports",
+                     params={**params, "format": "ndjson"}, headers=auth, timeout=30)  # fmt: skip
+    assert job.status_code == 202, job.text
+    assert job.json()["filters"]["actor_id"] == PHI["member_id"]
+
+    def done() -> dict | None:
+        status = httpx.get(f"{side}/api/v2/public/audit/exports/{job.json()['id']}",
+                           headers=auth, timeout=30).json()  # fmt: skip
+        return status if status["status"] == "done" else None
+
+    link = wait_for(done, timeout=60, what="the export job")["download_url"]
+    assert link.startswith(side + "/")  # the download comes through the sidecar too
+    (line,) = httpx.get(link, timeout=30).text.splitlines()
+    assert json.loads(line)["targets"][0]["id"] == PHI["patient_id"]
+
+
 def test_sidecar_end_to_end_plain_for_the_customer_tokens_for_velora(kafka_bootstrap, tmp_path):
     s = phi_settings(kafka_bootstrap, tmp_path)
     set_phi_mode(s, "acme", "sidecar", ("mrn",))
@@ -133,6 +175,19 @@ def test_sidecar_end_to_end_plain_for_the_customer_tokens_for_velora(kafka_boots
                               headers=forged).status_code == 401  # fmt: skip
             assert len(siem.deliveries) == 1
 
+            # exports (streamed NDJSON and CSV, Parquet, an export job) and top keys
+            export_key = create_key(s, "acme", ("audit:read", "audit:export")).token
+            exported_through_the_sidecar(side, export_key)
+            top = httpx.get(f"{side}/api/v2/public/analytics/top",
+                            params={**RANGE, "dimension": "actor"},
+                            headers=auth, timeout=30)  # fmt: skip
+            assert top.status_code == 200, top.text
+            assert [(i["key"], i["count"]) for i in top.json()["items"]] == [(PHI["member_id"], 1)]
+            top = httpx.get(f"{side}/api/v2/public/analytics/top",
+                            params={**RANGE, "dimension": "target"},
+                            headers=auth, timeout=30)  # fmt: skip
+            assert {i["key"] for i in top.json()["items"]} == {PHI["patient_id"], "DOC-1"}
+
         # rotation: the customer's key; a plain filter finds events under both keys
         rotated = Tokenizer(keyset.rotate())
         second = tokenized(rotated, phi_event("acme", 2))
@@ -145,6 +200,11 @@ def test_sidecar_end_to_end_plain_for_the_customer_tokens_for_velora(kafka_boots
             ).json()
             assert len(both["events"]) == 2
             assert {e["actor"]["name"] for e in both["events"]} == {PHI["name"]}
+            top = httpx.get(f"{side}/api/v2/public/analytics/top",
+                            params={**RANGE, "dimension": "actor"},
+                            headers=auth, timeout=30)  # fmt: skip
+            # the value's tokens under the two keys are one key through the sidecar
+            assert [(i["key"], i["count"]) for i in top.json()["items"]] == [(PHI["member_id"], 2)]
     # the Velora side never held plaintext: raw topic records and the DuckDB file
     from kafka import KafkaConsumer
 
@@ -216,8 +276,8 @@ def test_answers_the_sidecar_cannot_place_are_refused() -> None:
     token = tok.tokenize(PHI["member_id"], "member_id")
 
     def velora(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/top"):
-            return httpx.Response(200, json={"items": [{"key": token, "count": 3}]})
+        if request.url.path.endswith("/top"):  # a dimension the sidecar does not know
+            return httpx.Response(200, json={"dimension": "x", "items": [{"key": token}]})
         return httpx.Response(200, text=f"event_id,actor_id\ne1,{token}\n",
                               headers={"content-type": "text/csv"})  # fmt: skip
 
@@ -227,6 +287,59 @@ def test_answers_the_sidecar_cannot_place_are_refused() -> None:
             assert r.status_code == 502 and token not in r.text
         dead = httpx.post(f"{side}/webhooks/relay", content=b"{}")
         assert dead.status_code == 502  # relay not configured: nothing forwarded
+
+
+class Chunks(httpx.AsyncByteStream):
+    """An upstream body that arrives one record at a time."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+
+    async def __aiter__(self):
+        for part in self.parts:
+            yield part
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_a_streamed_export_fails_closed_before_and_after_its_first_bytes(fmt) -> None:
+    """A token that does not open: 502 if it is in the first record, else the stream is cut
+    short, and no token and no later plaintext reach the caller."""
+    real = Tokenizer(Keyset.generate("acme"))
+    other = Tokenizer(Keyset.generate("other"))
+    good = tokenized(real, phi_event("acme", 1))
+    bad = tokenized(other, phi_event("acme", 2, email="second@example.org"))
+
+    def lines(events: list[dict]) -> list[bytes]:
+        if fmt == "ndjson":
+            return [json.dumps(e).encode() + b"\n" for e in events]
+        head = b"actor_type,actor_id,actor_name,actor_email,targets,metadata\n"
+        return [head] + [
+            ",".join('"' + str(v).replace('"', '""') + '"' for v in (
+                e["actor"]["type"], e["actor"]["id"], e["actor"]["name"], e["actor"]["email"],
+                json.dumps(e["targets"]), json.dumps(e["metadata"]))).encode() + b"\n"
+            for e in events
+        ]  # fmt: skip
+
+    bodies = {"first": lines([bad, good]), "later": lines([good] * 3 + [bad, good])}
+    media = "application/x-ndjson" if fmt == "ndjson" else "text/csv; charset=utf-8"
+
+    def velora(request: httpx.Request) -> httpx.Response:
+        which = request.url.params["which"]
+        return httpx.Response(200, stream=Chunks(bodies[which]),
+                              headers={"content-type": media})  # fmt: skip
+
+    with sidecar(real, "http://velora.invalid", None, httpx.MockTransport(velora)) as side:
+        url = f"{side}/api/v2/public/audit/export"
+        first = httpx.get(url, params={"which": "first"}, timeout=30)
+        assert first.status_code == 502 and "tok_v1_" not in first.text
+        received = b""
+        with pytest.raises(httpx.HTTPError):
+            with httpx.stream("GET", url, params={"which": "later"}, timeout=30) as r:
+                assert r.status_code == 200
+                for chunk in r.iter_raw():
+                    received += chunk
+        assert b"tok_v1_" not in received and b"second@example.org" not in received
+        assert PHI["email"].encode() in received  # the records before the bad one
 
 
 def test_the_relay_output_verifies_with_the_local_secret_only() -> None:

@@ -49,13 +49,15 @@ from schemas.events import (
     WebhookHealth,
     WebhookJob,
 )
-from velora.errors import DecodeError, UnknownSchema
+from velora.errors import DecodeError, Unavailable, UnknownSchema
 from velora.settings import Settings
 from webhooks import envelope
 from webhooks.consumer import OffsetTracker, Ref
 from webhooks.endpoints import active, matches
 from webhooks.lanes import Delivery, Item, Lane
 from webhooks.publisher import Publisher
+from webhooks.reveal import ERROR_CLASS as PHI_UNAVAILABLE
+from webhooks.reveal import DeliveryPhi
 from webhooks.schedule import next_delay, retry_after, tier_for
 from webhooks.secrets import SecretBox
 from webhooks.signing import signature_headers
@@ -91,6 +93,7 @@ class Dispatcher:
         self.codec = AvroCodec()
         self._reader = self.codec.registry.latest(AUDIT_EVENT)
         self._box = SecretBox(settings.secrets_key)
+        self._phi = DeliveryPhi(settings, control)
         self._rng = rng or random.Random()
         self._tiers = settings.webhook_retry_tiers
         self._lanes: dict[str, Lane] = {}
@@ -320,9 +323,14 @@ class Dispatcher:
             self._settle(d)
             return
         secrets, token = self._secrets_of(endpoint, now)
-        body, headers = self._request(endpoint, d, secrets, token, now)
         started = time.perf_counter()
-        status, error, wait = await self._post(endpoint.url, body, headers)
+        try:
+            body, headers = self._request(endpoint, d, secrets, token, now)
+        except Unavailable:  # a PHI keyset cannot be read: send nothing, retry (webhooks.reveal)
+            status, error, wait = None, PHI_UNAVAILABLE, None
+        else:
+            started = time.perf_counter()
+            status, error, wait = await self._post(endpoint.url, body, headers)
         latency_ms = (time.perf_counter() - started) * 1000.0
         writes = []
         lane = self._lanes.get(d.endpoint_id)
@@ -334,7 +342,7 @@ class Dispatcher:
             writes.append(self._succeeded(endpoint))
         else:
             counters["failed"] += 1
-            disabled = await self._failed(endpoint, status, now)
+            disabled = error != PHI_UNAVAILABLE and await self._failed(endpoint, status, now)
             delay = (
                 None
                 if disabled
@@ -380,7 +388,7 @@ class Dispatcher:
             envelopes = [envelope.ping_envelope(d.delivery_id, d.tenant_id, d.endpoint_id, now)]
             times = [now]
         else:
-            envelopes = [envelope.event_envelope(e) for e in d.events]
+            envelopes = self._phi.envelopes(d.events)
             times = [e.occurred_at for e in d.events]
         fmt = endpoint.format
         if fmt == "json" and len(envelopes) > 1:  # a batch replayed after a format change

@@ -14,6 +14,9 @@ Bodies, by the endpoint's ``format``:
   Splunk's HTTP Event Collector takes a batch: ``{"time": <epoch s.ms>, "source":
   "velora", "sourcetype": "velora:audit", "event": <envelope>}``.
 
+A server-mode tenant's PHI is opened in ``data`` (``reveal``, from
+:mod:`webhooks.reveal`), so the envelope equals the API's answer for that tenant too.
+
 The ``webhook-id`` of a batch is :func:`batch_id` of its events: the same events
 make the same id, so a batch that is retried keeps its id.
 """
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from phi.policy import Revealer
 from schemas.events import AuditEvent
 
 PING = "velora.ping"
@@ -71,14 +75,19 @@ def event_data(e: AuditEvent) -> dict[str, Any]:
     }
 
 
-def event_envelope(e: AuditEvent) -> dict[str, Any]:
-    """The envelope of one audit event."""
+def event_envelope(e: AuditEvent, reveal: Revealer | None = None) -> dict[str, Any]:
+    """The envelope of one audit event (its PHI opened by ``reveal``, the event tenant's)."""
+    data = event_data(e)
+    if reveal is not None and reveal.active:
+        if reveal.tenant_id != e.tenant_id:
+            raise ValueError("an event is opened only with its own tenant's keyset")
+        data = dict(reveal.event(data))
     return {
         "id": e.event_id,
         "type": e.action,
         "created": _iso(e.occurred_at),
         "tenant_id": e.tenant_id,
-        "data": event_data(e),
+        "data": data,
     }
 
 
@@ -121,6 +130,9 @@ def body(fmt: str, envelopes: Sequence[dict[str, Any]], times: Sequence[datetime
 
 
 def batch_id(endpoint_id: str, delivery_ids: Sequence[str]) -> str:
-    """The ``webhook-id`` of a batch: a digest of the endpoint and its events' ids."""
+    """A server-mode tenant's PHI is opened in ``data`` (``reveal``, from
+:mod:`webhooks.reveal`), so the envelope equals the API's answer for that tenant too.
+
+The ``webhook-id`` of a batch: a digest of the endpoint and its events' ids."""
     digest = hashlib.sha256("\n".join([endpoint_id, *delivery_ids]).encode("utf-8"))
     return "batch_" + digest.hexdigest()[:32]

@@ -318,6 +318,15 @@ class _LateControl:
     def webhook_health(self, endpoint_id: str) -> None:
         return None
 
+    def tenant_settings(self, tenant_id: str) -> None:
+        return None  # no PHI mode: nothing to reveal
+
+    def phi_keyset(self, tenant_id: str) -> None:
+        return None
+
+    def caught_up(self) -> bool:
+        return True
+
 
 def test_an_event_newer_than_the_control_state_waits_for_its_endpoints():
     settings = Settings(topic_prefix="units")

@@ -54,4 +54,5 @@ if __name__ == "__main__":
         log_level="warning",
         access_log=False,
         lifespan="off",
+        timeout_keep_alive=75,  # the senders keep connections; never close one under them
     )

@@ -155,6 +155,7 @@ def throughput(base: Settings, fmt: str, events: int) -> dict[str, Any]:
 def bare_httpx(events: int, concurrency: int, body_size: int) -> dict[str, Any]:
     """A bare httpx POST loop to the same kind of receiver: requests/s."""
     rx = ReceiverProcess()
+    retried = [0]
     try:
 
         async def run() -> float:
@@ -168,9 +169,18 @@ def bare_httpx(events: int, concurrency: int, body_size: int) -> dict[str, Any]:
                     while not queue.empty():
                         i = queue.get_nowait()
                         body = json.dumps({"id": f"e{i}", "type": "bench", "pad": pad})
-                        r = await client.post(
-                            rx.url, content=body, headers={"content-type": "application/json"}
-                        )
+                        for _ in range(3):  # as the dispatcher, a failed POST is sent again
+                            try:
+                                r = await client.post(
+                                    rx.url,
+                                    content=body,
+                                    headers={"content-type": "application/json"},
+                                )
+                                break
+                            except httpx.TransportError:
+                                retried[0] += 1
+                        else:
+                            raise RuntimeError("the receiver refused a POST three times")
                         r.raise_for_status()
 
                 started = time.perf_counter()
@@ -183,6 +193,7 @@ def bare_httpx(events: int, concurrency: int, body_size: int) -> dict[str, Any]:
             "seconds": seconds,
             "posts_per_s": events / seconds,
             "concurrency": concurrency,
+            "resent_after_transport_errors": retried[0],
         }
     finally:
         rx.stop()

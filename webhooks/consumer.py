@@ -11,10 +11,12 @@ and not yet *settled*: delivered, durably scheduled (their retry job acknowledge
 by Kafka), or found to need no delivery. The committed offset of a partition is
 its oldest unsettled record (or the one after the last record handed over), so an
 offset is committed only once everything before it is delivered or scheduled.
-The handover of a partition starts at its committed offset and never skips a
-record (a batch that does not continue it, such as one fetched before a rebalance
-and read after it, is dropped and the partition read again from where the
-handover is), so nothing is committed past a record that was not handed over.
+The handover of a partition starts at its committed offset (or, for a partition
+that stays with this member across a rebalance, at its oldest record not settled
+yet) and never skips a record (a batch that does not continue it, such as one
+fetched before a rebalance and read after it, is dropped and the partition read
+again from where the handover is), so nothing is committed past a record that was
+not handed over.
 Offsets are committed about every :data:`COMMIT_INTERVAL_S` and when partitions
 are revoked; records in flight in a revoked partition are delivered again by the
 next owner (at-least-once).
@@ -400,10 +402,11 @@ class GroupConsumer:
         is the oldest unsettled record, or the one after the last handed over, so a
         record skipped here would be committed past and never delivered. A batch
         that does not continue it is dropped and the partition read again from where
-        the handover is. (The first batch of an assignment is fetched from the
-        committed offset: a poll that straddled a rebalance is dropped whole, see
-        :meth:`_run`.) A gap that stays (records expired by retention) is accepted
-        the second time, with a warning.
+        the handover is. (The first batch of an assignment starts at the committed
+        offset, or at the oldest unsettled record of a partition kept across the
+        rebalance; a poll that straddled a rebalance is dropped whole, see
+        :meth:`_take_all`.) A gap that stays (records expired by retention) is
+        accepted the second time, with a warning.
         """
         expected = self.tracker.expected(tp)
         if expected is None or first == expected:
@@ -502,9 +505,11 @@ class GroupConsumer:
             # A partition ours before and again: kafka-python may keep its fetch
             # position, past records handed over and not settled yet (their
             # settlements no longer count). Read it again from the oldest of them.
-            for tp in self._kept:
-                if tp in self._resume:
+            for tp in self._kept & set(self._resume):
+                try:
                     self._consumer.seek(tp, self._resume[tp])
+                except (*KAFKA_ERRORS, AssertionError) as exc:  # never break the rebalance
+                    log.warning("webhook consumer: %s not read again (%s)", tp, exc)
         self.assigned.update(tps)
         if self._consumer is not None and tps:
             if self._flow_paused:

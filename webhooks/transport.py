@@ -142,6 +142,8 @@ class WebhookClient:
             return Answer(None, "connect_error")
         except aiohttp.ClientError as exc:
             return Answer(None, type(exc).__name__.lower())
+        except ValueError:  # a URL that no longer parses (a port out of range)
+            return Answer(None, "invalid_url")
 
     def _check_literal(self, url: str) -> None:
         """An IP-literal host is checked here: aiohttp connects to it without resolving."""

@@ -155,15 +155,20 @@ def test_the_inbox_keeps_order_wakes_the_loop_once_per_burst_and_survives_a_bad_
         for i in range(100):
             inbox.put(bad) if i == 5 else inbox.put(seen.append, i)
 
+    def drained() -> None:  # put last: runs once everything before it has run
+        done = loop.create_future()
+        inbox.put(done.set_result, None)
+        loop.run_until_complete(asyncio.wait_for(done, timeout=10))
+
     try:
         worker = threading.Thread(target=burst)
         worker.start()
         worker.join()
-        loop.run_until_complete(asyncio.sleep(0.01))
+        drained()
         assert seen == [i for i in range(100) if i != 5]
         assert len(wakeups) == 1
         inbox.put(seen.append, 100)  # the inbox still works after the failed call
-        loop.run_until_complete(asyncio.sleep(0.01))
+        drained()
         assert seen[-1] == 100 and len(wakeups) == 2
     finally:
         loop.close()
@@ -342,11 +347,13 @@ def test_an_event_newer_than_the_control_state_waits_for_its_endpoints():
         d = Dispatcher(settings, control, None, None, tracker)  # type: ignore[arg-type]
         ref = tracker.add(tp, 0)
         d.offer_event(ref, event, b"", logged_ms)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # six hold steps: long enough to have settled it if it would
         held = tracker.in_flight  # not settled: the endpoint set may be incomplete
         control.endpoints = [endpoint]  # the endpoint is folded, and the state confirmed
         control.position, control.as_of = 1, time.time()
-        await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while tracker.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         return held, tracker.in_flight, "we_1" in d.lanes()
 
     held, after, offered = asyncio.run(scenario())

@@ -142,27 +142,26 @@ class OffsetTracker:
         out: dict[TopicPartition, int] = {}
         with self._lock:
             for tp in tps:
-                order, open_ = self._order.get(tp), self._open.get(tp, set())
-                if order is None:
-                    continue
-                while order and order[0] not in open_:
-                    order.popleft()
-                point = order[0] if order else self._next.get(tp)
+                point = self._point(tp) if tp in self._order else None
                 if point is not None:
                     out[tp] = point
         return out
+
+    def _point(self, tp: TopicPartition) -> int | None:
+        """Oldest unsettled record of ``tp``, or the one after the last handed over (locked)."""
+        order, open_ = self._order[tp], self._open[tp]
+        while order and order[0] not in open_:
+            order.popleft()
+        return order[0] if order else self._next.get(tp)
 
     def committable(self, only: list[TopicPartition] | None = None) -> dict[TopicPartition, int]:
         """Offsets to commit now: per partition its oldest unsettled record, if it moved."""
         out: dict[TopicPartition, int] = {}
         with self._lock:
-            for tp, order in self._order.items():
+            for tp in self._order:
                 if only is not None and tp not in only:
                     continue
-                open_ = self._open[tp]
-                while order and order[0] not in open_:
-                    order.popleft()
-                point = order[0] if order else self._next.get(tp)
+                point = self._point(tp)
                 if point is not None and point != self._committed.get(tp):
                     out[tp] = point
         return out

@@ -25,6 +25,7 @@ import ingest.appender
 import ingest.producer
 import ledger.log_reader
 import ledger.record_runs
+import velora.group_join
 from ingest import Accepted, AuditProducer
 from ingest.appender import Appender, TenantPartitioner
 from ledger.materializer import Materializer
@@ -44,6 +45,7 @@ GUARDS = {
     "append": ingest.appender.GUARD,
     "runs": ledger.record_runs.GUARD,
     "net": ingest.producer.NET_CLIENT,
+    "join": velora.group_join.GUARD,
 }
 PRIVATE_MODULES = (
     "kafka.consumer.fetcher",

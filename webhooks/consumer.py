@@ -28,7 +28,9 @@ partition until then (nothing after it is handed over or committed). A job whose
 ``due_at`` is still ahead at that point (a long ``Retry-After``) goes back to the
 tier that fits its remaining wait.
 
-**No silent freeze.** A member that holds no partitions for :data:`REJOIN_MIN_S`
+**No silent freeze.** After each poll, a group join whose assignment kafka-python
+dropped is joined again at once (:func:`velora.group_join.repair_dropped_join`).
+A member that holds no partitions for :data:`REJOIN_MIN_S`
 (or three session timeouts, if longer) closes its consumer and joins the group
 again: a rebalance that never completes for it must not leave it idle while
 records wait. (More dispatchers than partitions would make the extra ones rejoin
@@ -54,6 +56,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from velora.errors import Unavailable
+from velora.group_join import repair_dropped_join
 from velora.kafka_clients import KAFKA_ERRORS, close_quietly, map_kafka_errors, new_consumer
 from velora.settings import Settings
 
@@ -220,6 +223,7 @@ class GroupConsumer:
         self.error: str | None = None
         self.retries_waiting = 0
         self.rejoins = 0
+        self.join_repairs = 0
         session_s = self.settings.webhooks_session_timeout_ms / 1000
         self._rejoin_after_s = max(REJOIN_MIN_S, 3 * session_s)
 
@@ -275,6 +279,9 @@ class GroupConsumer:
                     self._flow(consumer)
                     seen = self._rebalances
                     polled = consumer.poll(timeout_ms=POLL_MS)
+                    if repair_dropped_join(consumer):
+                        self.join_repairs += 1
+                        log.info("webhook consumer: a finished group join was dropped; rejoining")
                     self._take_all(consumer, polled, seen)
                     if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                         last_commit = time.monotonic()

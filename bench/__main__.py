@@ -2,6 +2,8 @@
 
 By default it starts its own broker (fresh state folder, free ports) so results do
 not depend on whatever else runs; ``--bootstrap`` uses an existing one instead.
+SIGTERM stops a run the way Ctrl-C does: each suite stops the processes it
+started, then the broker stops and the working folder is removed.
 The benchmarks live outside the installed package: they use development-only
 dependencies (httpx) and the test suite's event factory.
 """
@@ -12,6 +14,7 @@ import argparse
 import importlib
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
@@ -53,11 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen suites; exit code 0, or 2 with one line on a project error."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return run_suites(args, Settings.from_env())
     except VeloraError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bench: stopped; the processes it started are stopped", file=sys.stderr)
+        return 130
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM: unwind like Ctrl-C, so every ``finally`` stops what it started."""
+    raise KeyboardInterrupt
 
 
 def run_suites(args: argparse.Namespace, settings: Settings) -> int:
@@ -67,6 +79,7 @@ def run_suites(args: argparse.Namespace, settings: Settings) -> int:
     if unknown:
         raise ConfigError(f"unknown bench suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
     workdir = Path(tempfile.mkdtemp(prefix="velora-bench-"))
+    print(f"bench: working in {workdir}", file=sys.stderr)
     broker = None
     try:
         bootstrap = args.bootstrap

@@ -250,8 +250,17 @@ class _IngestServer:
             stderr=subprocess.PIPE,
             text=True,
         )
-        stderr = self.proc.stderr
-        if stderr is None:  # pragma: no cover - stderr=PIPE always gives one
+        try:
+            self.url = self._wait_port()
+        except BaseException:  # not started, or interrupted meanwhile: never leave it running
+            self.__exit__()
+            raise
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _wait_port(self) -> str:
+        stderr = self.proc.stderr if self.proc is not None else None
+        if self.proc is None or stderr is None:  # pragma: no cover - stderr=PIPE gives one
             raise BrokerError("no stderr pipe to read the server's port from")
         deadline = time.monotonic() + 60
         seen: list[str] = []
@@ -260,12 +269,9 @@ class _IngestServer:
             seen.append(line)
             m = re.search(r"listening on (http://[\d.]+:\d+)", line)
             if m:
-                self.url = m.group(1)
-                threading.Thread(target=self._drain, daemon=True).start()
-                return self
+                return m.group(1)
             if not line and self.proc.poll() is not None:
                 break
-        self.__exit__()
         raise BrokerError("ingest server did not start:\n" + "".join(seen[-20:]))
 
     def _drain(self) -> None:

@@ -170,23 +170,31 @@ def _start_child(
         stdout=subprocess.PIPE,
         text=True,
     )
+    try:
+        return proc, _wait_child(proc, stdin)
+    except BaseException:  # not ready, or interrupted meanwhile: never leave it running
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _wait_child(proc: subprocess.Popen[str], stdin: str) -> str:
+    """Feed ``stdin``, read the child's port, wait for /readyz; its URL."""
     if proc.stdin is not None:
         proc.stdin.write(stdin)
         proc.stdin.close()
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.strip().isdigit():
-        proc.kill()
         raise BrokerError("a bench query server did not start")
     url = f"http://127.0.0.1:{line.strip()}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
+                return url
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    proc.kill()
     raise BrokerError("a bench query server did not become ready")
 
 

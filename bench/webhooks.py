@@ -60,6 +60,13 @@ class ReceiverProcess:
             [sys.executable, "-m", "bench.webhook_receiver", str(self.port)]
         )
         self.url = f"http://127.0.0.1:{self.port}/hook"
+        try:
+            self._wait_ready()
+        except BaseException:  # not started, or interrupted meanwhile: never leave it running
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -29,6 +29,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -129,6 +130,12 @@ def _wait_all(rx: ReceiverProcess, ids: set[str], timeout: float) -> dict[str, f
         time.sleep(0.5)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(base: Settings, fmt: str, events: int) -> dict[str, Any]:
     """Deliveries/s of one endpoint in format ``fmt`` (see the module docstring)."""
     s = _settings(base, fmt)
@@ -144,7 +151,11 @@ def throughput(base: Settings, fmt: str, events: int) -> dict[str, Any]:
         producer.close()
         proc = _dispatcher(s)
         try:
+            while not rx.stats()["requests"] and proc.poll() is None:
+                time.sleep(0.05)
+            cpu_at_first = _cpu_s(proc.pid)  # start-up and the group join left out
             arrivals = _wait_all(rx, {e.event_id for e in made}, timeout=600)
+            cpu = _cpu_s(proc.pid) - cpu_at_first
         finally:
             proc.terminate()
             proc.wait(60)
@@ -154,6 +165,7 @@ def throughput(base: Settings, fmt: str, events: int) -> dict[str, Any]:
             "seconds": span,
             "deliveries_per_s": events / span,
             "requests": rx.stats()["requests"],
+            "dispatcher_cpu_ms_per_event": cpu * 1000 / events,
         }
     finally:
         rx.stop()
@@ -273,7 +285,9 @@ def run(settings: Settings, *, quick: bool = False) -> list[Row]:
     write_results("webhooks", "webhooks", data)
     return [
         Row("json deliveries/s", json_run["deliveries_per_s"], "/s", f">= {JSON_FLOOR:,.0f}"),
+        Row("json dispatcher CPU/event", json_run["dispatcher_cpu_ms_per_event"], "ms"),
         Row("ndjson deliveries/s", nd_run["deliveries_per_s"], "/s"),
+        Row("ndjson dispatcher CPU/event", nd_run["dispatcher_cpu_ms_per_event"], "ms"),
         Row("bare httpx POSTs/s", bare["posts_per_s"], "/s"),
         Row("json / bare httpx", ratio, "ratio"),
         Row(f"ack -> delivery p50 @ {RATE}/s", lat["p50_ms"], "ms"),

@@ -24,10 +24,11 @@ make the same id, so a batch that is retried keeps its id.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from phi.policy import Revealer
 from schemas.events import AuditEvent
@@ -103,7 +104,8 @@ def ping_envelope(ping_id: str, tenant_id: str, endpoint_id: str, at: datetime) 
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON (orjson: the envelope is most of a json delivery's CPU)."""
+    return orjson.dumps(value)
 
 
 def body(fmt: str, envelopes: Sequence[dict[str, Any]], times: Sequence[datetime]) -> bytes:
@@ -130,9 +132,6 @@ def body(fmt: str, envelopes: Sequence[dict[str, Any]], times: Sequence[datetime
 
 
 def batch_id(endpoint_id: str, delivery_ids: Sequence[str]) -> str:
-    """A server-mode tenant's PHI is opened in ``data`` (``reveal``, from
-:mod:`webhooks.reveal`), so the envelope equals the API's answer for that tenant too.
-
-The ``webhook-id`` of a batch: a digest of the endpoint and its events' ids."""
+    """The ``webhook-id`` of a batch: a digest of the endpoint and its events' ids."""
     digest = hashlib.sha256("\n".join([endpoint_id, *delivery_ids]).encode("utf-8"))
     return "batch_" + digest.hexdigest()[:32]

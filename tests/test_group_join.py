@@ -10,18 +10,22 @@ changed the subscribed topics' partitions.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 
 import webhooks.consumer
 from tests.helpers import wait_for
+from tests.webhook_support import running_dispatcher
 from velora.group_join import GUARD, dropped_join, repair_dropped_join
 from velora.settings import Settings
-from webhooks.consumer import GroupConsumer, OffsetTracker
+from webhooks.service import DispatcherService, probe_app
 
 
 class Recorder(ConsumerRebalanceListener):
@@ -106,16 +110,21 @@ def test_nothing_is_requested_for_a_stable_member(member) -> None:
     assert recorder.assigned
 
 
-def test_the_webhook_consumer_repairs_a_dropped_join_at_once(settings, monkeypatch) -> None:
+async def _probe(service: DispatcherService, path: str) -> httpx.Response:
+    """GET one of the dispatcher's probe routes (its ASGI app, in process)."""
+    transport = httpx.ASGITransport(app=probe_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher") as client:
+        return await client.get(path)
+
+
+def test_the_dispatcher_repairs_a_dropped_join_at_once_and_counts_it(settings, monkeypatch) -> None:
     # A poll that never waits makes every join outlast the poll that started it, so the
     # stale snapshot below always ends in a dropped join. Without the repair the
     # consumer stays without partitions until its 30 s idle rule (REJOIN_MIN_S).
     monkeypatch.setattr(webhooks.consumer, "POLL_MS", 0)
     GUARD.reset()
-    group = GroupConsumer(settings, OffsetTracker(), lambda tp, record, ref: None, lambda tp, r: 0)
-    group.start()
-    try:
-        wait_for(lambda: group.assigned, timeout=30, what="first assignment")
+    with running_dispatcher(settings) as d:
+        group = d.service.consumer
         partitions, seen = set(group.assigned), group._rebalances
         group._consumer._coordinator._assignment_snapshot = {}  # the fault, as above
         wait_for(
@@ -123,7 +132,11 @@ def test_the_webhook_consumer_repairs_a_dropped_join_at_once(settings, monkeypat
             timeout=10,
             what="the partitions revoked and assigned again",
         )
-        assert group.join_repairs >= 1
-        assert group.rejoins == 0
-    finally:
-        group.stop()
+        ready = asyncio.run(_probe(d.service, "/readyz")).json()
+        assert ready["group_rejoins"]["dropped_join"] >= 1
+        assert ready["group_rejoins"]["idle"] == 0
+        metrics = asyncio.run(_probe(d.service, "/metrics")).text
+        counts = dict(
+            re.findall(r'velora_webhook_group_rejoins_total\{cause="(\w+)"\} (\d+)', metrics)
+        )
+        assert int(counts["dropped_join"]) >= 1 and counts["idle"] == "0"

@@ -18,7 +18,11 @@ jobs (:mod:`webhooks.publisher`). :func:`probe_app` serves, on
   (not sent: endpoint disabled), and the gauges ``velora_webhook_in_flight`` and
   ``velora_webhook_queued``; for the whole dispatcher
   ``velora_webhook_retries_pending`` (records waiting in the retry partitions this
-  dispatcher owns) and ``velora_webhook_records_in_flight``. The retries pending per
+  dispatcher owns), ``velora_webhook_records_in_flight`` and the counter
+  ``velora_webhook_group_rejoins_total`` (label ``cause``: ``dropped_join``, a
+  finished group join whose assignment kafka-python dropped, joined again at once;
+  ``idle``, the member left and joined again after holding no partitions too
+  long; see :mod:`webhooks.consumer`). The retries pending per
   endpoint, across every dispatcher, are in the API
   (``GET /api/v2/public/webhooks/endpoints/{id}``, ``stats``).
 """
@@ -159,6 +163,10 @@ class DispatcherService:
             "partitions": 0 if consumer is None else len(consumer.assigned),
             "records_in_flight": self.tracker.in_flight,
             "retries_pending": 0 if consumer is None else consumer.retries_waiting,
+            "group_rejoins": {
+                "dropped_join": 0 if consumer is None else consumer.join_repairs,
+                "idle": 0 if consumer is None else consumer.rejoins,
+            },
             "endpoints": self.endpoint_metrics(),
         }
         if reason is not None:
@@ -195,6 +203,9 @@ class DispatcherService:
             ("velora_webhook_records_in_flight", state["records_in_flight"], "Unsettled."),
         ):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        name = "velora_webhook_group_rejoins_total"
+        lines += [f"# HELP {name} Group rejoins, by cause.", f"# TYPE {name} counter"]
+        lines += [f'{name}{{cause="{c}"}} {n}' for c, n in state["group_rejoins"].items()]
         return "\n".join(lines) + "\n"
 
 

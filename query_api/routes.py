@@ -22,7 +22,7 @@ from query_api.db import LedgerReader
 from query_api.filters import as_mapping, parse_list_query, query_items, with_phi
 from query_api.links import page_url
 from query_api.responses import JsonBytesResponse, JsonResponse
-from query_api.serialize import event_json, page_json, tenant_phi
+from query_api.serialize import SQL_PAGE_MIN, event_json, page_json, tenant_phi
 from schemas.events import Target
 from schemas.limits import MAX_EVENT_ID
 from schemas.rules import clip
@@ -62,12 +62,13 @@ async def list_audit_events(request: Request) -> Response:
     tenant, limit = principal.tenant_id, query.limit + 1
     rows: list[queries.Row] = []
     rendered: list[queries.JsonRow] = []
-    if reveal.active:  # a server-mode tenant: PHI is revealed in Python, by the Revealer
+    in_sql = not reveal.active and query.limit >= SQL_PAGE_MIN
+    if not in_sql:  # a small page, or a server-mode tenant's (revealed by the Revealer)
         rows = await ledger_reader(request).read(
             lambda cur: queries.list_events(cur, tenant, filters, after, limit, hints=hints)
         )
         positions = [(r["occurred_us"], r["event_id"]) for r in rows]
-    else:  # what is stored is what is shown: DuckDB renders the events' JSON
+    else:  # a large page of stored values as they are shown: DuckDB renders the JSON
         rendered = await ledger_reader(request).read(
             lambda cur: queries.list_events_json(cur, tenant, filters, after, limit, hints=hints)
         )
@@ -86,7 +87,7 @@ async def list_audit_events(request: Request) -> Response:
         items = query_items(query.filters, query.limit, next_cursor)
         headers["Link"] = f'<{page_url(request, settings, urlencode(items))}>; rel="next"'
     page = {"next_cursor": next_cursor, "limit": query.limit}
-    if not reveal.active:
+    if in_sql:
         body = page_json([r[0] for r in rendered[: query.limit]], page)
         return JsonBytesResponse(body, headers=headers)
     events = [event_json(r, reveal) for r in rows[: query.limit]]

@@ -12,11 +12,12 @@ import pytest
 from ledger.duck import LedgerFile
 from query_api import queries
 from query_api.filters import Filters
-from query_api.serialize import event_json, page_json
+from query_api.serialize import SQL_PAGE_MIN, event_json, page_json
 from schemas.events import Actor, AuditEvent, Outcome, Target
-from tests.api_support import insert_events, make_event
+from tests.api_support import insert_events, make_event, running_api
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
+EVENTS = "/api/v2/public/audit/events"
 # every code point but the surrogates (a DuckDB string is valid UTF-8) and NUL
 CODE_POINTS = [chr(c) for c in range(1, 0x110000) if not 0xD800 <= c <= 0xDFFF]
 
@@ -117,3 +118,25 @@ def test_page_json_is_orjson_of_the_page():
         expected = orjson.dumps({"events": [orjson.loads(e) for e in events], "page": page})
         assert page_json(events, page) == expected
     assert page_json([], {"limit": 1}) == b'{"events":[],"page":{"limit":1}}'
+
+
+@pytest.mark.parametrize("limit", [SQL_PAGE_MIN - 1, SQL_PAGE_MIN, 500])
+def test_list_answers_are_the_bytes_of_the_dict_renderer(settings, limit):
+    """Through the API, below and above SQL_PAGE_MIN: the answer is byte for byte
+    orjson of event_json's dicts, and the cursor continues where the page ended."""
+    with running_api(settings) as api:
+        events = [make_event("acme", i, occurred_at=NOW - timedelta(seconds=i)) for i in range(600)]
+        odd = events[3]
+        events[3] = replace(odd, actor=replace(odd.actor, name='\x1a\\\x1f"é'), metadata={})
+        insert_events(api.reader, events)
+        key = api.issue("acme")
+        resp = api.get(EVENTS, key.token, params={"limit": limit})
+        assert resp.status_code == 200
+        assert resp.headers["content-type"] == "application/json"
+        page = resp.json()["page"]
+        rows = queries.list_events(api.reader.cursor(), "acme", Filters(), None, limit, now=NOW)
+        expected = {"events": [event_json(r) for r in rows], "page": page}
+        assert resp.content == orjson.dumps(expected)
+        assert page["next_cursor"] is not None
+        nxt = api.get(EVENTS, key.token, params={"limit": limit, "cursor": page["next_cursor"]})
+        assert nxt.json()["events"][0]["event_id"] == events[limit].event_id

@@ -38,6 +38,7 @@ import duckdb
 from ledger.tables import ledger_key
 from query_api.cursor import Position
 from query_api.filters import Filters
+from query_api.serialize import EVENT_JSON_SQL
 from schemas.times import from_micros
 
 FIRST_WINDOW = timedelta(minutes=15)
@@ -56,8 +57,11 @@ _EXPRESSIONS = {
 }
 COLUMNS = ", ".join(_EXPRESSIONS.get(name, name) for name in COLUMN_NAMES)
 ORDER = "ORDER BY occurred_at DESC, event_id DESC"
+JSON_COLUMNS = f"{EVENT_JSON_SQL}, epoch_us(occurred_at) AS occurred_us, event_id"
 
 Row = dict[str, Any]
+JsonRow = tuple[str, int, str]
+"""``(public JSON of the event, occurred_us, event_id)``."""
 HINT_HEADROOM, HINT_DECAY = 2.0, 0.97
 HINT_CAPACITY = 10_000
 """Hints kept per node; past it the table starts over (a hint is only a starting point)."""
@@ -140,10 +144,11 @@ def _equals_any(column: str, n: int) -> str:
     return f"{column} = ?" if n == 1 else f"{column} IN ({', '.join('?' * n)})"
 
 
-def _rows(cur: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> list[Row]:
+def _fetch(
+    cur: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]
+) -> list[tuple[Any, ...]]:
     """Run one query (callers go through ``ledger.duck``, which translates DuckDB's errors)."""
-    result = cur.execute(sql, params)
-    return [dict(zip(COLUMN_NAMES, r, strict=True)) for r in result.fetchall()]
+    return cur.execute(sql, params).fetchall()
 
 
 def list_events(
@@ -159,6 +164,42 @@ def list_events(
 
     With ``hints``, probing starts at the window that last answered a query of
     the same tenant and filter shape (see :class:`WindowHints`)."""
+    found = _probe(cur, COLUMNS, tenant_id, filters, after, limit, now, hints)
+    return [dict(zip(COLUMN_NAMES, r, strict=True)) for r in found]
+
+
+def list_events_json(
+    cur: duckdb.DuckDBPyConnection,
+    tenant_id: str,
+    filters: Filters,
+    after: Position | None,
+    limit: int,
+    now: datetime | None = None,
+    hints: WindowHints | None = None,
+) -> list[JsonRow]:
+    """The rows of :func:`list_events`, each rendered by DuckDB as its public JSON.
+
+    ``(json, occurred_us, event_id)`` per row: the JSON as
+    :data:`query_api.serialize.EVENT_JSON_SQL` renders it (stored values, nothing
+    revealed), the rest for the next cursor. The probing, and so the rows and
+    their order, are :func:`list_events`' own.
+    """
+    return _probe(cur, JSON_COLUMNS, tenant_id, filters, after, limit, now, hints, late=True)
+
+
+def _probe(
+    cur: duckdb.DuckDBPyConnection,
+    select: str,
+    tenant_id: str,
+    filters: Filters,
+    after: Position | None,
+    limit: int,
+    now: datetime | None,
+    hints: WindowHints | None,
+    late: bool = False,
+) -> list[tuple[Any, ...]]:
+    """The probing of :func:`list_events`, selecting ``select``; with ``late``, ``select``
+    is computed on the page's rows only (after the ``LIMIT``)."""
     where, params = filter_sql(tenant_id, filters)
     if after is not None:
         at = from_micros(after.occurred_us)
@@ -169,8 +210,18 @@ def list_events(
         anchor = filters.until
     else:
         anchor = now or datetime.now(UTC)
-    # Only constant clauses are joined here; every value is a bound parameter.
-    base = f"SELECT {COLUMNS} FROM audit_events WHERE {' AND '.join(where)}"  # noqa: S608
+    # Only constant clauses are joined here; every value is a bound parameter. A late
+    # select list is computed after the LIMIT (a JSON rendering of every row of a
+    # window, before the top-N, would cost many times the page); the plain columns
+    # are cheaper selected directly.
+    conditions = " AND ".join(where)
+
+    def page_sql(tail: str) -> str:
+        rows = f"audit_events WHERE {conditions} {tail}"
+        if late:
+            return f"SELECT {select} FROM (SELECT * FROM {rows}) {ORDER}"  # noqa: S608
+        return f"SELECT {select} FROM {rows}"  # noqa: S608
+
     key = WindowHints.key(tenant_id, filters) if hints is not None else None
     window = hints.start(key) if hints is not None and key is not None else FIRST_WINDOW
     first = True
@@ -178,14 +229,16 @@ def list_events(
         lower = _lower_bound(anchor, window)
         if lower is None or (filters.since is not None and lower <= filters.since):
             break  # the since bound is already narrower: the final query covers it
-        rows = _rows(cur, f"{base} AND occurred_at >= ? {ORDER} LIMIT ?", [*params, lower, limit])
+        rows = _fetch(
+            cur, page_sql(f"AND occurred_at >= ? {ORDER} LIMIT ?"), [*params, lower, limit]
+        )
         if len(rows) >= limit:
             if hints is not None and key is not None:
                 hints.learn(key, window, first)
             return rows
         window *= _growth(len(rows), limit)
         first = False
-    return _rows(cur, f"{base} {ORDER} LIMIT ?", [*params, limit])
+    return _fetch(cur, page_sql(f"{ORDER} LIMIT ?"), [*params, limit])
 
 
 def _growth(found: int, limit: int) -> float:
@@ -206,9 +259,9 @@ def _lower_bound(anchor: datetime, window: timedelta | None) -> datetime | None:
 
 def get_event(cur: duckdb.DuckDBPyConnection, tenant_id: str, event_id: str) -> Row | None:
     """One event of one tenant by id (the primary-key index answers it), or None."""
-    rows = _rows(
+    rows = _fetch(
         cur,
         f"SELECT {COLUMNS} FROM audit_events WHERE ledger_key = ?",  # noqa: S608
         [ledger_key(tenant_id, event_id)],
     )
-    return rows[0] if rows else None
+    return dict(zip(COLUMN_NAMES, rows[0], strict=True)) if rows else None

@@ -269,6 +269,12 @@ def test_window_probes_answer_exactly_like_a_full_scan(tmp_path, hinted: bool):
                     Position(int((now - timedelta(days=200)).timestamp() * 1e6), "z"),
                 ):
                     got = queries.list_events(cur, tenant, f, after, 21, now=now, hints=hints)
+                    rendered = queries.list_events_json(
+                        cur, tenant, f, after, 21, now=now, hints=hints
+                    )
+                    assert [(r[1], r[2]) for r in rendered] == [
+                        (r["occurred_us"], r["event_id"]) for r in got
+                    ]
                     mine = [
                         e
                         for e in events

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from ledger.decode import LEDGER_SCHEMA, EventDecoder
@@ -124,3 +125,23 @@ def test_a_deleted_ledgers_leftover_wal_is_not_replayed(tmp_path, factory):
         assert store.stored_offsets(TOPIC) == {}
     finally:
         store.close()
+
+
+def test_commits_do_not_checkpoint_until_the_wal_passes_the_threshold(tmp_path, factory):
+    """DuckDB's 16 MiB default checkpointed inside a commit every few tens of thousands of
+    rows; the store lets the WAL grow to CHECKPOINT_THRESHOLD first (closing checkpoints)."""
+    path = tmp_path / "l.duckdb"
+    wal = path.with_name(path.name + ".wal")
+    store = LedgerStore(path)
+    table, _ = _table(factory, 5000)
+    keys = table.column("ledger_key").to_pylist()
+    offset = 0
+    while not wal.exists() or wal.stat().st_size < 24 * 2**20:
+        fresh = table.set_column(0, "ledger_key", pa.array([f"{k}-{offset}" for k in keys]))
+        offset += table.num_rows
+        store.write_batch(fresh, TOPIC, {0: offset})
+        assert offset < 500_000, "the WAL did not grow"
+    assert store.count() == offset
+    store.close()
+    assert not wal.exists()  # closed: checkpointed
+    assert LedgerStore(path).count() == offset

@@ -396,6 +396,7 @@ def export_chunks(
             cur.execute("BEGIN TRANSACTION")
             try:
                 col = plain_column if phi is None else phi.column
+                yield b""  # the snapshot is taken: the answer may start (before the scans)
                 yield from _encode(cur, tenant_id, filters, fmt, progress, stop, col)
             finally:
                 cur.execute("ROLLBACK")

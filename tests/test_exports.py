@@ -387,9 +387,14 @@ def test_the_order_check_accepts_only_strictly_rising_stored_times(monkeypatch):
 
 
 def test_a_client_that_leaves_mid_stream_ends_the_export_and_frees_its_slot(settings, monkeypatch):
-    """The streamed path stops at the next chunk when the client goes: the reader thread
-    ends, the node's single export slot is free again and the next export is whole."""
+    """An export streams (its first bytes leave while it is still read), and stops at the
+    next chunk when the client goes: the reader thread ends, the node's single export
+    slot is free again and the next export is whole."""
     monkeypatch.setattr(exports, "TEXT_ROWS", 5)
+
+    def exporter_gone() -> bool:
+        return not any(t.name == "velora-export" for t in threading.enumerate())
+
     with running_api(settings.with_overrides(export_max_streams=1)) as api:
         insert_events(api.reader, [make_event("acme", i) for i in range(400)])
         key = api.issue("acme", ("audit:export",))
@@ -398,11 +403,17 @@ def test_a_client_that_leaves_mid_stream_ends_the_export_and_frees_its_slot(sett
             assert resp.status_code == 200
             first = next(resp.iter_raw())
             assert first.count(b"\n") < 400
+            # streamed: the first bytes left while the export was still being read (the
+            # read's audit record is confirmed before them, not after the whole body)
+            assert not exporter_gone()
         # the connection is closed with most of the export unsent
 
-        def exporter_gone() -> bool:
-            return not any(t.name == "velora-export" for t in threading.enumerate())
-
         wait_for(exporter_gone, timeout=30, what="the export thread to end")
-        whole = api.get(EXPORT, key.token, params=WINDOW)
-        assert whole.status_code == 200 and whole.text.count("\n") == 400
+        answers: list[httpx.Response] = []
+
+        def slot_free() -> bool:
+            answers.append(api.get(EXPORT, key.token, params=WINDOW))
+            return answers[-1].status_code != 429
+
+        wait_for(slot_free, timeout=30, what="the export slot to be released")
+        assert answers[-1].status_code == 200 and answers[-1].text.count("\n") == 400

@@ -49,7 +49,7 @@ from bench.query import _start_server, generate
 from bench.report import Row, percentile, write_results
 from cli.keys import create_key
 from ledger.duck import LedgerFile
-from ledger.rollups import ROLLUP_TABLES, rebuild_sql
+from ledger.rollups import ALL_ROLLUPS, rebuild_sql
 from query_api import analytics
 from query_api.filters import Filters
 from velora.settings import Settings
@@ -117,6 +117,8 @@ def engine_ratios(path: Path, since: datetime, until: datetime) -> dict[str, dic
             "timeseries by action": lambda r: series(cur, t, base, "day", "action", r),
             "timeseries action=claim.*": lambda r: series(cur, t, claims, "day", None, r),
             "top action": lambda r: analytics.top(cur, t, base, "action", 10, r),
+            "top actor": lambda r: analytics.top(cur, t, base, "actor", 10, r),
+            "top actor action=claim.*": lambda r: analytics.top(cur, t, claims, "actor", 10, r),
             "summary total+failures+busiest (no distinct)": lambda r: (
                 analytics.counts(cur, t, base, group="outcome", rollups=r),
                 analytics.counts(cur, t, base, unit="day", rollups=r),
@@ -186,7 +188,7 @@ def run(settings: Settings, n: int = EVENTS) -> list[Row]:
         ).fetchall()[0][0]
         rollup_rows = {
             t: check.connection.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-            for t, _ in ROLLUP_TABLES
+            for t, _ in ALL_ROLLUPS
         }
     finally:
         check.close()

@@ -25,14 +25,17 @@ with identical content.
 - ``audit_rollup_minute``, ``audit_rollup_hour``, ``audit_rollup_day``: per-tenant
   event counts per minute, hour and day by action, outcome, source and actor type,
   written in the same transaction as the rows they count (:mod:`ledger.rollups`).
-  Layout v3 added the first two and ``webhook_attempts``; v4 the day rollup.
+  ``audit_actor_day``: per-tenant event counts per day by actor id and action, in
+  the same transaction.
+  Layout v3 added the first two and ``webhook_attempts``; v4 the day rollup; v5 the
+  actor table.
 """
 
 from __future__ import annotations
 
 from ledger.rollups import ROLLUP_DDL
 
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 """Bumped whenever a table changes; a node finding an older file rebuilds it from the log."""
 
 AUDIT_EVENTS_DDL = """

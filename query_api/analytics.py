@@ -5,14 +5,17 @@
 outcome, source and actor type) when every filter is one of their columns (``action``,
 ``action`` prefix, ``outcome``, ``source``, ``actor_type``) and the grouping is too;
 otherwise (``actor_id``, ``target_id``, ``target_type``, distinct counts, top actors,
-targets and source IPs) from the rows of ``audit_events``. The range
-``[since, until)`` is cut into pieces (:func:`plan`): whole days from the day
-rollup (only when buckets are a day long or no buckets), whole hours around them
-from the hour rollup (buckets of an hour or longer), whole minutes around those
-from the minute rollup, and the seconds at either edge from the rows; the counts of the pieces are
-added. The rollups are written in the same transaction as the rows, so both
-sources give the same numbers at every moment (``tests/test_analytics.py`` recounts
-the answers in plain Python, and checks the rollups are what is read).
+targets and source IPs) from the rows of ``audit_events``, except that ``top`` by
+actor and distinct actors are counted from the actor table (``audit_actor_day``, per
+day, actor id and action) over the whole days of the range when the only filters are
+``action``, an ``action`` prefix and ``actor_id``. The range ``[since, until)`` is
+cut into pieces (:func:`plan`): whole days from the day rollup (only when buckets
+are a day long or no buckets), whole hours around them from the hour rollup
+(buckets of an hour or longer), whole minutes around those from the minute rollup,
+and the seconds at either edge from the rows; the counts of the pieces are added.
+The rollups are written in the same transaction as the rows, so both sources give
+the same numbers at every moment (``tests/test_analytics.py`` recounts the answers
+in plain Python, and checks the rollups are what is read).
 
 Every value is a bound parameter; only this module's constants and column names are
 formatted into SQL. A request's queries run in one read transaction, so its numbers
@@ -29,7 +32,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from ledger.rollups import ROLLUP_TABLES, utc_trunc
+from ledger.rollups import ACTOR_TABLE, ACTOR_UNIT, ROLLUP_TABLES, utc_trunc
 from phi.fields import id_domains
 from phi.policy import Revealer
 from query_api.filters import Filters
@@ -61,11 +64,13 @@ _ROLLUP_COLUMNS = {"action": "action", "outcome": "outcome", "actor_type": "acto
 _ROLLUP_TABLES = {unit: table for table, unit in ROLLUP_TABLES}
 _GRAINS = tuple((unit, INTERVALS[unit]) for _, unit in ROLLUP_TABLES)
 """``(unit, length in us)`` of every rollup, finest first."""
+_ACTOR_GRAINS = ((ACTOR_UNIT, INTERVALS[ACTOR_UNIT]),)
 
 
 @dataclass(frozen=True)
 class Piece:
-    """A part of the range and where its counts come from: ``rows``, ``minute`` or ``hour``."""
+    """A part of the range and where its counts come from: ``rows``, a rollup grain
+    (``minute``, ``hour``, ``day``) or the actor table (``actors``)."""
 
     source: str
     lo: datetime
@@ -78,6 +83,14 @@ def rollups_can_serve(filters: Filters, group: str | None = None) -> bool:
     return all(v is None for v in rows_only) and (group is None or group in _ROLLUP_COLUMNS)
 
 
+def actors_can_serve(filters: Filters) -> bool:
+    """Whether the actor table (per day, actor id and action) can count for ``filters``:
+    no filter but ``action``, an ``action`` prefix or ``actor_id``."""
+    other = (filters.outcome, filters.source, filters.actor_type, filters.target_id,
+             filters.target_type)  # fmt: skip
+    return all(v is None for v in other)
+
+
 def _ceil(us: int, step: int) -> int:
     return us + (-us % step)
 
@@ -86,18 +99,25 @@ def _floor(us: int, step: int) -> int:
     return us - us % step
 
 
-def plan(since: datetime, until: datetime, bucket_us: int | None, rollups: bool) -> list[Piece]:
+def plan(
+    since: datetime,
+    until: datetime,
+    bucket_us: int | None,
+    rollups: bool,
+    grains: tuple[tuple[str, int], ...] = _GRAINS,
+) -> list[Piece]:
     """Cut ``[since, until)`` into pieces served by the rows or a rollup, coarsest inside.
 
     Whole days come from the day rollup, the whole hours around them from the hour
     rollup, the whole minutes around those from the minute rollup, and the seconds
     at either edge from the rows. A rollup serves only when buckets are at least as
     long as its grain (``bucket_us`` None: no buckets), so every rollup row lies
-    inside one bucket (buckets and grains are UTC-aligned).
+    inside one bucket (buckets and grains are UTC-aligned). ``grains`` (finest
+    first) are the rollups to use: the actor table has only days.
     """
     if not rollups:
         return [Piece("rows", since, until)]
-    grains = [(name, step) for name, step in _GRAINS if bucket_us is None or step <= bucket_us]
+    grains = tuple((n, step) for n, step in grains if bucket_us is None or step <= bucket_us)
     lo_us, hi_us = micros(since), micros(until)
     left: list[tuple[str, int, int]] = []
     right: list[tuple[str, int, int]] = []
@@ -124,6 +144,19 @@ def _piece_sql(
         if group is not None:
             where.append(f"{key} IS NOT NULL")
         table, count = "audit_events", "count(*)"
+    elif piece.source == "actors":
+        where = ["tenant_id = ?", "bucket >= ?", "bucket < ?"]
+        params = [tenant_id, piece.lo, piece.hi]
+        for column, value in (
+            ("action = ?", f.action),
+            ("starts_with(action, ?)", f.action_prefix),
+            ("actor_id = ?", f.actor_id),
+        ):
+            if value is not None:
+                where.append(column)
+                params.append(value)
+        assert unit is None and group == "actor"
+        bucket, key, table, count = "NULL::BIGINT", "actor_id", ACTOR_TABLE, "sum(events)"
     else:
         where = ["tenant_id = ?", "bucket >= ?", "bucket < ?"]
         params = [tenant_id, piece.lo, piece.hi]
@@ -155,10 +188,15 @@ def _union(
     rollups: bool,
 ) -> tuple[str, list[Any]]:
     assert f.since is not None and f.until is not None
-    use = rollups and rollups_can_serve(f, group)
     step = INTERVALS[unit] if unit else None
+    if group == "actor" and unit is None:
+        use = rollups and actors_can_serve(f)
+        pieces = plan(f.since, f.until, step, use, _ACTOR_GRAINS)
+        pieces = [p if p.source == "rows" else replace(p, source="actors") for p in pieces]
+    else:
+        pieces = plan(f.since, f.until, step, rollups and rollups_can_serve(f, group))
     parts, params = [], []
-    for piece in plan(f.since, f.until, step, use):
+    for piece in pieces:
         sql, p = _piece_sql(tenant_id, f, piece, unit, group)
         parts.append(sql)
         params += p
@@ -315,34 +353,36 @@ def _revealed(
     return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def _distinct(
+def _distinct_actors(
+    cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters, rollups: bool
+) -> int:
+    """Distinct actor ids of the matching events: whole days from the actor table when
+    the filters allow (a key counts when its cells add up to more than 0), the rest
+    from the rows."""
+    union, params = _union(tenant_id, f, None, "actor", rollups)
+    sql = f"SELECT count(*) FROM (SELECT g FROM ({union}) GROUP BY g HAVING sum(n) <> 0)"  # noqa: S608
+    return int(cur.execute(sql, params).fetchall()[0][0])
+
+
+def _distinct_targets(
     cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters, split: datetime
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Distinct actor ids and target ids of the matching events (from the rows), at or
-    after ``split`` and before it, in one pass over each.
+) -> tuple[int, int]:
+    """Distinct target ids of the matching events (from the rows), at or after
+    ``split`` and before it, in one pass.
 
     One hash aggregate per key (was it seen after, before ``split``) rather than two
     ``count(DISTINCT) FILTER`` aggregates: measured 2.5x faster for targets (1.1 s
     against 2.8 s for a million events, under load).
     """
     where, params = filter_sql(tenant_id, f)
-    cond = " AND ".join(where)
-    seen = (
-        "SELECT count(*) FILTER (WHERE now), count(*) FILTER (WHERE before) FROM "
-        "(SELECT bool_or(occ >= ?) AS now, bool_or(occ < ?) AS before FROM ({}) "
-        "WHERE k IS NOT NULL GROUP BY k)"
+    sql = (
+        "SELECT count(*) FILTER (WHERE now), count(*) FILTER (WHERE before) FROM "  # noqa: S608
+        "(SELECT bool_or(occ >= ?) AS now, bool_or(occ < ?) AS before FROM ("
+        "SELECT occurred_at AS occ, unnest(list_transform(targets, lambda t: t.id)) AS k "
+        f"FROM audit_events WHERE {' AND '.join(where)}) WHERE k IS NOT NULL GROUP BY k)"
     )
-    keys = (
-        "occurred_at AS occ, actor_id AS k",
-        "occurred_at AS occ, unnest(list_transform(targets, lambda t: t.id)) AS k",
-    )
-    actors, targets = (
-        seen.format(f"SELECT {k} FROM audit_events WHERE {cond}")  # noqa: S608
-        for k in keys
-    )
-    a_now, a_before = cur.execute(actors, [split, split, *params]).fetchall()[0]
-    t_now, t_before = cur.execute(targets, [split, split, *params]).fetchall()[0]
-    return (int(a_now), int(t_now)), (int(a_before), int(t_before))
+    now, before = cur.execute(sql, [split, split, *params]).fetchall()[0]
+    return int(now), int(before)
 
 
 def _figures(
@@ -400,9 +440,11 @@ def summary(
     length = f.until - f.since
     previous = replace(f, since=f.since - length, until=f.since)
     both = replace(f, since=previous.since)
-    distinct_now, distinct_before = _distinct(cur, tenant_id, both, f.since)
-    now = _figures(cur, tenant_id, f, interval, rollups, distinct_now)
-    before = _figures(cur, tenant_id, previous, interval, rollups, distinct_before)
+    targets_now, targets_before = _distinct_targets(cur, tenant_id, both, f.since)
+    actors_now = _distinct_actors(cur, tenant_id, f, rollups)
+    actors_before = _distinct_actors(cur, tenant_id, previous, rollups)
+    now = _figures(cur, tenant_id, f, interval, rollups, (actors_now, targets_now))
+    before = _figures(cur, tenant_id, previous, interval, rollups, (actors_before, targets_before))
     return {
         "interval": interval,
         "current": now,

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -213,7 +214,9 @@ async def export_stream(request: Request) -> Response:
         finally:
             stop.set()
             producer.stop.set()
-            await asyncio.to_thread(producer.join)
+            # a client that left cancels this body: the clean-up must still run to the end
+            with anyio.CancelScope(shield=True):
+                await asyncio.to_thread(producer.join)
             try:  # wake a get() still waiting for the cancelled read of a chunk
                 producer.queue.put_nowait(_DONE)
             except queue.Full:

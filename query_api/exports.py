@@ -3,21 +3,28 @@
 :func:`export_chunks` yields the encoded bytes of an export piece by piece, with
 memory bounded whatever the number of events:
 
-- **Slices.** Sorting millions of rows at once would hold them all, so the range is
-  cut into slices of at most about :data:`SLICE_EVENTS` events, planned from the
+- **Stored in order: one stream.** The ledger is written in log order, which is
+  nearly always time order. A first scan reads only the matching rows' times as
+  stored (:func:`_stored_in_order`); when they rise strictly, one query without
+  ``ORDER BY`` returns the rows in that stored order, streamed: DuckDB scans and
+  encodes on all its threads and buffers a few vectors, never the result (the
+  slices below ran one thread each, as a slice is about one row group).
+- **Otherwise, slices.** Sorting millions of rows at once would hold them all, so the
+  range is cut into slices of at most about :data:`SLICE_EVENTS` events, planned from the
   minute rollup (an upper bound of the matching events per minute), and each slice
   is one query fetched as an Arrow table, put in ``(occurred_at, event_id)`` order by
   Arrow (a check only, when the rows already are) and encoded in batches of
   :data:`BATCH_ROWS`. Slices are consecutive time ranges, so the
   concatenation is in the stable order (oldest first, then event id).
-- **One snapshot.** Every slice runs in one read transaction of a cursor of its own,
+- **One snapshot.** Every query runs in one read transaction of a cursor of its own,
   so an export is a consistent snapshot even while the materializer writes.
 - **Encoding** is done by DuckDB and Arrow, never row by row in Python: NDJSON lines
   are DuckDB's ``to_json`` of the event in the list API's shape (the same fields,
   ``+00:00`` times); CSV is Arrow's writer over the flattened columns
   (:data:`CSV_COLUMNS`, nested ``targets`` and ``metadata`` as JSON text); Parquet
   is Arrow's writer over the typed, nested event (:data:`PARQUET_SCHEMA`), one row
-  group per batch.
+  group per batch of :data:`BATCH_ROWS`; NDJSON and CSV go out in chunks of
+  :data:`TEXT_ROWS` rows.
 
 **PHI.** A server-mode tenant's PHI columns are detokenized in the same SQL by
 functions of the export's own (:mod:`query_api.phi_sql`), a vector of rows at a
@@ -53,6 +60,13 @@ from schemas.times import from_micros, micros
 
 SLICE_EVENTS = 50_000
 BATCH_ROWS = 32_768
+"""Rows per Parquet row group (and per batch of the other formats' slices)."""
+TEXT_ROWS = 8_192
+"""Rows per chunk of NDJSON and CSV (about 4 MB of NDJSON): a 32,768-row chunk doubled
+the export's memory growth (measured 237 MB against 136 MB at 1.5M events) for no
+speed."""
+CHECK_ROWS = 1 << 17
+"""Times per batch of the order check (1 MB of integers)."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +86,11 @@ FORMATS: dict[str, Format] = {
 
 
 def _iso(column: str) -> str:
-    """SQL: a TIMESTAMPTZ as Python's ``isoformat()`` of it in UTC (as the list API shows)."""
-    utc = f"({column} AT TIME ZONE 'UTC')"
+    """SQL: a TIMESTAMPTZ as Python's ``isoformat()`` of it in UTC (as the list API shows):
+    the microseconds are left out when they are 0 (``.000000+`` appears nowhere else)."""
     return (
-        f"(strftime({utc}, '%Y-%m-%dT%H:%M:%S') || CASE WHEN epoch_us({column}) % 1000000 = 0 "
-        f"THEN '' ELSE strftime({utc}, '.%f') END || '+00:00')"
+        f"replace(strftime(({column} AT TIME ZONE 'UTC'), '%Y-%m-%dT%H:%M:%S.%f+00:00'), "
+        "'.000000+', '+')"
     )
 
 
@@ -169,6 +183,16 @@ PARQUET_SCHEMA = pa.schema(
 
 PARQUET_SELECT = parquet_select()
 
+PARQUET_DICTIONARY: tuple[str, ...] = (
+    "tenant_id", "action", "crud", "category", "source", "actor.type", "outcome.result",
+    "targets.list.element.type", "metadata.key_value.key",
+)  # fmt: skip
+"""Columns dictionary-encoded in Parquet: the few-valued ones. Encoding ids, names and
+times too cost 4x the writer's time (0.69 s against 0.15 s per 167,000 events) for a
+file 10% smaller."""
+PARQUET_STATISTICS: tuple[str, ...] = ("occurred_at", "received_at")
+"""Columns with min/max statistics (what readers filter exports by)."""
+
 
 @dataclass
 class ExportProgress:
@@ -259,15 +283,77 @@ def _in_order(table: pa.Table) -> pa.Table:
     return table.take(pc.sort_indices(table.select(["_ts", "_id"]), sort_keys=keys))
 
 
+def _stored_in_order(
+    cur: duckdb.DuckDBPyConnection, cond: str, params: list[Any], stop: threading.Event
+) -> bool:
+    """Whether the matching rows, in storage order, have strictly increasing times.
+
+    One scan of the times alone (an integer per row, a few percent of an export),
+    in the order a query without ``ORDER BY`` returns the rows (DuckDB preserves the
+    table's order, also when it scans with several threads). Equal times count as
+    out of order: their order is the event ids', which storage need not follow.
+    """
+    sql = f"SELECT epoch_us(occurred_at) FROM audit_events WHERE {cond}"  # noqa: S608
+    reader = cur.sql(sql, params=params).to_arrow_reader(CHECK_ROWS)
+    try:
+        last: int | None = None
+        for batch in reader:
+            if stop.is_set():
+                return False
+            ts = batch.column(0).to_numpy()
+            if not len(ts):
+                continue
+            if (last is not None and ts[0] <= last) or not bool(np.all(ts[1:] > ts[:-1])):
+                return False
+            last = int(ts[-1])
+        return True
+    finally:
+        reader.close()
+
+
+def _batches(
+    cur: duckdb.DuckDBPyConnection,
+    tenant_id: str,
+    filters: Filters,
+    select: str,
+    stop: threading.Event,
+    rows: int = BATCH_ROWS,
+) -> Iterator[pa.RecordBatch]:
+    """The matching rows as ``select``'s columns, oldest first, in batches of at most
+    ``rows``.
+
+    When the rows are stored in time order (:func:`_stored_in_order`, the usual
+    case: the ledger is written in log order), one query streams them as stored:
+    DuckDB reads and encodes on all its threads and holds a small buffer, never the
+    result. Otherwise, slice by slice (:func:`_slices`).
+    """
+    where, params = filter_sql(tenant_id, filters)
+    cond = " AND ".join(where)
+    if not _stored_in_order(cur, cond, params, stop):
+        yield from _slices(cur, tenant_id, filters, select, stop, rows)
+        return
+    sql = f"SELECT {select} FROM audit_events WHERE {cond}"  # noqa: S608
+    reader = cur.sql(sql, params=params).to_arrow_reader(rows)
+    try:
+        for batch in reader:
+            if stop.is_set():
+                return
+            if batch.num_rows:
+                yield batch
+    finally:
+        reader.close()
+
+
 def _slices(
     cur: duckdb.DuckDBPyConnection,
     tenant_id: str,
     filters: Filters,
     select: str,
     stop: threading.Event,
+    rows: int = BATCH_ROWS,
 ) -> Iterator[pa.RecordBatch]:
-    """The matching rows as ``select``'s columns, oldest first, in batches of
-    :data:`BATCH_ROWS`: each slice is one unordered query put in order by Arrow
+    """The matching rows as ``select``'s columns, oldest first, in batches of ``rows``:
+    each slice is one unordered query put in order by Arrow
     (cheaper than DuckDB's sort of the wide rows: measured 2.0 s against 0.7 s for
     200,000 rows)."""
     assert filters.since is not None and filters.until is not None
@@ -281,7 +367,7 @@ def _slices(
         )
         table = _in_order(cur.sql(sql, params=params).to_arrow_table())
         table = table.drop_columns(["_ts", "_id"])
-        for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+        for batch in table.to_batches(max_chunksize=rows):
             if stop.is_set():
                 return
             if batch.num_rows:
@@ -310,6 +396,7 @@ def export_chunks(
             cur.execute("BEGIN TRANSACTION")
             try:
                 col = plain_column if phi is None else phi.column
+                yield b""  # the snapshot is taken: the answer may start (before the scans)
                 yield from _encode(cur, tenant_id, filters, fmt, progress, stop, col)
             finally:
                 cur.execute("ROLLBACK")
@@ -339,14 +426,14 @@ def _encode(
 ) -> Iterator[bytes]:
     if fmt.name == "ndjson":
         select = NDJSON_SELECT if col is plain_column else ndjson_select(col)
-        for batch in _slices(cur, tenant_id, filters, select, stop):
+        for batch in _batches(cur, tenant_id, filters, select, stop, TEXT_ROWS):
             progress.rows += batch.num_rows
             yield _joined(batch.column(0))
         return
     sink = _Sink()
     if fmt.name == "csv":
         writer: Any = None
-        for batch in _slices(cur, tenant_id, filters, _csv_select(col), stop):
+        for batch in _batches(cur, tenant_id, filters, _csv_select(col), stop, TEXT_ROWS):
             if writer is None:
                 writer = pacsv.CSVWriter(sink, batch.schema)
             writer.write_batch(batch)
@@ -358,9 +445,15 @@ def _encode(
             writer.close()
             yield sink.take()
         return
-    writer = pq.ParquetWriter(sink, PARQUET_SCHEMA, compression="snappy")
+    writer = pq.ParquetWriter(
+        sink,
+        PARQUET_SCHEMA,
+        compression="snappy",
+        use_dictionary=list(PARQUET_DICTIONARY),
+        write_statistics=list(PARQUET_STATISTICS),
+    )
     select = PARQUET_SELECT if col is plain_column else parquet_select(col)
-    for batch in _slices(cur, tenant_id, filters, select, stop):
+    for batch in _batches(cur, tenant_id, filters, select, stop, BATCH_ROWS):
         writer.write_batch(batch.cast(PARQUET_SCHEMA))
         progress.rows += batch.num_rows
         yield sink.take()

@@ -75,6 +75,10 @@ class FailureGate:
         return ip, key
 
 
+class _Refused(Exception):
+    """A streamed answer whose read could not be recorded: an error was sent instead."""
+
+
 class PublicApiMiddleware:
     """Authentication, rate limits, error rendering and read auditing for the public API."""
 
@@ -205,14 +209,43 @@ class PublicApiMiddleware:
         auditor: ReadAuditor,
         headers: Headers,
     ) -> None:
-        """Run the route, hold its answer until the read's audit record is acknowledged."""
+        """Run the route, hold its answer until the read's audit record is acknowledged.
+
+        A streamed answer (a body sent in parts: an export) is held only until its
+        first part: its record is confirmed then, before any byte leaves, and the rest
+        streams. Holding all of it kept a whole export in memory and past the request
+        deadline before its first byte.
+        """
         held: list[Message] = []
+        streaming = False
+        client_ip = scope["client"][0] if scope.get("client") else "unknown"
 
         async def hold(message: Message) -> None:
+            nonlocal streaming
+            if streaming:
+                await send(message)
+                return
             held.append(message)
+            if message["type"] == "http.response.body" and message.get("more_body", False):
+                status = held[0]["status"] if held[0]["type"] == "http.response.start" else 200
+                try:
+                    await auditor.confirm(
+                        self._read_event(scope, principal, status, client_ip, headers)
+                    )
+                except Unavailable as exc:
+                    await error_response(exc, decision.headers())(scope, receive, send)
+                    raise _Refused from exc
+                streaming = True
+                for part in held:
+                    await send(part)
+                held.clear()
 
-        status = await self._call_route(scope, receive, hold, principal, decision)
-        client_ip = scope["client"][0] if scope.get("client") else "unknown"
+        try:
+            status = await self._call_route(scope, receive, hold, principal, decision)
+        except _Refused:
+            return
+        if streaming:
+            return
         try:
             await auditor.confirm(self._read_event(scope, principal, status, client_ip, headers))
         except Unavailable as exc:
@@ -238,6 +271,8 @@ class PublicApiMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except _Refused:
+            raise
         except Exception as exc:
             log.error(
                 "unhandled %s on %s %s",

@@ -45,9 +45,8 @@ _TARGETS = (
 
 
 def plain_column(name: str) -> str:
-    """The stored columns, as they are (every tenant but a server-mode one)."""
-    if name == "targets":
-        return _TARGETS.format(id="t.id", name="t.name")
+    """The stored columns, as they are (every tenant but a server-mode one); ``targets``
+    is stored as the list of ``{type, id, name}`` structs already."""
     return name
 
 

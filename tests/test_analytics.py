@@ -534,3 +534,38 @@ def test_the_plan_covers_the_range_with_the_coarsest_aligned_pieces(bucket):
     }
     assert sources == expected[bucket]
     assert analytics.plan(since, until, None, False) == [analytics.Piece("rows", since, until)]
+
+
+def test_top_actors_and_distinct_actors_read_the_actor_table(settings):
+    """Proof the actor table is read: a delta planted in it for a whole day shows in
+    ``top`` by actor and in the distinct actors, only where the filters allow it."""
+    with running_api(settings) as api:
+        insert_events(api.reader, [make_event("acme", i) for i in range(30)])
+        key = api.issue("acme")
+        day = {"since": "2025-03-01T00:00:00Z", "until": "2025-03-02T00:00:00Z"}
+        ragged = {"since": "2025-03-01T00:00:00Z", "until": "2025-03-01T23:00:00Z"}
+
+        def top(**params):
+            body = api.get(f"{BASE}/top", key.token, params={"dimension": "actor", **params})
+            assert body.status_code == 200, body.text
+            return [(i["key"], i["count"]) for i in body.json()["items"]]
+
+        def actors(**params):
+            body = api.get(f"{BASE}/summary", key.token, params=params).json()
+            return body["current"]["distinct_actors"]
+
+        want = [("user-0", 10), ("user-1", 10), ("user-2", 10)]
+        assert top(**day) == top(**ragged) == want and actors(**day) == 3
+        cur = api.reader.connection.cursor()
+        cur.execute(
+            "INSERT INTO audit_actor_day VALUES "
+            "('acme', '2025-03-01 00:00:00+00', 'ghost', 'claim.viewed', 500)"
+        )
+        cur.close()
+        assert top(**day) == [("ghost", 500), *want]  # a whole day: the actor table
+        assert top(**day, action="claim.*") == [("ghost", 500), *want]
+        assert top(**day, actor_id="ghost") == [("ghost", 500)]
+        assert actors(**day) == actors(**day, action="claim.viewed") == 4
+        assert top(**ragged) == want and actors(**ragged) == 3  # no whole day: the rows
+        assert top(**day, outcome="success") == want  # a filter it lacks: the rows
+        assert actors(**day, source="claims-service") == 3

@@ -9,7 +9,7 @@ import pytest
 import uuid_utils
 
 from ledger.decode import EventDecoder
-from ledger.rollups import ROLLUP_TABLES, mismatch_sql
+from ledger.rollups import ALL_ROLLUPS, ROLLUP_TABLES, mismatch_sql
 from ledger.store import LedgerStore
 from tests.factory import EventFactory
 from tests.ledger_support import encoded
@@ -20,11 +20,11 @@ TOPIC = "t.audit.v1"
 
 def assert_rollups_exact(cur) -> int:
     """Fail with the first disagreeing cells; return the rows counted."""
-    for table, unit in ROLLUP_TABLES:
+    for table, unit in ALL_ROLLUPS:
         wrong = cur.execute(mismatch_sql(table, unit)).fetchall()
         assert wrong == [], (table, wrong[:5])
     total = cur.execute("SELECT count(*) FROM audit_events").fetchall()[0][0]
-    for table, _ in ROLLUP_TABLES:
+    for table, _ in ALL_ROLLUPS:
         summed = cur.execute(f"SELECT coalesce(sum(events), 0) FROM {table}").fetchall()[0][0]
         assert summed == total, table
     return total

@@ -66,15 +66,25 @@ def member(settings: Settings) -> Iterator[tuple[KafkaConsumer, Recorder]]:
 
 
 def drop_a_join(consumer: KafkaConsumer) -> None:
-    """Start a metadata-driven rejoin in a poll that gives up, and let the join finish."""
+    """Start a metadata-driven rejoin in a poll that gives up, and let the join finish.
+
+    A poll with no time to wait may return before it starts the join (the coordinator
+    not ready within it): poll again until the join task exists, then stop polling and
+    wait for the task, so no poll is there to take its result.
+    """
     coordinator = consumer._coordinator
-    coordinator._assignment_snapshot = {}  # the fault: metadata changed since the assignment
-    consumer.poll(timeout_ms=0)  # starts the join and returns before it completes
-    wait_for(
-        lambda: coordinator._join_task is not None and coordinator._join_task.is_done,
-        timeout=30,
-        what="the join task",
-    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if coordinator._join_task is None and not coordinator.need_rejoin():
+            coordinator._assignment_snapshot = {}  # the fault: metadata changed since then
+        consumer.poll(timeout_ms=0)
+        task = coordinator._join_task
+        if task is None:
+            continue
+        wait_for(lambda task=task: task.is_done, timeout=30, what="the join task")
+        if dropped_join(consumer):
+            return
+    raise AssertionError("no dropped join could be made in 30 s")
 
 
 def test_kafka_python_drops_the_assignment_of_such_a_join(member) -> None:

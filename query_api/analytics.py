@@ -133,6 +133,24 @@ def plan(
     return [Piece(src, from_micros(a), from_micros(b)) for src, a, b in spans if a < b]
 
 
+def _bucket_where(
+    tenant_id: str, f: Filters, piece: Piece, columns: tuple[tuple[str, Any], ...]
+) -> tuple[list[str], list[Any]]:
+    """WHERE clauses and parameters over a bucketed table (rollups, actor days) for one
+    piece: the tenant, the piece's buckets, the action filters and ``columns``' set ones."""
+    where = ["tenant_id = ?", "bucket >= ?", "bucket < ?"]
+    params: list[Any] = [tenant_id, piece.lo, piece.hi]
+    for clause, value in (
+        ("action = ?", f.action),
+        ("starts_with(action, ?)", f.action_prefix),
+        *columns,
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    return where, params
+
+
 def _piece_sql(
     tenant_id: str, f: Filters, piece: Piece, unit: str | None, group: str | None
 ) -> tuple[str, list[Any]]:
@@ -145,31 +163,20 @@ def _piece_sql(
             where.append(f"{key} IS NOT NULL")
         table, count = "audit_events", "count(*)"
     elif piece.source == "actors":
-        where = ["tenant_id = ?", "bucket >= ?", "bucket < ?"]
-        params = [tenant_id, piece.lo, piece.hi]
-        for column, value in (
-            ("action = ?", f.action),
-            ("starts_with(action, ?)", f.action_prefix),
-            ("actor_id = ?", f.actor_id),
-        ):
-            if value is not None:
-                where.append(column)
-                params.append(value)
+        where, params = _bucket_where(tenant_id, f, piece, (("actor_id = ?", f.actor_id),))
         assert unit is None and group == "actor"
         bucket, key, table, count = "NULL::BIGINT", "actor_id", ACTOR_TABLE, "sum(events)"
     else:
-        where = ["tenant_id = ?", "bucket >= ?", "bucket < ?"]
-        params = [tenant_id, piece.lo, piece.hi]
-        for column, value in (
-            ("action = ?", f.action),
-            ("starts_with(action, ?)", f.action_prefix),
-            ("outcome = ?", f.outcome),
-            ("source = ?", f.source),
-            ("actor_type = ?", f.actor_type),
-        ):
-            if value is not None:
-                where.append(column)
-                params.append(value)
+        where, params = _bucket_where(
+            tenant_id,
+            f,
+            piece,
+            (
+                ("outcome = ?", f.outcome),
+                ("source = ?", f.source),
+                ("actor_type = ?", f.actor_type),
+            ),
+        )
         bucket = f"epoch_us({utc_trunc(unit, 'bucket')})" if unit else "NULL::BIGINT"
         key = _ROLLUP_COLUMNS[group] if group else "NULL::VARCHAR"
         table, count = _ROLLUP_TABLES[piece.source], "sum(events)"

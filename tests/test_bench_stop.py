@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.helpers import REPO, wait_for
@@ -94,10 +93,11 @@ def test_sigterm_stops_the_broker_and_every_child_and_removes_the_folder(tmp_pat
         text = log.read_text()
         assert "bench: stopped" in text
         assert "Traceback" not in text
-        deadline = time.monotonic() + 30
-        while (left := [_cmdline(p) for p in started if _alive(p)]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert left == [], "processes the bench started are still running"
+        try:
+            wait_for(lambda: not any(_alive(p) for p in started), timeout=30, what="the exits")
+        except AssertionError:
+            left = [_cmdline(p) for p in started if _alive(p)]
+            raise AssertionError(f"processes the bench started still run: {left}") from None
         assert not _processes_mentioning(workdir)
         assert not Path(workdir).exists()
     finally:  # whatever the outcome, leave nothing behind for the rest of the suite

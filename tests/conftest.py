@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import CACHE_DIR, make_broker
+from velora import kafka_sockets
 from velora.settings import Settings
 from velora.topics import ensure_topics
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests make kafka-python clients of their own too: close their failed attempts'
+    sockets as the project's client factory does (:mod:`velora.kafka_sockets`)."""
+    kafka_sockets.install()
 
 
 @pytest.fixture(scope="session")

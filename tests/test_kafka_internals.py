@@ -26,6 +26,7 @@ import ingest.producer
 import ledger.log_reader
 import ledger.record_runs
 import velora.group_join
+import velora.kafka_sockets
 from ingest import Accepted, AuditProducer
 from ingest.appender import Appender, TenantPartitioner
 from ledger.materializer import Materializer
@@ -46,6 +47,7 @@ GUARDS = {
     "runs": ledger.record_runs.GUARD,
     "net": ingest.producer.NET_CLIENT,
     "join": velora.group_join.GUARD,
+    "sockets": velora.kafka_sockets.GUARD,
 }
 PRIVATE_MODULES = (
     "kafka.consumer.fetcher",

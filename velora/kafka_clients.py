@@ -3,7 +3,9 @@
 Every consumer, producer and admin client of the project comes from
 :func:`new_consumer`, :func:`new_producer` or :func:`new_admin`, so they share the
 bootstrap servers, the error translation and the defaults that matter for an audit
-log (``read_committed``, no auto-commit, no automatic offset reset).
+log (``read_committed``, no auto-commit, no automatic offset reset). Each first
+installs :mod:`velora.kafka_sockets` (once per process), so a failed connection
+attempt never leaves its socket open.
 
 :func:`map_kafka_errors` is the boundary, in the style of httpx's
 ``map_exceptions``: inside it, kafka-python's errors (and the socket errors it
@@ -23,6 +25,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
+from velora import kafka_sockets
 from velora.errors import Unavailable
 from velora.settings import Settings
 
@@ -73,6 +76,7 @@ def new_consumer(settings: Settings, client_id: str, **config: Any) -> KafkaCons
         "auto_offset_reset": "none",
         **config,
     }
+    kafka_sockets.install()
     with map_kafka_errors("connect"):
         return KafkaConsumer(**options)
 
@@ -85,12 +89,14 @@ def new_producer(settings: Settings, client_id: str, **config: Any) -> KafkaProd
         "acks": "all",
         **config,
     }
+    kafka_sockets.install()
     with map_kafka_errors("connect"):
         return KafkaProducer(**options)
 
 
 def new_admin(settings: Settings, client_id: str = "velora-admin") -> KafkaAdminClient:
     """An admin client (topic creation and inspection)."""
+    kafka_sockets.install()
     with map_kafka_errors("connect"):
         return KafkaAdminClient(
             bootstrap_servers=_bootstrap(settings), client_id=client_id, request_timeout_ms=15000

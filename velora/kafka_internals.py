@@ -4,10 +4,11 @@ Three fast paths reach into kafka-python below its public API: the ingest
 appender (:mod:`ingest.appender`), the ledger's record runs
 (:mod:`ledger.record_runs`) and the producer's tracking of half-made network
 clients (:mod:`ingest.producer`). Each has a public path that gives the same
-result, only slower or leakier. One repair uses the same guard: a group join whose
-assignment kafka-python dropped (:mod:`velora.group_join`); without it, a consumer's
-own rule for a member left without partitions recovers, only later. The contract
-every fast path keeps:
+result, only slower or leakier. Two repairs use the same guard: a group join whose
+assignment kafka-python dropped (:mod:`velora.group_join`; without it, a consumer's
+own rule for a member left without partitions recovers, only later), and closing
+the socket of a failed connection attempt (:mod:`velora.kafka_sockets`; without it,
+the garbage collector closes it, only later). The contract every fast path keeps:
 
 - its private kafka-python modules are imported inside its probe, never at the
   top of a module, so a moved or renamed module cannot fail an import;

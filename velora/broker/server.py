@@ -325,6 +325,9 @@ class LocalBroker:
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
+        from velora import kafka_sockets
+
+        kafka_sockets.install()
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self._pid() is None:

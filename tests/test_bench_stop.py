@@ -23,16 +23,22 @@ def _processes_mentioning(text: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        if text in _cmdline(int(entry.name)):
+        if text in _cmdline(int(entry.name), whole=True):
             found.append(int(entry.name))
     return found
 
 
-def _cmdline(pid: int) -> str:
+def _cmdline(pid: int, whole: bool = False) -> str:
+    """The command line of ``pid``; cut to 200 characters for messages unless ``whole``.
+
+    The broker's names the working folder after its log4j path, which lies under the
+    checkout, so how far in depends on where the repository was cloned.
+    """
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        text = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+    return text if whole else text[:200]
 
 
 def _descendants(pid: int) -> set[int]:

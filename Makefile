@@ -37,9 +37,10 @@ test: kafka-fetch portal-fetch chromium lint
 test-quick: kafka-fetch portal-fetch chromium
 	$(BIN)/pytest -m "not slow"
 
-## lint: ruff, and the layer contract of docs/architecture.md (import-linter)
+## lint: ruff (checks and formatting), and the layer contract of docs/architecture.md (import-linter)
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
 ## bench: benchmarks; prints a table and writes bench/results/*.json

@@ -124,8 +124,9 @@ def http_ratio(settings: Settings) -> list[Row]:
             for _ in range(HTTP_CLIENTS)
         ]
 
-    warm = {t: [json.dumps(phi_events(t, BATCH, 0)).encode()] for t in (PLAIN_TENANT,
-                                                                          SERVER_TENANT)}
+    warm = {
+        t: [json.dumps(phi_events(t, BATCH, 0)).encode()] for t in (PLAIN_TENANT, SERVER_TENANT)
+    }
     rates: dict[str, list[float]] = {PLAIN_TENANT: [], SERVER_TENANT: []}
     with _IngestServer(settings, token) as server:
         clients = [httpx.Client(base_url=server.url, timeout=60) for _ in range(HTTP_CLIENTS)]

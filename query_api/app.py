@@ -133,7 +133,7 @@ def create_app(
             prefix=PREFIX + "/",
             # a signed export download carries its own credential (query_api/export_jobs.py)
             open_paths=(f"{PREFIX}/openapi.json", f"{PREFIX}/docs", f"{PREFIX}/audit/export-files"),
-        )
+        ),
     ]
     routes = [
         *health_routes(_Readiness(node, control_state)),

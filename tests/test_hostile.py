@@ -309,8 +309,10 @@ def test_two_thousand_idle_connections_are_closed(system):
         sel.close()
         for conn in conns:
             conn.close()
-    print(f"\n2000 idle connections closed by the node in {took:.1f} s; RSS {before:.0f} MB "
-          f"before, {during:.0f} MB with them open")
+    print(
+        f"\n2000 idle connections closed by the node in {took:.1f} s; RSS {before:.0f} MB "
+        f"before, {during:.0f} MB with them open"
+    )
     assert closed == len(conns)
     assert httpx.get(f"{node.url}/healthz", timeout=5).status_code == 200
 

@@ -223,9 +223,7 @@ def test_forwarded_headers_are_never_trusted_even_from_loopback(port):
 
 
 @pytest.mark.parametrize("blind", [False, True])
-def test_an_answer_before_the_body_closes_the_connection_and_the_client_still_reads_it(
-    port, blind
-):
+def test_an_answer_before_the_body_closes_the_connection_and_the_client_still_reads_it(port, blind):
     """401 before a 4 MiB body is read: Connection: close, no reset (the server drains
     what a blind client still sends), and the body is never parsed."""
     head = request("/guarded", f"Content-Length: {4 * 2**20}", method="POST")

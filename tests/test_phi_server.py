@@ -216,8 +216,7 @@ def test_server_mode_never_stores_or_logs_phi_and_serves_it_in_plaintext(
             assert [type(r).__name__ for r in results] == ["Accepted"], results
         # the HTTP path (503 until the service's control state has caught up)
         first = wait_for(
-            lambda: (r := post_events(ingest.url, [phi_event("acme", 1)])).status_code == 200
-            and r,
+            lambda: (r := post_events(ingest.url, [phi_event("acme", 1)])).status_code == 200 and r,
             timeout=60,
             what="ingest to accept",
         )
@@ -321,7 +320,6 @@ def test_server_mode_never_stores_or_logs_phi_and_serves_it_in_plaintext(
     assert len(acme_ids) == 2 and not acme_ids & globex_ids  # two keys; tenants differ
     kids = {TOKEN_RE.fullmatch(v).group(1) for v in acme_ids}
     assert len(kids) == 2
-
 
 
 def test_nothing_leaks_and_deliveries_wait_while_a_server_keyset_cannot_be_read(

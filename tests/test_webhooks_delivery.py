@@ -144,9 +144,7 @@ def test_ndjson_batches_and_a_splunk_hec_receiver_that_parses_batches_as_splunk_
 
     hec.answer = splunk
     try:
-        _, hsecret, _ = create_endpoint(
-            s, "acme", hec.url, format="splunk_hec", splunk_token=token
-        )
+        _, hsecret, _ = create_endpoint(s, "acme", hec.url, format="splunk_hec", splunk_token=token)
         _n, nsecret, offset = create_endpoint(s, "acme", nd.url, format="ndjson")
         hec.secrets.append(hsecret)
         nd.secrets.append(nsecret)

@@ -105,4 +105,3 @@ def quiet_kafka_selector() -> None:
     polls), and without a consumer group nothing can time out, so only errors show.
     """
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
-

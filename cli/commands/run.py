@@ -185,7 +185,7 @@ def _banner(node_url: str, ingest_url: str, key: str | None) -> None:
         print("\nWebhooks: create an endpoint (the answer holds its secret, shown once) ...")
         print(f'  curl -X POST -H "Authorization: Bearer {key}" \\')
         print('    -H "Content-Type: application/json" \\')
-        print(f"    -d '{{\"url\": \"http://127.0.0.1:{LISTEN_PORT}/webhooks\"}}' \\")
+        print(f'    -d \'{{"url": "http://127.0.0.1:{LISTEN_PORT}/webhooks"}}\' \\')
         print(f'    "{node_url}/api/v2/public/webhooks/endpoints"')
         print("... then receive, verify and print its deliveries:")
         cli = _cli_name()

@@ -245,11 +245,16 @@ def test_gone_disables_at_once_and_continuous_failure_after_the_limit(settings):
             assert health.disabled_reason == "failing"
             assert (health.disabled_at - health.failing_since).total_seconds() >= 2
             count = len(failing.received)
+            counters = d.service.dispatcher.counters
+            skipped = counters[f.endpoint_id]["skipped"]
             send_events(s, [make_event("acme", 9)])
-            wait_for(
-                lambda: d.service.dispatcher.counters[f.endpoint_id]["dropped"] >= 1, timeout=60
-            )
+            # read, matched and not sent (pending retries, if any were left, are dropped)
+            wait_for(lambda: counters[f.endpoint_id]["skipped"] > skipped, timeout=60)
             assert len(failing.received) == count  # nothing more is sent to a disabled endpoint
+            assert counters[g.endpoint_id]["skipped"] >= 1  # the gone one missed it too
+            metrics = d.service.metrics_text()
+            shown = f'velora_webhook_skipped_total{{endpoint="{f.endpoint_id}"}} '
+            assert f"{shown}{counters[f.endpoint_id]['skipped']}\n" in metrics
     finally:
         gone.stop()
         failing.stop()

@@ -173,13 +173,14 @@ class Dispatcher:
             loop.call_later(HOLD_S, self.offer_event, ref, event, raw, logged_ms)
             return
         logged = datetime.fromtimestamp(logged_ms / 1000.0, UTC)
-        targets = [
-            e
-            for e in self._endpoints(event.tenant_id)
-            if matches(e.event_types, event.action)
-            and e.created_at <= logged
-            and active(e, self.health_of(e.endpoint_id))
-        ]
+        targets = []
+        for e in self._endpoints(event.tenant_id):
+            if not matches(e.event_types, event.action) or e.created_at > logged:
+                continue
+            if active(e, self.health_of(e.endpoint_id)):
+                targets.append(e)
+            else:  # counted: what a replay after re-enabling would send
+                self.counters[e.endpoint_id]["skipped"] += 1
         if not targets:
             self.tracker.settle(ref)
             return

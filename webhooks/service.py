@@ -15,7 +15,9 @@ jobs (:mod:`webhooks.publisher`). :func:`probe_app` serves, on
   ``velora_webhook_failures_total`` (failed attempts),
   ``velora_webhook_retries_scheduled_total``, ``velora_webhook_deferred_total``
   (parked because the endpoint's queue was full), ``velora_webhook_dropped_total``
-  (not sent: endpoint disabled), and the gauges ``velora_webhook_in_flight`` and
+  (pending deliveries not sent: endpoint disabled), ``velora_webhook_skipped_total``
+  (matching events read while the endpoint was disabled: what a replay after
+  re-enabling it would send), and the gauges ``velora_webhook_in_flight`` and
   ``velora_webhook_queued``; for the whole dispatcher
   ``velora_webhook_retries_pending`` (records waiting in the retry partitions this
   dispatcher owns), ``velora_webhook_records_in_flight`` and the counter
@@ -57,6 +59,7 @@ COUNTERS = (
     ("retries_scheduled", "velora_webhook_retries_scheduled_total", "Retries scheduled."),
     ("deferred", "velora_webhook_deferred_total", "Deliveries parked: endpoint queue full."),
     ("dropped", "velora_webhook_dropped_total", "Deliveries not sent: endpoint disabled."),
+    ("skipped", "velora_webhook_skipped_total", "Matching events not sent: endpoint disabled."),
 )
 
 

@@ -6,6 +6,13 @@ if any) were acknowledged, so a committed offset always has its attempt records
 and scheduled retries in the log. A failed write is retried with back-off until it
 succeeds or the dispatcher stops: nothing is settled past a record Kafka did not
 take, and consumption pauses by back-pressure meanwhile.
+
+Attempt records, one per POST, are the dispatcher's most frequent write. Those
+published in one turn of the event loop are appended together
+(:class:`ingest.appender.Appender`, the ingest path's way into kafka-python's
+batches: one acknowledgement per partition batch instead of a future and two
+callbacks per record); each caller still waits for its own record's batch, and a
+failed batch is retried by its callers alone.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from ingest.appender import Appender, Run, TenantPartitioner
 from ingest.control import ControlWriter
 from schemas.codec import AvroCodec
 from schemas.events import WebhookAttempt, WebhookHealth, WebhookJob
@@ -47,13 +55,53 @@ class Publisher:
         self._producer: KafkaProducer = new_producer(
             settings, "velora-webhooks", linger_ms=LINGER_MS, retries=5, batch_size=256 * 1024
         )
+        self._attempts = Appender(
+            self._producer, settings.webhook_attempts_topic, TenantPartitioner(), fast=True
+        )
+        self._waiting: list[tuple[bytes, bytes]] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self._control: ControlWriter | None = None
         self.closed = False
 
     async def publish_attempt(self, attempt: WebhookAttempt) -> None:
-        """Write one attempt record to the attempt log."""
+        """Write one attempt record to the attempt log (appended with the others of
+        this turn of the loop)."""
         value = self._codec.encode("WebhookAttempt", attempt.to_avro())
-        await self._publish(self.settings.webhook_attempts_topic, attempt.endpoint_id, value)
+        record = (attempt.endpoint_id.encode(), value)
+        await self._retrying(lambda: self._append_attempt(record))
+
+    def _append_attempt(self, record: tuple[bytes, bytes]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            loop.call_soon(self._flush_attempts)
+        done: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(record)
+        self._waiters.append(done)
+        return done
+
+    def _flush_attempts(self) -> None:
+        """Append the attempt records gathered this turn; settle each caller's future
+        when its batch is acknowledged or failed."""
+        records, waiters = self._waiting, self._waiters
+        self._waiting, self._waiters = [], []
+        if not records:
+            return
+        runs: list[Run] = []
+        try:
+            self._attempts.append_runs(records, runs)
+        except Exception as exc:  # the records in no run were not queued: their callers retry
+            queued = {i for run in runs for i in run.indexes}
+            for i, done in enumerate(waiters):
+                if i not in queued:
+                    _resolve(done, None, exc)
+        loop = asyncio.get_running_loop()
+        hand = loop.call_soon_threadsafe if self._inbox is None else self._inbox.put
+        for run in runs:
+            mine = [waiters[i] for i in run.indexes]
+            run.on_result(
+                lambda _p, _o, mine=mine: hand(_resolve_all, mine, None),
+                lambda exc, mine=mine: hand(_resolve_all, mine, exc),
+            )
 
     async def publish_job(self, topic: str, job: WebhookJob) -> None:
         """Write one job to a retry or request topic (key: the endpoint)."""
@@ -107,6 +155,11 @@ class Publisher:
         close_producer(self._producer, 10.0)
         if self._control is not None:
             self._control.close()
+
+
+def _resolve_all(waiters: list[asyncio.Future[Any]], exc: BaseException | None) -> None:
+    for done in waiters:
+        _resolve(done, None, exc)
 
 
 def _resolve(done: asyncio.Future[Any], meta: Any, exc: BaseException | None) -> None:

@@ -25,17 +25,18 @@ with identical content.
 - ``audit_rollup_minute``, ``audit_rollup_hour``, ``audit_rollup_day``: per-tenant
   event counts per minute, hour and day by action, outcome, source and actor type,
   written in the same transaction as the rows they count (:mod:`ledger.rollups`).
-  ``audit_actor_day``: per-tenant event counts per day by actor id and action, in
-  the same transaction.
+  ``audit_actor_day``: per-tenant event and failure counts per day by actor id and
+  action; ``audit_actor_target_day``: per-tenant counts per day by actor id, action
+  and target id of the events naming the target; both in the same transaction.
   Layout v3 added the first two and ``webhook_attempts``; v4 the day rollup; v5 the
-  actor table.
+  actor table; v6 the actor table's failures and the target table.
 """
 
 from __future__ import annotations
 
 from ledger.rollups import ROLLUP_DDL
 
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 6
 """Bumped whenever a table changes; a node finding an older file rebuilds it from the log."""
 
 AUDIT_EVENTS_DDL = """

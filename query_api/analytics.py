@@ -3,19 +3,27 @@
 **Where counts come from.** A count is served from the rollups
 (:mod:`ledger.rollups`, per-tenant counts per minute, hour and day by action,
 outcome, source and actor type) when every filter is one of their columns (``action``,
-``action`` prefix, ``outcome``, ``source``, ``actor_type``) and the grouping is too;
-otherwise (``actor_id``, ``target_id``, ``target_type``, distinct counts, top actors,
-targets and source IPs) from the rows of ``audit_events``, except that ``top`` by
-actor and distinct actors are counted from the actor table (``audit_actor_day``, per
-day, actor id and action) over the whole days of the range when the only filters are
-``action``, an ``action`` prefix and ``actor_id``. The range ``[since, until)`` is
-cut into pieces (:func:`plan`): whole days from the day rollup (only when buckets
-are a day long or no buckets), whole hours around them from the hour rollup
-(buckets of an hour or longer), whole minutes around those from the minute rollup,
-and the seconds at either edge from the rows; the counts of the pieces are added.
-The rollups are written in the same transaction as the rows, so both sources give
-the same numbers at every moment (``tests/test_analytics.py`` recounts the answers
-in plain Python, and checks the rollups are what is read).
+``action`` prefix, ``outcome``, ``source``, ``actor_type``) and the grouping is too.
+Otherwise, when the only filters are ``action``, an ``action`` prefix and
+``actor_id``, two per-day tables serve the whole days of the range: the actor table
+(``audit_actor_day``: events and failures per day, actor id and action) for totals,
+failures, daily buckets, ``top`` by actor or action and distinct actors, and the
+target table (``audit_actor_target_day``: events per day, actor id, action and target
+id) for ``top`` by target and distinct targets. Everything else (``target_id``,
+``target_type`` filters; ``outcome``, ``source``, ``actor_type`` filters with an
+actor, target or source-IP grouping; buckets shorter than a day under an
+``actor_id`` filter; source IPs) is counted from the rows of ``audit_events``.
+
+The range ``[since, until)`` is cut into pieces (:func:`plan`): whole days from the
+day rollup or a per-day table (only when buckets are a day long or no buckets), whole
+hours around them from the hour rollup (buckets of an hour or longer), whole minutes
+around those from the minute rollup, and the seconds at either edge from the rows
+(the per-day tables have no finer grain: their edges are the rows); the counts of
+the pieces are added. The tables are written in the same transaction as the rows,
+so both sources give the same numbers at every moment (``tests/test_analytics.py``
+recounts the answers in plain Python, and checks the tables are what is read).
+
+The summary (:mod:`query_api.analytics_summary`) builds on the same pieces.
 
 Every value is a bound parameter; only this module's constants and column names are
 formatted into SQL. A request's queries run in one read transaction, so its numbers
@@ -32,7 +40,17 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from ledger.rollups import ACTOR_TABLE, ACTOR_UNIT, ROLLUP_TABLES, utc_trunc
+from ledger.rollups import (
+    ACTOR_TABLE,
+    ACTOR_UNIT,
+    FAILED_OUTCOMES,
+    FAILED_SQL,
+    ROLLUP_TABLES,
+    TARGET_IDS_SQL,
+    TARGET_TABLE,
+    TARGET_UNIT,
+    utc_trunc,
+)
 from phi.fields import id_domains
 from phi.policy import Revealer
 from query_api.filters import Filters
@@ -47,8 +65,6 @@ MAX_SERIES = 20
 """Series of a grouped time series; the other keys are added up in ``other``."""
 GROUP_BY: tuple[str, ...] = ("action", "outcome", "actor_type", "source")
 TOP_DIMENSIONS: tuple[str, ...] = ("actor", "action", "target", "source_ip")
-FAILED_OUTCOMES: tuple[str, ...] = ("failure", "denied")
-"""Outcomes counted as failures in a summary's ``failures`` and ``failure_rate``."""
 
 # Grouping key -> column, in the rows and in the rollups (None: the rollups lack it).
 _ROW_COLUMNS = {
@@ -64,13 +80,17 @@ _ROLLUP_COLUMNS = {"action": "action", "outcome": "outcome", "actor_type": "acto
 _ROLLUP_TABLES = {unit: table for table, unit in ROLLUP_TABLES}
 _GRAINS = tuple((unit, INTERVALS[unit]) for _, unit in ROLLUP_TABLES)
 """``(unit, length in us)`` of every rollup, finest first."""
-_ACTOR_GRAINS = ((ACTOR_UNIT, INTERVALS[ACTOR_UNIT]),)
+_ACTOR_GRAINS = (("actors", INTERVALS[ACTOR_UNIT]),)
+_TARGET_GRAINS = (("targets", INTERVALS[TARGET_UNIT]),)
+_ACTOR_COLUMNS = {"actor": "actor_id", "action": "action"}
+"""Grouping key -> column of the actor table."""
 
 
 @dataclass(frozen=True)
 class Piece:
     """A part of the range and where its counts come from: ``rows``, a rollup grain
-    (``minute``, ``hour``, ``day``) or the actor table (``actors``)."""
+    (``minute``, ``hour``, ``day``), the actor table (``actors``) or the target table
+    (``targets``)."""
 
     source: str
     lo: datetime
@@ -84,8 +104,8 @@ def rollups_can_serve(filters: Filters, group: str | None = None) -> bool:
 
 
 def actors_can_serve(filters: Filters) -> bool:
-    """Whether the actor table (per day, actor id and action) can count for ``filters``:
-    no filter but ``action``, an ``action`` prefix or ``actor_id``."""
+    """Whether the actor and target tables (per day, actor id, action [, target id]) can
+    count for ``filters``: no filter but ``action``, an ``action`` prefix or ``actor_id``."""
     other = (filters.outcome, filters.source, filters.actor_type, filters.target_id,
              filters.target_type)  # fmt: skip
     return all(v is None for v in other)
@@ -113,7 +133,8 @@ def plan(
     at either edge from the rows. A rollup serves only when buckets are at least as
     long as its grain (``bucket_us`` None: no buckets), so every rollup row lies
     inside one bucket (buckets and grains are UTC-aligned). ``grains`` (finest
-    first) are the rollups to use: the actor table has only days.
+    first, ``(source, length in us)``) are the tables to use: the actor and target
+    tables have only days.
     """
     if not rollups:
         return [Piece("rows", since, until)]
@@ -136,8 +157,9 @@ def plan(
 def _bucket_where(
     tenant_id: str, f: Filters, piece: Piece, columns: tuple[tuple[str, Any], ...]
 ) -> tuple[list[str], list[Any]]:
-    """WHERE clauses and parameters over a bucketed table (rollups, actor days) for one
-    piece: the tenant, the piece's buckets, the action filters and ``columns``' set ones."""
+    """WHERE clauses and parameters over a bucketed table (rollups, per-day tables) for
+    one piece: the tenant, the piece's buckets, the action filters and ``columns``' set
+    ones."""
     where = ["tenant_id = ?", "bucket >= ?", "bucket < ?"]
     params: list[Any] = [tenant_id, piece.lo, piece.hi]
     for clause, value in (
@@ -148,24 +170,45 @@ def _bucket_where(
         if value is not None:
             where.append(clause)
             params.append(value)
+    actors = f.actor_ids or (() if f.actor_id is None else (f.actor_id,))
+    if actors:  # a PHI mode may widen the filter to several stored values, as in the rows
+        where.append(f"actor_id IN ({', '.join('?' * len(actors))})")
+        params.extend(actors)
     return where, params
 
 
 def _piece_sql(
-    tenant_id: str, f: Filters, piece: Piece, unit: str | None, group: str | None
-) -> tuple[str, list[Any]]:
-    """``SELECT b, g, n`` (bucket start in epoch us, group key, count) for one piece."""
+    tenant_id: str, f: Filters, piece: Piece, unit: str | None, group: str | None,
+    failures: bool = False,
+) -> tuple[str, list[Any]]:  # fmt: skip
+    """``SELECT b, g, n`` (bucket start in epoch us, group key, count; with ``failures``
+    also ``fl``, the failed events among them) for one piece."""
+    fails = ""
     if piece.source == "rows":
         where, params = filter_sql(tenant_id, replace(f, since=piece.lo, until=piece.hi))
         bucket = f"epoch_us({utc_trunc(unit, 'occurred_at')})" if unit else "NULL::BIGINT"
+        if group == "target":
+            sql = (
+                f"SELECT {bucket} AS b, g, count(*) AS n FROM (SELECT occurred_at, "  # noqa: S608
+                f"{TARGET_IDS_SQL} AS g FROM audit_events WHERE {' AND '.join(where)}) "
+                "GROUP BY ALL"
+            )
+            return sql, params
         key = _ROW_COLUMNS[group] if group else "NULL::VARCHAR"
         if group is not None:
             where.append(f"{key} IS NOT NULL")
         table, count = "audit_events", "count(*)"
+        fails = f"count(*) FILTER (WHERE {FAILED_SQL})"
     elif piece.source == "actors":
-        where, params = _bucket_where(tenant_id, f, piece, (("actor_id = ?", f.actor_id),))
-        assert unit is None and group == "actor"
-        bucket, key, table, count = "NULL::BIGINT", "actor_id", ACTOR_TABLE, "sum(events)"
+        where, params = _bucket_where(tenant_id, f, piece, ())
+        bucket = f"epoch_us({utc_trunc(unit, 'bucket')})" if unit else "NULL::BIGINT"
+        key = _ACTOR_COLUMNS[group] if group else "NULL::VARCHAR"
+        table, count, fails = ACTOR_TABLE, "sum(events)", "sum(failures)"
+    elif piece.source == "targets":
+        if unit is not None or group != "target" or failures:
+            raise ValueError("the target table counts targets, without buckets")
+        where, params = _bucket_where(tenant_id, f, piece, ())
+        bucket, key, table, count = "NULL::BIGINT", "target_id", TARGET_TABLE, "sum(events)"
     else:
         where, params = _bucket_where(
             tenant_id,
@@ -180,11 +223,31 @@ def _piece_sql(
         bucket = f"epoch_us({utc_trunc(unit, 'bucket')})" if unit else "NULL::BIGINT"
         key = _ROLLUP_COLUMNS[group] if group else "NULL::VARCHAR"
         table, count = _ROLLUP_TABLES[piece.source], "sum(events)"
+        failed = ", ".join(f"'{o}'" for o in FAILED_OUTCOMES)
+        fails = f"sum(events) FILTER (WHERE outcome IN ({failed}))"
+    measures = f"{count} AS n" + (f", {fails} AS fl" if failures else "")
     sql = (
-        f"SELECT {bucket} AS b, {key} AS g, {count} AS n FROM {table} "  # noqa: S608
+        f"SELECT {bucket} AS b, {key} AS g, {measures} FROM {table} "  # noqa: S608
         f"WHERE {' AND '.join(where)} GROUP BY ALL"
     )
     return sql, params
+
+
+def pieces(f: Filters, unit: str | None, group: str | None, rollups: bool) -> list[Piece]:
+    """The pieces of ``f``'s range and their sources, for buckets of ``unit`` grouped by
+    ``group`` (``target`` too): the rollups where they can serve, else the actor or
+    target table for whole days where they can, else the rows."""
+    assert f.since is not None and f.until is not None
+    step = INTERVALS[unit] if unit else None
+    if group == "target":
+        grains: tuple[tuple[str, int], ...] = _TARGET_GRAINS
+        use = rollups and actors_can_serve(f) and unit is None
+    elif rollups and rollups_can_serve(f, group):
+        grains, use = _GRAINS, True
+    else:
+        grains = _ACTOR_GRAINS
+        use = rollups and actors_can_serve(f) and (group is None or group in _ACTOR_COLUMNS)
+    return plan(f.since, f.until, step, use, grains)
 
 
 def _union(
@@ -193,19 +256,29 @@ def _union(
     unit: str | None,
     group: str | None,
     rollups: bool,
+    failures: bool = False,
 ) -> tuple[str, list[Any]]:
-    assert f.since is not None and f.until is not None
-    step = INTERVALS[unit] if unit else None
-    if group == "actor" and unit is None:
-        use = rollups and actors_can_serve(f)
-        pieces = plan(f.since, f.until, step, use, _ACTOR_GRAINS)
-        pieces = [p if p.source == "rows" else replace(p, source="actors") for p in pieces]
-    else:
-        pieces = plan(f.since, f.until, step, rollups and rollups_can_serve(f, group))
     parts, params = [], []
-    for piece in pieces:
-        sql, p = _piece_sql(tenant_id, f, piece, unit, group)
+    for piece in pieces(f, unit, group, rollups):
+        sql, p = _piece_sql(tenant_id, f, piece, unit, group, failures)
         parts.append(sql)
+        params += p
+    return " UNION ALL ".join(parts), params
+
+
+def periods_union(
+    tenant_id: str,
+    periods: tuple[Filters, ...],
+    unit: str | None,
+    group: str | None,
+    rollups: bool,
+    failures: bool = False,
+) -> tuple[str, list[Any]]:
+    """The pieces of several periods in one relation, ``p`` numbering the period."""
+    parts, params = [], []
+    for i, f in enumerate(periods):
+        union, p = _union(tenant_id, f, unit, group, rollups, failures)
+        parts.append(f"SELECT {i} AS p, * FROM ({union})")  # noqa: S608
         params += p
     return " UNION ALL ".join(parts), params
 
@@ -305,20 +378,11 @@ def top(
     under every key are counted as one key (:class:`query_api.phi_sql.CanonicalKeys`).
     """
     assert f.since is not None and f.until is not None
-    if dimension == "target":
-        where, params = filter_sql(tenant_id, f)
-        grouped = (
-            "SELECT id AS g, count(*) AS n FROM (SELECT unnest(list_distinct("  # noqa: S608
-            f"list_transform(targets, lambda t: t.id))) AS id FROM audit_events "
-            f"WHERE {' AND '.join(where)}) GROUP BY id"
-        )
-    else:
-        group = {"actor": "actor", "action": "action", "source_ip": "source_ip"}[dimension]
-        union, params = _union(tenant_id, f, None, group, rollups)
-        grouped = (
-            f"SELECT g, sum(n)::BIGINT AS n FROM ({union}) GROUP BY g "  # noqa: S608
-            "HAVING sum(n) <> 0"
-        )
+    union, params = _union(tenant_id, f, None, dimension, rollups)
+    grouped = (
+        f"SELECT g, sum(n)::BIGINT AS n FROM ({union}) GROUP BY g "  # noqa: S608
+        "HAVING sum(n) <> 0"
+    )
     domains = PHI_KEY_DOMAINS.get(dimension, ())
     phi = reveal is not None and reveal.active and bool(domains)
     with ExitStack() as stack:
@@ -358,103 +422,3 @@ def _revealed(
         plain = reveal.key(key, domains)
         merged[plain] = merged.get(plain, 0) + n
     return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))
-
-
-def _distinct_actors(
-    cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters, rollups: bool
-) -> int:
-    """Distinct actor ids of the matching events: whole days from the actor table when
-    the filters allow (a key counts when its cells add up to more than 0), the rest
-    from the rows."""
-    union, params = _union(tenant_id, f, None, "actor", rollups)
-    sql = f"SELECT count(*) FROM (SELECT g FROM ({union}) GROUP BY g HAVING sum(n) <> 0)"  # noqa: S608
-    return int(cur.execute(sql, params).fetchall()[0][0])
-
-
-def _distinct_targets(
-    cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters, split: datetime
-) -> tuple[int, int]:
-    """Distinct target ids of the matching events (from the rows), at or after
-    ``split`` and before it, in one pass.
-
-    One hash aggregate per key (was it seen after, before ``split``) rather than two
-    ``count(DISTINCT) FILTER`` aggregates: measured 2.5x faster for targets (1.1 s
-    against 2.8 s for a million events, under load).
-    """
-    where, params = filter_sql(tenant_id, f)
-    sql = (
-        "SELECT count(*) FILTER (WHERE now), count(*) FILTER (WHERE before) FROM "  # noqa: S608
-        "(SELECT bool_or(occ >= ?) AS now, bool_or(occ < ?) AS before FROM ("
-        "SELECT occurred_at AS occ, unnest(list_transform(targets, lambda t: t.id)) AS k "
-        f"FROM audit_events WHERE {' AND '.join(where)}) WHERE k IS NOT NULL GROUP BY k)"
-    )
-    now, before = cur.execute(sql, [split, split, *params]).fetchall()[0]
-    return int(now), int(before)
-
-
-def _figures(
-    cur: duckdb.DuckDBPyConnection,
-    tenant_id: str,
-    f: Filters,
-    interval: str,
-    rollups: bool,
-    distinct: tuple[int, int],
-) -> dict[str, Any]:
-    assert f.since is not None and f.until is not None
-    by_outcome = {g: n for _, g, n in counts(cur, tenant_id, f, group="outcome", rollups=rollups)}
-    events = sum(by_outcome.values())
-    failures = sum(by_outcome.get(o, 0) for o in FAILED_OUTCOMES)
-    buckets = counts(cur, tenant_id, f, unit=interval, rollups=rollups)
-    busiest = min(buckets, key=lambda r: (-r[2], r[0]), default=None)
-    actors, targets = distinct
-    return {
-        "since": f.since.isoformat(),
-        "until": f.until.isoformat(),
-        "total": events,
-        "distinct_actors": actors,
-        "distinct_targets": targets,
-        "failures": failures,
-        "failure_rate": failures / events if events else None,
-        "busiest_bucket": (
-            None
-            if busiest is None or busiest[0] is None
-            else {"start": iso(busiest[0]), "count": busiest[2]}
-        ),
-    }
-
-
-def _change(now: float | None, before: float | None) -> dict[str, float | None]:
-    if now is None or before is None:
-        return {"absolute": None, "relative": None}
-    return {
-        "absolute": now - before,
-        "relative": (now - before) / before if before else None,
-    }
-
-
-CHANGED = ("total", "distinct_actors", "distinct_targets", "failures", "failure_rate")
-
-
-def summary(
-    cur: duckdb.DuckDBPyConnection,
-    tenant_id: str,
-    f: Filters,
-    interval: str,
-    rollups: bool = True,
-) -> dict[str, Any]:
-    """The period's figures, the previous period of equal length's, and the change."""
-    assert f.since is not None and f.until is not None
-    length = f.until - f.since
-    previous = replace(f, since=f.since - length, until=f.since)
-    both = replace(f, since=previous.since)
-    targets_now, targets_before = _distinct_targets(cur, tenant_id, both, f.since)
-    actors_now = _distinct_actors(cur, tenant_id, f, rollups)
-    actors_before = _distinct_actors(cur, tenant_id, previous, rollups)
-    now = _figures(cur, tenant_id, f, interval, rollups, (actors_now, targets_now))
-    before = _figures(cur, tenant_id, previous, interval, rollups, (actors_before, targets_before))
-    return {
-        "interval": interval,
-        "current": now,
-        "previous": before,
-        "change": {name: _change(now[name], before[name]) for name in CHANGED},
-    }

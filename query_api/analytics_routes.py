@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from phi.policy import Revealer
-from query_api import analytics
+from query_api import analytics, analytics_summary
 from query_api.auth import require_scope
 from query_api.filters import as_mapping, with_phi
 from query_api.ranges import RangedRequest, bad, parse_ranged, resolve_interval
@@ -113,7 +113,8 @@ async def summary(request: Request) -> JSONResponse:
     interval = resolve_interval(parsed.own.get("interval"), parsed.since, parsed.until)
     body = await ledger_reader(request).read(
         lambda cur: analytics.in_snapshot(
-            cur, lambda: analytics.summary(cur, principal.tenant_id, parsed.filters, interval)
+            cur,
+            lambda: analytics_summary.summary(cur, principal.tenant_id, parsed.filters, interval),
         )
     )
     return JSONResponse(body)

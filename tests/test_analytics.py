@@ -18,8 +18,9 @@ import pytest
 from kafka import KafkaProducer
 
 from ledger.node import QueryNode
-from query_api import analytics
+from query_api import analytics, analytics_summary
 from query_api.app import create_app
+from query_api.filters import Filters
 from schemas.codec import AvroCodec
 from schemas.events import Actor, AuditEvent, Outcome, Target
 from tests.api_support import audit_sink, insert_events, live_server, make_event, running_api
@@ -266,7 +267,8 @@ FILTERS = [
     {"action": "claim.*"},
     {"action": "member.viewed", "outcome": "failure"},
     {"source": "reporting", "actor_type": "service"},
-    {"actor_id": "usr_03"},  # the rows, not the rollups
+    {"actor_id": "usr_03"},  # the actor and target tables for whole days, not the rollups
+    {"actor_id": "usr_05", "action": "claim.*"},
     {"target_id": "CLM-4", "action": "claim.*"},
 ]
 
@@ -492,7 +494,9 @@ def test_rollup_served_answers_read_the_rollups(settings):
         window = {"since": "2025-03-01T00:00:00Z", "until": "2025-03-02T00:00:00Z"}
 
         def total(**extra):
-            body = api.get(f"{BASE}/summary", key.token, params={**window, **extra}).json()
+            # daily buckets: a summary counts at the grain of its buckets (auto: hours here)
+            params = {**window, "interval": "day", **extra}
+            body = api.get(f"{BASE}/summary", key.token, params=params).json()
             return body["current"]["total"]
 
         assert total() == total(action="claim.viewed") == total(actor_id="user-1") + 20
@@ -559,7 +563,7 @@ def test_top_actors_and_distinct_actors_read_the_actor_table(settings):
         cur = api.reader.connection.cursor()
         cur.execute(
             "INSERT INTO audit_actor_day VALUES "
-            "('acme', '2025-03-01 00:00:00+00', 'ghost', 'claim.viewed', 500)"
+            "('acme', '2025-03-01 00:00:00+00', 'ghost', 'claim.viewed', 500, 0)"
         )
         cur.close()
         assert top(**day) == [("ghost", 500), *want]  # a whole day: the actor table
@@ -569,3 +573,71 @@ def test_top_actors_and_distinct_actors_read_the_actor_table(settings):
         assert top(**ragged) == want and actors(**ragged) == 3  # no whole day: the rows
         assert top(**day, outcome="success") == want  # a filter it lacks: the rows
         assert actors(**day, source="claims-service") == 3
+
+
+def test_targets_and_actor_filtered_figures_read_the_per_day_tables(settings):
+    """Proof the target table serves distinct targets and ``top`` by target, and the
+    actor table an ``actor_id``-filtered summary's totals and failures: deltas planted
+    for a whole day show, only where the filters allow them."""
+    with running_api(settings) as api:
+        insert_events(api.reader, [make_event("acme", i) for i in range(30)])
+        key = api.issue("acme")
+        day = {"since": "2025-03-01T00:00:00Z", "until": "2025-03-02T00:00:00Z"}
+
+        def summary(**params):
+            body = api.get(f"{BASE}/summary", key.token, params={**day, **params})
+            assert body.status_code == 200, body.text
+            return body.json()["current"]
+
+        def top(**params):
+            body = api.get(
+                f"{BASE}/top", key.token, params={**day, "dimension": "target", **params}
+            )
+            assert body.status_code == 200, body.text
+            return [(i["key"], i["count"]) for i in body.json()["items"][:2]]
+
+        before = summary(actor_id="user-1", interval="day")
+        assert (before["total"], before["failures"], before["distinct_targets"]) == (10, 0, 10)
+        assert top() == [("CLM-0", 1), ("CLM-1", 1)]
+        cur = api.reader.connection.cursor()
+        cur.execute(
+            "INSERT INTO audit_actor_target_day VALUES "
+            "('acme', '2025-03-01 00:00:00+00', 'user-1', 'claim.viewed', 'ghost', 7)"
+        )
+        cur.execute(
+            "INSERT INTO audit_actor_day VALUES "
+            "('acme', '2025-03-01 00:00:00+00', 'user-1', 'claim.viewed', 5, 4)"
+        )
+        cur.close()
+        assert top() == top(action="claim.*") == [("ghost", 7), ("CLM-0", 1)]
+        assert top(actor_id="user-1")[0] == ("ghost", 7)
+        assert top(actor_id="user-2")[0] != ("ghost", 7)
+        assert top(outcome="success")[0] == ("CLM-0", 1)  # a filter it lacks: the rows
+        assert summary()["distinct_targets"] == 31
+        now = summary(actor_id="user-1", interval="day")
+        assert (now["total"], now["failures"], now["distinct_targets"]) == (15, 4, 11)
+        assert now["busiest_bucket"] == {"start": "2025-03-01T00:00:00+00:00", "count": 15}
+        assert summary(actor_id="user-1", interval="hour")["total"] == 10  # hours: the rows
+        assert summary(actor_id="user-1", interval="day", source="claims-service")["failures"] == 0
+
+
+def test_a_widened_actor_filter_matches_every_stored_value_in_the_per_day_tables(settings):
+    """A PHI mode widens ``actor_id`` to several stored values (tokens); the actor and
+    target tables match any of them, as the rows do."""
+    with running_api(settings) as api:
+        insert_events(api.reader, [make_event("acme", i) for i in range(30)])
+        since, until = datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 3, 2, tzinfo=UTC)
+        widened = Filters(since=since, until=until, actor_id="user-1,user-2",
+                          actor_ids=("user-1", "user-2"))  # fmt: skip
+        cur = api.reader.connection.cursor()
+        try:
+            for rollups in (True, False):
+                top = analytics.top(cur, "acme", widened, "actor", 10, rollups)
+                assert [(i["key"], i["count"]) for i in top["items"]] == [
+                    ("user-1", 10), ("user-2", 10)], rollups  # fmt: skip
+                body = analytics_summary.summary(cur, "acme", widened, "day", rollups)
+                assert body["current"]["total"] == 20, rollups
+                assert body["current"]["distinct_actors"] == 2, rollups
+                assert body["current"]["distinct_targets"] == 20, rollups
+        finally:
+            cur.close()

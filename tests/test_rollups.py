@@ -9,7 +9,15 @@ import pytest
 import uuid_utils
 
 from ledger.decode import EventDecoder
-from ledger.rollups import ALL_ROLLUPS, ROLLUP_TABLES, mismatch_sql
+from ledger.rollups import (
+    ACTOR_TABLE,
+    ALL_ROLLUPS,
+    EVENT_COUNTS,
+    ROLLUP_TABLES,
+    TARGET_TABLE,
+    mismatch_sql,
+    rebuild_sql,
+)
 from ledger.store import LedgerStore
 from tests.factory import EventFactory
 from tests.ledger_support import encoded
@@ -24,7 +32,7 @@ def assert_rollups_exact(cur) -> int:
         wrong = cur.execute(mismatch_sql(table, unit)).fetchall()
         assert wrong == [], (table, wrong[:5])
     total = cur.execute("SELECT count(*) FROM audit_events").fetchall()[0][0]
-    for table, _ in ALL_ROLLUPS:
+    for table, _ in EVENT_COUNTS:  # the target table counts (event, target id) pairs
         summed = cur.execute(f"SELECT coalesce(sum(events), 0) FROM {table}").fetchall()[0][0]
         assert summed == total, table
     return total
@@ -80,6 +88,64 @@ def test_a_replaced_row_is_subtracted_and_its_replacement_added(tmp_path):
             "SELECT action, sum(events) FROM audit_rollup_hour GROUP BY 1 HAVING sum(events) <> 0"
         ).fetchall()
         assert by_action == [("claim.viewed", 1)]
+    finally:
+        store.close()
+
+
+def test_a_replaced_row_leaves_the_actor_failures_and_the_targets(tmp_path):
+    """The stored row's failure and target go with it; the winner's are counted."""
+    event_id = str(uuid_utils.uuid7())
+    failed = {"result": "denied", "reason": None}
+    late = encoded(  # partition 2, stored first: a denied event naming T-late
+        "acme", event_id, seed=2, outcome=failed,
+        targets=[{"type": "claim", "id": "T-late", "name": None}],
+    )  # fmt: skip
+    early = encoded(  # partition 0 wins: a success naming T-early twice
+        "acme", event_id, seed=2, outcome={"result": "success", "reason": None},
+        targets=[{"type": "claim", "id": "T-early", "name": None},
+                 {"type": "claim", "id": "T-early", "name": "again"}],
+    )  # fmt: skip
+    store = LedgerStore(tmp_path / "l.duckdb")
+    try:
+        store.write_batch(_decoded([late.value], 2, 0), TOPIC, {2: 1})
+        cur = store.cursor()
+        assert cur.execute(f"SELECT sum(failures) FROM {ACTOR_TABLE}").fetchall() == [(1,)]
+        store.write_batch(_decoded([early.value], 0, 5), TOPIC, {0: 6})
+        assert assert_rollups_exact(cur) == 1
+        assert cur.execute(f"SELECT sum(failures) FROM {ACTOR_TABLE}").fetchall() == [(0,)]
+        targets = cur.execute(
+            f"SELECT target_id, sum(events) FROM {TARGET_TABLE} GROUP BY 1 HAVING sum(events) <> 0"
+        ).fetchall()
+        assert targets == [("T-early", 1)]  # once per event
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "cell"),
+    [
+        ("audit_rollup_hour", "'acme', TIMESTAMPTZ '2025-05-01 12:00:00+00', 'x.y', 'success', "
+                              "'portal', 'user', 1"),
+        (ACTOR_TABLE, "'acme', TIMESTAMPTZ '2025-05-01 00:00:00+00', 'user-1', 'x.y', 1, 0"),
+        (ACTOR_TABLE, "'acme', TIMESTAMPTZ '2025-05-01 00:00:00+00', 'user-1', 'x.y', 0, 1"),
+        (TARGET_TABLE, "'acme', TIMESTAMPTZ '2025-05-01 00:00:00+00', 'user-1', 'x.y', "
+                       "'claim-1', 1"),
+    ],
+)  # fmt: skip
+def test_a_wrong_cell_is_found_and_a_rebuild_recounts_it(tmp_path, factory, table, cell):
+    """Every table (and the actor table's failures on their own) is checked against a
+    recount; ``rebuild_sql`` puts a wrong table right."""
+    store = LedgerStore(tmp_path / "l.duckdb")
+    try:
+        store.write_batch(_decoded([factory.make().value for _ in range(60)], 0, 0), TOPIC, {0: 60})
+        cur = store.cursor()
+        assert_rollups_exact(cur)
+        cur.execute(f"INSERT INTO {table} VALUES ({cell})")
+        unit = dict(ALL_ROLLUPS)[table]
+        wrong = cur.execute(mismatch_sql(table, unit)).fetchall()
+        assert len(wrong) == 1, wrong
+        cur.execute(rebuild_sql())
+        assert assert_rollups_exact(cur) == 60
     finally:
         store.close()
 

@@ -58,7 +58,7 @@ COUNTERS = (
     ("failed", "velora_webhook_failures_total", "Attempts that failed."),
     ("retries_scheduled", "velora_webhook_retries_scheduled_total", "Retries scheduled."),
     ("deferred", "velora_webhook_deferred_total", "Deliveries parked: endpoint queue full."),
-    ("dropped", "velora_webhook_dropped_total", "Deliveries not sent: endpoint disabled."),
+    ("dropped", "velora_webhook_dropped_total", "Pending deliveries not sent: endpoint disabled."),
     ("skipped", "velora_webhook_skipped_total", "Matching events not sent: endpoint disabled."),
 )
 

@@ -30,12 +30,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.report import CpuSample, Row, measure_cpu, write_results
+from bench.report import CpuSample, Row, measure_cpu, process_cpu_s, write_results
 from ingest import Accepted, AuditProducer
 from velora.errors import BrokerError
 from velora.settings import Settings
@@ -283,8 +282,7 @@ class _IngestServer:
         """User + system CPU seconds of the server process so far."""
         if self.proc is None:
             return 0.0
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.proc.pid)
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:

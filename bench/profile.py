@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.query import _drive, _start_server, _stop, generate
+from bench.report import process_cpu_s
 from cli.keys import create_key
 from velora.broker import BrokerConfig, LocalBroker
 from velora.settings import Settings
@@ -74,11 +75,6 @@ def category(stack: str) -> str:
     return "other"
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def profile(settings: Settings, events: int, seconds: float, raw: Path | None) -> None:
     """Generate, serve, saturate, sample; print CPU ms per request by category."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -96,10 +92,10 @@ def profile(settings: Settings, events: int, seconds: float, raw: Path | None) -
             "-o", str(out), "--threads"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         time.sleep(1.0)  # py-spy attaches
-        cpu0, t0 = _cpu_s(proc.pid), time.perf_counter()
+        cpu0, t0 = process_cpu_s(proc.pid), time.perf_counter()
         result = asyncio.run(_drive(url, token, path, 10**6, seconds=seconds - 2))
         served = result["completed"]
-        cpu, wall = _cpu_s(proc.pid) - cpu0, time.perf_counter() - t0
+        cpu, wall = process_cpu_s(proc.pid) - cpu0, time.perf_counter() - t0
         spy.wait(timeout=seconds + 60)
     finally:
         _stop(proc)

@@ -31,6 +31,12 @@ class CpuSample:
         return 100.0 * self.cpu_s / self.wall_s if self.wall_s else 0.0
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def measure_cpu() -> Iterator[CpuSample]:
     """Measure wall and CPU time of the block (self + waited-for children)."""

@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from bench.report import Row, percentile, write_results
+from bench.report import Row, percentile, process_cpu_s, write_results
 from bench.soak_clients import (
     BATCH,
     LIST_PATH,
@@ -180,8 +180,7 @@ class _Child:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the process so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.proc.pid)
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()

@@ -32,8 +32,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.profile import IDLE, _cpu_s, category
-from bench.report import RESULTS_DIR
+from bench.profile import IDLE, category
+from bench.report import RESULTS_DIR, process_cpu_s
 
 MATERIALIZER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("materializer: DuckDB insert + commit", ("ledger/store.py", "ledger/rollups.py",
@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             raise TimeoutError(f"the soak did not reach its load: {stderr.read_text()[-2000:]}")
         time.sleep(1.0)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    cpu0 = _cpu_s(node)
+    cpu0 = process_cpu_s(node)
     subprocess.run(
         [spy, "record", "-p", str(node), "-d", str(int(args.seconds)), "-r", "100",
          "-f", "raw", "-o", str(out), "--threads"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
     )  # fmt: skip
-    cpu = _cpu_s(node) - cpu0
+    cpu = process_cpu_s(node) - cpu0
     load = os.getloadavg()[0]
     if soak.wait() != 0:
         print(stderr.read_text()[-3000:], file=sys.stderr)

@@ -29,12 +29,11 @@ import sys
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.report import Row, percentile, write_results
+from bench.report import Row, percentile, process_cpu_s, write_results
 from tests.factory import EventFactory, fast_producer
 from velora.settings import Settings
 from velora.topics import ensure_topics
@@ -130,12 +129,6 @@ def _wait_all(rx: ReceiverProcess, ids: set[str], timeout: float) -> dict[str, f
         time.sleep(0.5)
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def throughput(base: Settings, fmt: str, events: int) -> dict[str, Any]:
     """Deliveries/s of one endpoint in format ``fmt`` (see the module docstring)."""
     s = _settings(base, fmt)
@@ -153,9 +146,9 @@ def throughput(base: Settings, fmt: str, events: int) -> dict[str, Any]:
         try:
             while not rx.stats()["requests"] and proc.poll() is None:
                 time.sleep(0.05)
-            cpu_at_first = _cpu_s(proc.pid)  # start-up and the group join left out
+            cpu_at_first = process_cpu_s(proc.pid)  # start-up and the group join left out
             arrivals = _wait_all(rx, {e.event_id for e in made}, timeout=600)
-            cpu = _cpu_s(proc.pid) - cpu_at_first
+            cpu = process_cpu_s(proc.pid) - cpu_at_first
         finally:
             proc.terminate()
             proc.wait(60)

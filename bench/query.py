@@ -8,7 +8,7 @@ skew (the biggest holds ~30%), 8 actions, 2000 actors. Kafka ingest and the
 materializer have their own benchmarks; this one measures reads.
 
 **Server.** A child process serves ``create_app(settings, LedgerFile(file))``
-as ``velora node`` serves it (``velora.http_server``: uvicorn on h11 with the
+with the tenants' heads (:mod:`ledger.head`), as ``velora node`` serves it (``velora.http_server``: uvicorn on h11 with the
 HTTP limits): the real middleware (auth, rate limits with a huge bucket, read
 auditing through ``ingest.AuditProducer`` to the bench broker), routes and SQL.
 **Load.** This process drives it over 32 concurrent keep-alive connections with
@@ -132,11 +132,15 @@ def generate(path: Path, n: int, end: datetime, shares: list[float] | None = Non
 def _serve_main() -> None:
     """Child process: serve the app over the DuckDB file in argv[1]; print the port."""
     from ledger.duck import LedgerFile
+    from ledger.head import TenantHeads
     from query_api.app import create_app
     from velora.http_server import listen, make_server
 
     settings = Settings.from_env()
-    app = create_app(settings, LedgerFile(sys.argv[1], create=False))
+    heads = None
+    if settings.head_events > 0:  # as a node keeps them; nothing writes the file here
+        heads = TenantHeads(settings.head_events, settings.head_tenants)
+    app = create_app(settings, LedgerFile(sys.argv[1], create=False, heads=heads))
     sock = listen("127.0.0.1", 0, settings.http_backlog)
     print(sock.getsockname()[1], flush=True)
     make_server(app, settings).run(sockets=[sock])

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import duckdb
 
+from ledger.head import TenantHeads
 from ledger.tables import ALL_DDL
 from velora.errors import Unavailable
 
@@ -110,15 +111,23 @@ class SharedConnection:
 
 
 class LedgerFile(SharedConnection):
-    """A ledger DuckDB file opened by this process alone, read like a query node's."""
+    """A ledger DuckDB file opened by this process alone, read like a query node's.
 
-    def __init__(self, path: Path | str, *, create: bool = True) -> None:
+    With ``heads``, the API answers first pages from them as a node does; nothing
+    updates them, so only for a file that is not written once it is read (a
+    benchmark's).
+    """
+
+    def __init__(
+        self, path: Path | str, *, create: bool = True, heads: TenantHeads | None = None
+    ) -> None:
         with duckdb_errors(f"open {Path(path).name}"):
             con = duckdb.connect(str(path))
             if create:
                 for ddl in ALL_DDL:
                     con.execute(ddl)
         super().__init__(con)
+        self.heads = heads
 
     def readiness(self) -> dict[str, object]:
         """Always ready: the file is loaded before the reader is made."""

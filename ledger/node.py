@@ -19,6 +19,7 @@ import duckdb
 
 from ledger.attempts import AttemptLog
 from ledger.decode import EventDecoder
+from ledger.head import TenantHeads
 from ledger.layout import LedgerState, prepare_ledger
 from ledger.materializer import BatchCallback, Materializer, Status
 from ledger.store import LedgerStore
@@ -54,6 +55,10 @@ class QueryNode:
         self.state: LedgerState | None = None
         """What the node found at start: a fresh, current or outdated (rebuilt) ledger."""
         self._lock = threading.Lock()
+        self.heads: TenantHeads | None = None
+        """Each tenant's newest events in memory, kept by the commit path (:mod:`ledger.head`)."""
+        if settings.head_events > 0:
+            self.heads = TenantHeads(settings.head_events, settings.head_tenants)
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> None:
@@ -67,6 +72,7 @@ class QueryNode:
                 return
             self.state = prepare_ledger(self.settings.duckdb_path)
             self.store = self._store_factory(self.settings.duckdb_path)
+            self.store.heads = self.heads
             self.materializer = Materializer(
                 self.settings, self.store, decoder=self._decoder, on_batch=self._on_batch
             )

@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from ledger import duplicates, rollups
 from ledger.duck import SharedConnection, duckdb_errors
+from ledger.head import TenantHeads
 from ledger.layout import LAYOUT_KEY, stored_layout
 from ledger.tables import ALL_DDL, AUDIT_COLUMNS, LAYOUT_VERSION
 from velora.errors import LedgerMismatch
@@ -148,6 +149,8 @@ class LedgerStore:
         self.db = SharedConnection(con)
         self._writer = self.db.new_cursor()
         self._dedup_left = 0  # batches to write with the dedup path before trying WRITE_FRESH
+        self.heads: TenantHeads | None = None
+        """The query node's heads, updated with every commit (:mod:`ledger.head`)."""
         self.quarantined = self._count("ledger_quarantine")
         self.conflicts = self._count("ledger_conflicts")
 
@@ -265,7 +268,11 @@ class LedgerStore:
         if quarantine:
             cur.register("_quarantine", _quarantine_table(topic, quarantine))
         try:
-            if losers is not None or self._dedup_left > 0 or not self._fresh(cur, bool(quarantine)):
+            if (
+                losers is not None
+                or self._dedup_left > 0
+                or not self._fresh(cur, table, bool(quarantine))
+            ):
                 self._dedup_left = max(0, self._dedup_left - 1)
                 if self._dedup(cur, table, losers, topic, bool(quarantine)):
                     self.conflicts = self._count("ledger_conflicts")
@@ -278,11 +285,17 @@ class LedgerStore:
         if quarantine:
             self.quarantined = self._count("ledger_quarantine")
 
-    def _fresh(self, cur: duckdb.DuckDBPyConnection, quarantine: bool) -> bool:
+    def _fresh(self, cur: duckdb.DuckDBPyConnection, table: pa.Table, quarantine: bool) -> bool:
         """The fast transaction; False (rolled back) when a key of the batch is stored."""
         try:
             cur.execute(WRITE_FRESH + (f"; {_QUARANTINE}" if quarantine else ""))
-            self._commit(cur)
+            heads = self.heads
+            if heads is None:
+                self._commit(cur)
+            else:
+                with heads.lock:  # no head loads between the commit and its rows in the heads
+                    self._commit(cur)
+                    heads.committed(cur, "_batch", table)
         except duckdb.ConstraintException:
             _rollback(cur)
             self._dedup_left = DEDUP_BATCHES
@@ -315,7 +328,13 @@ class LedgerStore:
             cur.execute(_UPSERT_OFFSETS)
             if quarantine:
                 cur.execute(_QUARANTINE)
-            self._commit(cur)
+            heads = self.heads
+            if heads is None:
+                self._commit(cur)
+            else:
+                with heads.lock:  # copies may have replaced rows: those tenants load again
+                    self._commit(cur)
+                    heads.forget((table, losers))
         except BaseException:
             _rollback(cur)
             raise

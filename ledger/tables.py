@@ -209,3 +209,18 @@ def ledger_key(tenant_id: str, event_id: str) -> str:
     can make two different pairs share a key.
     """
     return f"{len(tenant_id)}:{tenant_id}:{event_id}"
+
+
+EVENT_COLUMN_NAMES: tuple[str, ...] = (
+    "event_id", "tenant_id", "occurred_us", "received_us", "action", "crud", "category",
+    "actor_type", "actor_id", "actor_name", "actor_email", "actor_ip", "actor_user_agent",
+    "targets", "outcome_result", "outcome_reason", "request_id", "source", "metadata",
+    "schema_version",
+)  # fmt: skip
+"""The fields of an event as the API reads it: a row's columns, its times as epoch microseconds."""
+_EXPRESSIONS = {
+    "occurred_us": "epoch_us(occurred_at) AS occurred_us",
+    "received_us": "epoch_us(received_at) AS received_us",
+}
+EVENT_COLUMNS = ", ".join(_EXPRESSIONS.get(name, name) for name in EVENT_COLUMN_NAMES)
+"""The select list of :data:`EVENT_COLUMN_NAMES` over ``audit_events`` (or a batch of its shape)."""

@@ -35,7 +35,7 @@ from typing import Any
 
 import duckdb
 
-from ledger.tables import ledger_key
+from ledger.tables import EVENT_COLUMN_NAMES, EVENT_COLUMNS, ledger_key
 from query_api.cursor import Position
 from query_api.filters import Filters
 from query_api.serialize import EVENT_JSON_SQL
@@ -45,17 +45,8 @@ FIRST_WINDOW = timedelta(minutes=15)
 MAX_WINDOW = timedelta(days=400)
 MIN_GROWTH, EMPTY_GROWTH, MAX_GROWTH = 4.0, 16.0, 64.0
 
-COLUMN_NAMES: tuple[str, ...] = (
-    "event_id", "tenant_id", "occurred_us", "received_us", "action", "crud", "category",
-    "actor_type", "actor_id", "actor_name", "actor_email", "actor_ip", "actor_user_agent",
-    "targets", "outcome_result", "outcome_reason", "request_id", "source", "metadata",
-    "schema_version",
-)  # fmt: skip
-_EXPRESSIONS = {
-    "occurred_us": "epoch_us(occurred_at) AS occurred_us",
-    "received_us": "epoch_us(received_at) AS received_us",
-}
-COLUMNS = ", ".join(_EXPRESSIONS.get(name, name) for name in COLUMN_NAMES)
+COLUMN_NAMES = EVENT_COLUMN_NAMES
+COLUMNS = EVENT_COLUMNS
 ORDER = "ORDER BY occurred_at DESC, event_id DESC"
 JSON_COLUMNS = f"{EVENT_JSON_SQL}, epoch_us(occurred_at) AS occurred_us, event_id"
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
+import duckdb
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from query_api import cursor, queries
+from ledger.head import HeadRow, TenantHeads
+from query_api import cursor, head_pages, queries
 from query_api.auth import require_scope
 from query_api.db import LedgerReader
-from query_api.filters import as_mapping, parse_list_query, query_items, with_phi
+from query_api.filters import Filters, as_mapping, parse_list_query, query_items, with_phi
 from query_api.links import page_url
 from query_api.responses import JsonBytesResponse, JsonResponse
 from query_api.serialize import SQL_PAGE_MIN, event_json, page_json, tenant_phi
@@ -60,16 +62,20 @@ async def list_audit_events(request: Request) -> Response:
     hints = getattr(request.app.state, "window_hints", None)
     reveal = phi.revealer()
     tenant, limit = principal.tenant_id, query.limit + 1
+    reader = ledger_reader(request)
     rows: list[queries.Row] = []
     rendered: list[queries.JsonRow] = []
-    in_sql = not reveal.active and query.limit >= SQL_PAGE_MIN
-    if not in_sql:  # a small page, or a server-mode tenant's (revealed by the Revealer)
-        rows = await ledger_reader(request).read(
+    held = await _from_head(reader, tenant, filters, after, limit, hints)
+    in_sql = held is None and not reveal.active and query.limit >= SQL_PAGE_MIN
+    if held is not None:  # first pages and shallow cursors: the tenant's head, no DuckDB
+        positions = [r.position for r in held]
+    elif not in_sql:  # a small page, or a server-mode tenant's (revealed by the Revealer)
+        rows = await reader.read(
             lambda cur: queries.list_events(cur, tenant, filters, after, limit, hints=hints)
         )
         positions = [(r["occurred_us"], r["event_id"]) for r in rows]
     else:  # a large page of stored values as they are shown: DuckDB renders the JSON
-        rendered = await ledger_reader(request).read(
+        rendered = await reader.read(
             lambda cur: queries.list_events_json(cur, tenant, filters, after, limit, hints=hints)
         )
         positions = [(r[1], r[2]) for r in rendered]
@@ -87,11 +93,41 @@ async def list_audit_events(request: Request) -> Response:
         items = query_items(query.filters, query.limit, next_cursor)
         headers["Link"] = f'<{page_url(request, settings, urlencode(items))}>; rel="next"'
     page = {"next_cursor": next_cursor, "limit": query.limit}
+    if held is not None and not reveal.active:  # each held event is rendered once, then reused
+        body = page_json([r.text(event_json) for r in held[: query.limit]], page)
+        return JsonBytesResponse(body, headers=headers)
+    if held is not None:
+        rows = [r.row for r in held]
     if in_sql:
         body = page_json([r[0] for r in rendered[: query.limit]], page)
         return JsonBytesResponse(body, headers=headers)
     events = [event_json(r, reveal) for r in rows[: query.limit]]
     return JsonResponse({"events": events, "page": page}, headers=headers)
+
+
+async def _from_head(
+    reader: LedgerReader,
+    tenant: str,
+    filters: Filters,
+    after: cursor.Position | None,
+    limit: int,
+    hints: queries.WindowHints | None,
+) -> list[HeadRow] | None:
+    """The page's rows from the tenant's head, loading it on first use; None: read DuckDB."""
+    heads: TenantHeads | None = getattr(reader, "heads", None)
+    if heads is None:
+        return None
+    head = heads.get(tenant)
+    if head is not None:
+        return head_pages.page(head, filters, after, limit)
+
+    def load(cur: duckdb.DuckDBPyConnection) -> list[HeadRow] | None:
+        loaded = heads.load(
+            tenant, lambda n: queries.list_events(cur, tenant, Filters(), None, n, hints=hints)
+        )
+        return None if loaded is None else head_pages.page(loaded, filters, after, limit)
+
+    return await reader.read(load)
 
 
 async def get_audit_event(request: Request) -> JsonResponse:

@@ -288,6 +288,8 @@ class Settings:
     state_dir: Path = Path("var")
     duckdb_path: Path = Path("var/velora.duckdb")
     duckdb_memory_limit_mb: int = 0
+    head_events: int = 300
+    head_tenants: int = 256
     cache_dir: Path = Path(".cache")
     kafka_version: str = "4.0.2"
     broker_port: int = 9092
@@ -522,6 +524,8 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_STATE_DIR": ("state_dir", _path),
     "VELORA_DUCKDB_PATH": ("duckdb_path", _path),
     "VELORA_DUCKDB_MEMORY_LIMIT_MB": ("duckdb_memory_limit_mb", _memory_limit_mb),
+    "VELORA_HEAD_EVENTS": ("head_events", _int(0, 10_000)),
+    "VELORA_HEAD_TENANTS": ("head_tenants", _int(1, 100_000)),
     "VELORA_CACHE_DIR": ("cache_dir", _path),
     "VELORA_KAFKA_VERSION": ("kafka_version", _version),
     "VELORA_BROKER_PORT": ("broker_port", _int(0, 65535)),

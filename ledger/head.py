@@ -1,0 +1,204 @@
+"""Each tenant's newest events, held in memory by the query node: the *head*.
+
+Most list requests ask for the first page, or a page a few cursors deep. The head
+answers those without DuckDB: per tenant, the newest :attr:`TenantHeads.depth`
+events by ``(occurred_at, event_id)``, as the rows the API reads
+(:data:`ledger.tables.EVENT_COLUMN_NAMES`), oldest first, with a *floor*: the
+position of the newest row that is **not** held (None when the head holds every
+row of the tenant). The invariant is that a head holds exactly the tenant's
+committed rows above its floor. So any page whose rows all lie above the floor
+can be cut from the head, and answers the same as DuckDB (``query_api.head_pages``).
+
+**Kept in the commit path.** The writer calls :meth:`TenantHeads.committed` with
+the batch it just committed while it holds :attr:`TenantHeads.lock`, and a head is
+loaded (:meth:`TenantHeads.load`) only under that lock. A load therefore reads
+DuckDB between two commits and every later commit is applied to it: a head
+never shows a row that is not committed, and never misses one that is. Readers
+take no lock: a head is immutable and replaced whole.
+
+- A batch written on the fast path (every row new) is merged into the heads of
+  the loaded tenants it touches: each tenant's newest ``depth`` rows of the batch
+  above the floor, read back through DuckDB from the registered Arrow batch so
+  the values are the ones a query of ``audit_events`` returns.
+- A batch written on the dedup path (a copy of a stored event, possibly replacing
+  it) drops the heads of the tenants it touches; they load again on their next
+  read.
+- Anything unexpected while applying a commit drops every head.
+
+Heads are loaded on a tenant's first read and kept for at most
+:attr:`TenantHeads.capacity` tenants (the oldest loaded is dropped first). A node
+restarted after a crash starts with no heads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ledger.tables import EVENT_COLUMN_NAMES, EVENT_COLUMNS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEPTH = 300
+DEFAULT_TENANTS = 256
+Position = tuple[int, str]
+"""``(occurred_at in epoch microseconds, event_id)``: the list's order, unique per tenant."""
+_TENANT = EVENT_COLUMN_NAMES.index("tenant_id")
+_NEWEST_OF_BATCH = (
+    f"SELECT {EVENT_COLUMNS} FROM {{table}} "  # noqa: S608
+    "WHERE tenant_id IN (SELECT unnest(?::VARCHAR[])) "
+    "QUALIFY row_number() OVER (PARTITION BY tenant_id "
+    "ORDER BY occurred_at DESC, event_id DESC) <= ?"
+)
+
+
+class HeadRow:
+    """One event of a head: the row as the API reads it, and its rendering, made once."""
+
+    __slots__ = ("_text", "position", "row")
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        self.position: Position = (row["occurred_us"], row["event_id"])
+        self._text: str | None = None
+
+    def text(self, render: Callable[[dict[str, Any]], Any]) -> str:
+        """``orjson.dumps(render(row))`` as text, computed on first use (no PHI revealed:
+        callers pass the renderer of stored values only)."""
+        text = self._text
+        if text is None:
+            text = self._text = orjson.dumps(render(self.row)).decode()
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A tenant's committed rows above :attr:`floor`, oldest first."""
+
+    rows: tuple[HeadRow, ...]
+    positions: tuple[Position, ...]
+    floor: Position | None
+    """The newest position not held; None: every row of the tenant is held."""
+
+    @classmethod
+    def of(cls, rows: Sequence[HeadRow], floor: Position | None) -> Head:
+        """A head of ``rows`` (oldest first)."""
+        return cls(tuple(rows), tuple(r.position for r in rows), floor)
+
+    def below(self, position: Position | None) -> int:
+        """How many held rows lie strictly below ``position`` (all of them for None)."""
+        if position is None:
+            return len(self.rows)
+        return bisect.bisect_left(self.positions, position)
+
+    def merged(self, new: Iterable[HeadRow], depth: int) -> Head:
+        """This head with ``new`` rows (never held before) added, cut to ``depth``."""
+        fresh = [r for r in new if self.floor is None or r.position > self.floor]
+        if not fresh:
+            return self
+        rows = sorted((*self.rows, *fresh), key=lambda r: r.position)
+        floor = self.floor
+        if len(rows) > depth:
+            floor = rows[len(rows) - depth - 1].position
+            rows = rows[len(rows) - depth :]
+        return Head.of(rows, floor)
+
+
+class TenantHeads:
+    """The heads of a node's tenants (see the module docstring)."""
+
+    def __init__(self, depth: int = DEFAULT_DEPTH, capacity: int = DEFAULT_TENANTS) -> None:
+        if depth < 1 or capacity < 1:
+            raise ValueError("a head holds at least one row, for at least one tenant")
+        self.depth = depth
+        self.capacity = capacity
+        self.lock = threading.Lock()
+        """Held by the writer from its COMMIT until the heads are updated, and by a load."""
+        self._heads: dict[str, Head] = {}
+
+    def get(self, tenant_id: str) -> Head | None:
+        """The tenant's head, or None when it is not loaded (no lock: heads are immutable)."""
+        return self._heads.get(tenant_id)
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    # -- loading (readers) ------------------------------------------------------------
+    def load(self, tenant_id: str, newest: Callable[[int], list[dict[str, Any]]]) -> Head | None:
+        """Load the tenant's head from ``newest(n)`` (its newest ``n`` rows, newest first).
+
+        Runs under :attr:`lock`, so no commit lands between the read and the head being
+        installed. Returns None at once, loading nothing, while a commit holds the
+        lock: the caller reads DuckDB instead and the next read tries again.
+        """
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            head = self._heads.get(tenant_id)
+            if head is not None:
+                return head
+            rows = newest(self.depth + 1)
+            floor = None
+            if len(rows) > self.depth:
+                floor = HeadRow(rows[self.depth]).position
+                rows = rows[: self.depth]
+            head = Head.of([HeadRow(r) for r in reversed(rows)], floor)
+            while len(self._heads) >= self.capacity:
+                del self._heads[next(iter(self._heads))]
+            self._heads[tenant_id] = head
+            return head
+        finally:
+            self.lock.release()
+
+    # -- the commit path (the writer, holding the lock) ----------------------------------
+    def committed(self, cur: duckdb.DuckDBPyConnection, table_name: str, table: pa.Table) -> None:
+        """Every row of ``table`` (registered on ``cur`` as ``table_name``) was just committed.
+
+        The caller holds :attr:`lock`. Merges the rows into the loaded heads they touch.
+        """
+        try:
+            loaded = [t for t in _tenants(table) if t in self._heads]
+            if not loaded:
+                return
+            found = cur.execute(
+                _NEWEST_OF_BATCH.format(table=table_name), [loaded, self.depth]
+            ).fetchall()
+            by_tenant: dict[str, list[HeadRow]] = {}
+            for values in found:
+                row = dict(zip(EVENT_COLUMN_NAMES, values, strict=True))
+                by_tenant.setdefault(values[_TENANT], []).append(HeadRow(row))
+            for tenant_id, new in by_tenant.items():
+                head = self._heads.get(tenant_id)
+                if head is not None:
+                    self._heads[tenant_id] = head.merged(new, self.depth)
+        except Exception:
+            log.exception("could not update the tenants' heads after a commit; dropping them all")
+            self._heads.clear()
+
+    def forget(self, tables: Iterable[pa.Table | None]) -> None:
+        """Drop the heads of the tenants with rows in ``tables`` (the caller holds :attr:`lock`)."""
+        try:
+            for table in tables:
+                if table is not None:
+                    for tenant_id in _tenants(table):
+                        self._heads.pop(tenant_id, None)
+        except Exception:
+            log.exception("could not drop the touched tenants' heads; dropping them all")
+            self._heads.clear()
+
+    def clear(self) -> None:
+        """Drop every head (the caller holds :attr:`lock`)."""
+        self._heads.clear()
+
+
+def _tenants(table: pa.Table) -> list[str]:
+    return [t for t in pc.unique(table.column("tenant_id")).to_pylist() if t is not None]

@@ -1,0 +1,193 @@
+"""The tenants' heads (ledger/head.py) agree with DuckDB after every kind of commit.
+
+A real DuckDB ledger is written through ``LedgerStore.write_batch`` (the fast path,
+late events below a head's floor, ties in ``occurred_at``, duplicates that take the
+dedup path, a copy that replaces a stored row) while heads are loaded, merged,
+dropped and evicted. After every batch, each loaded head must hold exactly the
+tenant's newest rows, and every page the head can answer (first pages, cursor
+pages, each filter of the list API) must equal the list query's page over
+``audit_events``.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ledger.decode import EventDecoder
+from ledger.head import TenantHeads
+from ledger.store import LedgerStore
+from query_api import head_pages, queries
+from query_api.cursor import Position
+from query_api.filters import Filters
+from tests.factory import sample_record
+from tests.ledger_support import CODEC
+
+TOPIC = "t.audit.v1"
+TENANTS = ("tenant-a", "tenant-b", "tenant-c", "tenant-d")
+BASE = datetime(2026, 11, 1, tzinfo=UTC)
+DEPTH = 12
+
+
+class Writer:
+    """Encodes events like ingest and writes them through the store, one partition each."""
+
+    def __init__(self, store: LedgerStore, seed: int) -> None:
+        self.store = store
+        self.rng = random.Random(seed)
+        self.offsets = {0: 0, 1: 0}
+        self.minute = 0
+
+    def event(self, tenant: str, *, late: bool = False) -> dict[str, object]:
+        if not late:
+            self.minute += self.rng.choice((0, 0, 1))  # ties in occurred_at
+        minute = self.rng.randrange(max(1, self.minute // 2)) if late else self.minute
+        return sample_record(self.rng, tenant, BASE + timedelta(minutes=minute))
+
+    def write(self, records: list[dict[str, object]], partition: int = 1) -> None:
+        values = [CODEC.encode("AuditEvent", r) for r in records]
+        first = self.offsets[partition]
+        decoded = EventDecoder(CODEC).decode(
+            values,
+            np.full(len(values), partition, dtype=np.int32),
+            np.arange(first, first + len(values), dtype=np.int64),
+        )
+        self.offsets[partition] = first + len(values)
+        self.store.write_batch(decoded.table, TOPIC, {partition: self.offsets[partition]})
+
+    def batch(self, n: int, late: int = 0) -> list[dict[str, object]]:
+        records = [self.event(self.rng.choice(TENANTS)) for _ in range(n)]
+        records += [self.event(self.rng.choice(TENANTS), late=True) for _ in range(late)]
+        self.rng.shuffle(records)
+        return records
+
+
+def _newest(store: LedgerStore, tenant: str):
+    cur = store.cursor()
+    return lambda n: queries.list_events(cur, tenant, Filters(), None, n)
+
+
+def _filters(rng: random.Random, rows: list[dict]) -> list[Filters]:
+    """Each filter of the list API, with values taken from stored rows."""
+    row = rng.choice(rows)
+    targets = row["targets"] or [{"id": "claim-none", "type": "claim"}]
+    at = datetime.fromtimestamp(row["occurred_us"] / 1e6, UTC)
+    return [
+        Filters(),
+        Filters(action=row["action"]),
+        Filters(action_prefix="claim."),
+        Filters(actor_id=row["actor_id"]),
+        Filters(actor_ids=(row["actor_id"], "user-1", "user-2"), actor_id=row["actor_id"]),
+        Filters(actor_type=row["actor_type"], outcome=row["outcome_result"]),
+        Filters(source=row["source"]),
+        Filters(target_id=targets[0]["id"]),
+        Filters(target_type="claim"),
+        Filters(since=at),
+        Filters(since=at - timedelta(minutes=3), until=at + timedelta(minutes=1)),
+        Filters(until=at),
+    ]
+
+
+def check_agree(store: LedgerStore, heads: TenantHeads, rng: random.Random) -> int:
+    """Every loaded head equals DuckDB; returns how many pages the heads answered."""
+    cur = store.cursor()
+    answered = 0
+    with heads.lock:  # no commit between the two reads
+        for tenant in TENANTS:
+            head = heads.get(tenant)
+            if head is None:
+                continue
+            top = queries.list_events(cur, tenant, Filters(), None, DEPTH + 1)
+            held = [r.row for r in reversed(head.rows)]
+            assert held == top[: len(held)], tenant
+            assert len(held) == min(DEPTH, len(top))
+            if len(top) > DEPTH:
+                assert head.floor == (top[DEPTH]["occurred_us"], top[DEPTH]["event_id"])
+            else:
+                assert head.floor is None
+            first = head_pages.page(head, Filters(), None, 6)
+            assert first is not None, "a loaded head answers its tenant's first page"
+            for f in _filters(rng, top):
+                cursors = [None, *(Position(r["occurred_us"], r["event_id"]) for r in top[:DEPTH])]
+                for after in rng.sample(cursors, min(3, len(cursors))):
+                    for limit in (4, DEPTH + 3):
+                        got = head_pages.page(head, f, after, limit)
+                        if got is None:
+                            continue
+                        want = queries.list_events(cur, tenant, f, after, limit)
+                        assert [r.row for r in got] == want, (tenant, f, after, limit)
+                        answered += 1
+    return answered
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed):
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH, capacity=3)
+    rng = random.Random(seed)
+    w = Writer(store, seed)
+    w.write(w.batch(30))
+    answered = 0
+    for step in range(30):
+        for tenant in rng.sample(TENANTS, 2):
+            if heads.get(tenant) is None:
+                assert heads.load(tenant, _newest(store, tenant)) is not None
+        assert len(heads) <= 3  # the oldest loaded head is dropped past the capacity
+        kind = step % 5
+        if kind == 3:  # a resend of stored events (the dedup path) with new ones
+            stored = store.cursor().execute("SELECT event_id, tenant_id FROM audit_events")
+            again = rng.sample(stored.fetchall(), 3)
+            records = w.batch(5)
+            for event_id, tenant in again:
+                copy = w.event(tenant)
+                copy["event_id"] = event_id
+                records.append(copy)
+            w.write(records)
+        elif kind == 4:  # a copy on a lower partition replaces a stored row (ledger/duplicates.py)
+            row = (
+                store.cursor()
+                .execute(
+                    "SELECT event_id, tenant_id FROM audit_events "
+                    "WHERE kafka_partition = 1 ORDER BY occurred_at DESC LIMIT 1"
+                )
+                .fetchone()
+            )
+            copy = w.event(row[1])
+            copy["event_id"] = row[0]
+            w.write([copy], partition=0)
+            assert store.cursor().execute(
+                "SELECT kafka_partition FROM audit_events WHERE event_id = ?", [row[0]]
+            ).fetchone() == (0,)
+        else:
+            w.write(w.batch(rng.randrange(1, 25), late=rng.randrange(4)))
+        answered += check_agree(store, heads, rng)
+    assert answered > 200  # the heads did answer pages, not only fall back
+    store.close()
+
+
+def test_a_commit_that_cannot_be_applied_drops_the_heads(tmp_path):
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH)
+    w = Writer(store, 5)
+    w.write(w.batch(20))
+    for tenant in TENANTS:
+        heads.load(tenant, _newest(store, tenant))
+    assert len(heads) == len(TENANTS)
+    touched = pa.table({"tenant_id": ["tenant-a"]})
+    with heads.lock:
+        heads.committed(store.cursor(), "_no_such_table", touched)
+    assert len(heads) == 0  # nothing stale is served: every tenant loads again
+    store.close()
+
+
+def test_a_load_waits_for_no_commit(tmp_path):
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = TenantHeads(DEPTH)
+    with heads.lock:  # a commit in progress: the reader goes to DuckDB instead of waiting
+        assert heads.load("tenant-a", _newest(store, "tenant-a")) is None
+    assert heads.load("tenant-a", _newest(store, "tenant-a")) is not None
+    store.close()

@@ -48,8 +48,8 @@ from ledger.tables import EVENT_COLUMN_NAMES, EVENT_COLUMNS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEPTH = 300
-DEFAULT_TENANTS = 256
+DEFAULT_DEPTH = 200
+DEFAULT_TENANTS = 128
 Position = tuple[int, str]
 """``(occurred_at in epoch microseconds, event_id)``: the list's order, unique per tenant."""
 _TENANT = EVENT_COLUMN_NAMES.index("tenant_id")

@@ -288,8 +288,8 @@ class Settings:
     state_dir: Path = Path("var")
     duckdb_path: Path = Path("var/velora.duckdb")
     duckdb_memory_limit_mb: int = 0
-    head_events: int = 300
-    head_tenants: int = 256
+    head_events: int = 200
+    head_tenants: int = 128
     cache_dir: Path = Path(".cache")
     kafka_version: str = "4.0.2"
     broker_port: int = 9092

@@ -1,0 +1,256 @@
+"""The heads under ingest, reads and SIGKILL: first pages never miss, add or reorder a row.
+
+A real ``velora node`` process materializes events while they are produced (ties
+in ``occurred_at``, and late events older than a head's floor) and is SIGKILLed
+and restarted several times. Meanwhile a reader pages through three tenants'
+first two pages over HTTP (served from the heads once loaded). Each page is
+checked against what was acknowledged, bracketed by the node's stored offsets
+read just before it:
+
+- **no extra row**: every event shown was produced, for that tenant, with that
+  ``occurred_at``;
+- **no reordering**: newest first by ``(occurred_at, event_id)``, no repeats;
+- **no missing row**: every acknowledged event at an offset the node had stored
+  before the request, and newer than the page's last row (any, when the page is
+  not full), is on the page.
+
+At the end the node's pages equal DuckDB's own list query over the file.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from cli.keys import create_key
+from ledger.store import LedgerStore
+from query_api import queries
+from query_api.filters import Filters
+from schemas.times import micros
+from tests.factory import fast_producer, sample_record
+from tests.helpers import wait_for
+from tests.ledger_support import CODEC
+from tests.test_node import NodeProcess
+from velora.topics import ensure_topics
+
+TENANTS = ("tenant-h1", "tenant-h2", "tenant-h3")
+EVENTS = "/api/v2/public/audit/events"
+LIMIT = 20
+ROUNDS = 60
+PER_ROUND = 150
+KILLS = 3
+
+
+@dataclass(frozen=True)
+class Sent:
+    tenant: str
+    position: tuple[int, str]
+
+
+class Producer(threading.Thread):
+    """Produces events in rounds; records what was sent and where each ack put it."""
+
+    def __init__(self, settings) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.sent: dict[str, Sent] = {}
+        self.at: dict[tuple[int, int], str] = {}  # (partition, offset) -> event id, once acked
+        self.lock = threading.Lock()
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            rng = random.Random(11)
+            producer = fast_producer(self.settings)
+            # ahead of the node's own audit_log.viewed records of the reads (stamped now),
+            # so that the first pages hold these events
+            start = datetime.now(UTC) + timedelta(days=1)
+            second = 0
+            for _ in range(ROUNDS):
+                futures = []
+                for _ in range(PER_ROUND):
+                    tenant = rng.choice(TENANTS)
+                    if rng.random() < 0.1:  # a late event, older than the newest hundreds
+                        at = start + timedelta(seconds=rng.randrange(max(1, second - 400)))
+                    else:
+                        second += rng.choice((0, 0, 1))  # ties in occurred_at
+                        at = start + timedelta(seconds=second)
+                    record = sample_record(rng, tenant, at)
+                    value = CODEC.encode("AuditEvent", record)
+                    event_id = str(record["event_id"])
+                    with self.lock:
+                        self.sent[event_id] = Sent(tenant, (int(record["occurred_at"]), event_id))
+                    future = producer.send(
+                        self.settings.audit_topic, key=tenant.encode(), value=value
+                    )
+                    futures.append((event_id, future))
+                producer.flush()
+                with self.lock:
+                    for event_id, future in futures:
+                        meta = future.get(timeout=30)
+                        self.at[(meta.partition, meta.offset)] = event_id
+                time.sleep(0.3)  # spread over the node's kills and restarts
+            producer.close()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def visible(self, tenant: str, stored: dict[int, int]) -> list[tuple[int, str]]:
+        """Positions of ``tenant``'s acknowledged events below the stored offsets."""
+        with self.lock:
+            return [
+                self.sent[e].position
+                for (p, o), e in self.at.items()
+                if o < stored.get(p, 0) and self.sent[e].tenant == tenant
+            ]
+
+
+class Reader(threading.Thread):
+    """Reads two pages per tenant in a loop and checks each against the acknowledged events."""
+
+    def __init__(self, producer: Producer, tokens: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.producer = producer
+        self.tokens = tokens
+        self.port: int | None = None
+        self.pages = 0
+        self.refused = ""
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for tenant in TENANTS:
+                try:
+                    self._check(tenant)
+                except httpx.HTTPError:
+                    time.sleep(0.05)  # the node is down or restarting
+                except BaseException as exc:  # reported by the test
+                    self.failures.append(f"reader: {exc!r}")
+                    return
+
+    def _stored(self) -> dict[int, int]:
+        body = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5).json()
+        return {int(p): v["stored"] for p, v in (body.get("partitions") or {}).items()}
+
+    def _check(self, tenant: str) -> None:
+        if self.port is None:
+            time.sleep(0.05)
+            return
+        before = self._stored()
+        cursor = None
+        seen: list[tuple[int, str]] = []
+        for _ in range(2):
+            params = {"limit": str(LIMIT), **({"cursor": cursor} if cursor else {})}
+            r = httpx.get(
+                f"http://127.0.0.1:{self.port}{EVENTS}",
+                params=params,
+                headers={"Authorization": f"Bearer {self.tokens[tenant]}"},
+                timeout=10,
+            )
+            if r.status_code != 200:  # e.g. 503 while the restarted node catches up
+                self.refused = f"{r.status_code} {r.text[:300]}"
+                return
+            body = r.json()
+            page = [self._known(tenant, e) for e in body["events"]]
+            if any(p is None for p in page):
+                return
+            positions = [p for p in page if p is not None]
+            if positions != sorted(set(positions), reverse=True):
+                self.failures.append(f"{tenant}: a page out of order or with a repeat")
+            upper = seen[-1] if seen else None
+            self._complete(tenant, before, positions, upper)
+            seen += positions
+            self.pages += 1
+            cursor = body["page"]["next_cursor"]
+            if cursor is None:
+                return
+
+    def _known(self, tenant: str, event: dict) -> tuple[int, str] | None:
+        occurred = micros(datetime.fromisoformat(event["occurred_at"]))
+        if event["action"] == "audit_log.viewed" and event["source"] == "velora.query_api":
+            return (occurred, event["event_id"])  # the node's record of a read
+        with self.producer.lock:
+            sent = self.producer.sent.get(event["event_id"])
+        if sent is None or sent.tenant != tenant or sent.position[0] != occurred:
+            self.failures.append(
+                f"{tenant}: an event that was not produced: {event['event_id']} "
+                f"{event['occurred_at']} ({sent})"
+            )
+            return None
+        return sent.position
+
+    def _complete(self, tenant, before, positions, upper) -> None:
+        """Every stored acknowledged event between the cursor and the page's end is shown."""
+        lowest = positions[-1] if len(positions) == LIMIT else None
+        shown = set(positions)
+        for position in self.producer.visible(tenant, before):
+            if upper is not None and position >= upper:
+                continue
+            if lowest is not None and position < lowest:
+                continue
+            if position not in shown:
+                self.failures.append(f"{tenant}: a stored event missing from a page: {position}")
+                return
+
+
+@pytest.mark.slow
+def test_first_pages_stay_exact_through_ingest_reads_and_sigkill(settings, tmp_path):
+    ensure_topics(settings)
+    tokens = {t: create_key(settings, t, ("audit:read",), name="head").token for t in TENANTS}
+    producer = Producer(settings)
+    reader = Reader(producer, tokens)
+    rng = random.Random(3)
+    node = NodeProcess(settings, tmp_path / "node.log")
+    reader.port = node.port
+    producer.start()
+    reader.start()
+    try:
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(2.0, 5.0))
+            node.kill()
+            node = NodeProcess(settings, tmp_path / "node.log")
+            reader.port = node.port
+        assert producer.done.wait(300), "the producer did not finish"
+        assert producer.error is None, producer.error
+        wait_for(lambda: node.readiness().get("lag") == 0, timeout=120, what="catch-up")
+        pages = reader.pages
+        what = f"reads ({reader.refused} {reader.failures[:3]})"
+        wait_for(lambda: reader.pages > pages + 6, timeout=60, what=what)
+        reader.stop.set()
+        reader.join(30)
+        assert not reader.failures, reader.failures[:5]
+        assert reader.pages > 100, f"the reader checked too few pages to tell: {reader.pages}"
+        served = {}
+        for tenant in TENANTS:
+            r = httpx.get(
+                f"http://127.0.0.1:{node.port}{EVENTS}",
+                params={"limit": "100"},
+                headers={"Authorization": f"Bearer {tokens[tenant]}"},
+                timeout=10,
+            )
+            assert r.status_code == 200, r.text
+            served[tenant] = [e["event_id"] for e in r.json()["events"]]
+    finally:
+        reader.stop.set()
+        code = node.terminate()
+    assert code == 0, node.tail()
+    store = LedgerStore(settings.duckdb_path)
+    try:
+        for tenant in TENANTS:
+            rows = queries.list_events(store.cursor(), tenant, Filters(), None, 100)
+            assert served[tenant] == [r["event_id"] for r in rows], tenant
+        produced = store.cursor().execute(
+            "SELECT count(*) FROM audit_events WHERE source <> 'velora.query_api'"
+        )
+        assert produced.fetchone() == (len(producer.sent),)  # each once, none lost
+    finally:
+        store.close()

@@ -24,6 +24,7 @@ from webhooks.consumer import GroupConsumer, OffsetTracker
 from webhooks.dispatcher import Dispatcher
 from webhooks.endpoints import matches
 from webhooks.inbox import Inbox
+from webhooks.lanes import Delivery
 from webhooks.receiver import receiver_app
 from webhooks.schedule import next_delay, retry_after, tier_for
 from webhooks.secrets import SecretBox, new_signing_secret
@@ -359,3 +360,59 @@ def test_an_event_newer_than_the_control_state_waits_for_its_endpoints():
     held, after, offered = asyncio.run(scenario())
     assert held == 1  # before: settled at once as "no endpoint", so never delivered
     assert offered and after == 0
+
+
+class _Control(_LateControl):
+    """Fault injection: a control state that holds one endpoint, as given."""
+
+    def __init__(self, endpoint: WebhookEndpoint) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+
+    def webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        return self.endpoint if endpoint_id == self.endpoint.endpoint_id else None
+
+
+class _RecordingPublisher:
+    """Fault injection: a publisher that keeps the attempt records instead of producing them."""
+
+    def __init__(self) -> None:
+        self.attempts: list = []
+
+    async def publish_attempt(self, attempt) -> None:
+        self.attempts.append(attempt)
+
+
+class _NoClient:
+    async def post(self, *args, **kwargs):
+        raise AssertionError("a disabled endpoint must not be sent anything")
+
+
+def test_a_pending_delivery_of_a_disabled_endpoint_is_dropped_recorded_and_settled():
+    settings = Settings(topic_prefix="units")
+    created = datetime.now(UTC) - timedelta(seconds=1)
+    endpoint = WebhookEndpoint(
+        "we_1", "acme", "https://example.org/h", "x", created, created, enabled=False
+    )
+    tracker, publisher = OffsetTracker(), _RecordingPublisher()
+    tp = TopicPartition(settings.audit_topic, 0)
+    tracker.assign([tp])
+    ref = tracker.add(tp, 0)
+    event = make_event("acme", 0)
+
+    async def scenario() -> Dispatcher:
+        d = Dispatcher(settings, _Control(endpoint), _NoClient(), publisher, tracker)  # type: ignore[arg-type]
+        delivery = Delivery("we_1", "acme", event.event_id, [event], [b""], [ref], attempt=3)
+        await d.attempt(delivery)
+        return d
+
+    d = asyncio.run(scenario())
+    assert d.counters["we_1"]["dropped"] == 1 and d.counters["we_1"]["failed"] == 0
+    [record] = publisher.attempts
+    assert (record.outcome, record.error_class, record.attempt) == (
+        "dropped",
+        "endpoint_disabled",
+        3,
+    )
+    assert record.event_ids == (event.event_id,) and record.status_code is None
+    assert tracker.in_flight == 0  # settled: the offset may be committed past it

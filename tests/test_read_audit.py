@@ -151,3 +151,49 @@ def test_with_the_broker_stopped_reads_answer_503_required_and_200_best_effort(t
             )
     finally:
         broker.stop()
+
+
+class CountingSink:
+    """The real producer, counting how often the auditor hands it events."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.calls: list[int] = []
+
+    def send_batch(self, events):
+        self.calls.append(len(events))
+        return self.real.send_batch(events)
+
+    def send(self, event):
+        raise AssertionError("the auditor hands events over in batches")
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_reads_confirmed_together_share_one_hand_over_and_fail_alone(settings):
+    import asyncio
+    import dataclasses
+
+    from query_api.read_audit import ReadAuditor
+    from velora.errors import Unavailable
+
+    ensure_topics(settings)
+    sink = CountingSink(audit_sink(settings))
+    auditor = ReadAuditor(sink, timeout=15.0)
+    events = [make_event("acme", i) for i in range(12)]
+    events[5] = dataclasses.replace(events[5], action="Not An Action")  # refused by the sink
+
+    async def confirm_all() -> list[object]:
+        return await asyncio.gather(*(auditor.confirm(e) for e in events), return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(confirm_all())
+    finally:
+        auditor.close()
+    assert sink.calls == [12]  # one turn of the loop, one hand-over
+    assert isinstance(outcomes[5], Unavailable)
+    assert [o for i, o in enumerate(outcomes) if i != 5] == [None] * 11
+    assert (auditor.stats.acked, auditor.stats.refused_reads) == (11, 1)
+    trail = {e["event_id"] for e in audit_trail(settings, "claim.viewed", 11)}
+    assert trail == {e.event_id for i, e in enumerate(events) if i != 5}

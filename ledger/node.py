@@ -72,6 +72,9 @@ class QueryNode:
                 return
             self.state = prepare_ledger(self.settings.duckdb_path)
             self.store = self._store_factory(self.settings.duckdb_path)
+            if self.heads is not None:
+                with self.heads.lock:  # nothing held from a file this node opened before
+                    self.heads.clear()
             self.store.heads = self.heads
             self.materializer = Materializer(
                 self.settings, self.store, decoder=self._decoder, on_batch=self._on_batch

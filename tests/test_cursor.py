@@ -63,6 +63,27 @@ def api(settings):
         yield api
 
 
+def test_fingerprints_do_not_change_across_releases():
+    """Cursors handed out before a deploy name these digests; they must stay valid after it."""
+    from datetime import UTC, datetime
+
+    assert Filters().fingerprint() == (
+        "8ce649b60194a7c83bbcf0472c0d34593c1d0650c3a51ecccc9a4f6c9f1e2f59"
+    )
+    many = Filters(
+        since=datetime(2026, 1, 1, tzinfo=UTC),
+        until=datetime(2026, 2, 1, 12, 30, tzinfo=UTC),
+        action_prefix="claim.",
+        actor_id="usr_1",
+        outcome="failure",
+        source="Zoë",
+        actor_ids=("a", "b"),  # widened by the PHI mode: not part of the digest
+    )
+    assert many.fingerprint() == (
+        "d8c6ba89a3c73e0ba1d9be482db51b2eb363789125fa0b578e5bb5f008e4cd02"
+    )
+
+
 def test_api_refuses_foreign_or_reused_cursors(api: Api):
     acme, evil = api.issue("acme"), api.issue("evil")
     page = api.get(EVENTS, acme.token, params={"limit": 2, "action": "claim.*"}).json()

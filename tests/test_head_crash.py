@@ -36,6 +36,7 @@ from schemas.times import micros
 from tests.factory import fast_producer, sample_record
 from tests.helpers import wait_for
 from tests.ledger_support import CODEC
+from tests.test_crash import _stored as stored_records
 from tests.test_node import NodeProcess
 from velora.topics import ensure_topics
 
@@ -120,7 +121,7 @@ class Reader(threading.Thread):
         super().__init__(daemon=True)
         self.producer = producer
         self.tokens = tokens
-        self.port: int | None = None
+        self.port = 0  # set before the reader starts
         self.pages = 0
         self.refused = ""
         self.failures: list[str] = []
@@ -142,9 +143,6 @@ class Reader(threading.Thread):
         return {int(p): v["stored"] for p, v in (body.get("partitions") or {}).items()}
 
     def _check(self, tenant: str) -> None:
-        if self.port is None:
-            time.sleep(0.05)
-            return
         before = self._stored()
         cursor = None
         seen: list[tuple[int, str]] = []
@@ -214,8 +212,11 @@ def test_first_pages_stay_exact_through_ingest_reads_and_sigkill(settings, tmp_p
     producer.start()
     reader.start()
     try:
-        for _ in range(KILLS):
-            time.sleep(rng.uniform(2.0, 5.0))
+        for k in range(KILLS):  # at random points of the node's progress, while ingest runs
+            goal = (k + 1) * ROUNDS * PER_ROUND // (KILLS + 1) + rng.randrange(PER_ROUND)
+            wait_for(
+                lambda n=node, g=goal: stored_records(n) >= g, timeout=120, what=f"{goal} stored"
+            )
             node.kill()
             node = NodeProcess(settings, tmp_path / "node.log")
             reader.port = node.port

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -39,3 +42,13 @@ def wait_for(
                 f"timed out after {timeout}s waiting for {what or condition}: {last!r}"
             )
         time.sleep(interval)
+
+
+def thread_stacks() -> str:
+    """Every thread's stack in this process (an in-process server's too), for a failure message."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        stack = "".join(traceback.format_stack(frame))
+        parts.append(f"--- thread {names.get(ident, ident)}\n{stack}")
+    return "\n".join(parts)

@@ -20,7 +20,7 @@ from ledger.control import ControlState
 from ledger.duck import LedgerFile
 from query_api.app import create_app
 from tests.api_support import audit_sink, audit_trail, insert_events, live_server, make_event
-from tests.helpers import make_broker, wait_for
+from tests.helpers import make_broker, thread_stacks, wait_for
 from velora.settings import Settings
 from velora.topics import ensure_topics
 
@@ -135,7 +135,10 @@ def test_with_the_broker_stopped_reads_answer_503_required_and_200_best_effort(t
                 assert client.get(EVENTS, headers=auth).status_code == 200
 
             assert broker.stop()
-            refused = clients["required"].get(EVENTS, headers=auth)
+            try:
+                refused = clients["required"].get(EVENTS, headers=auth)
+            except httpx.TimeoutException as exc:  # a 503 is due after 5 s: show what hangs
+                raise AssertionError(f"no answer within 30 s:\n{thread_stacks()}") from exc
             assert refused.status_code == 503, refused.text
             assert int(refused.headers["Retry-After"]) >= 1
             assert refused.json()["error"]["type"] == "unavailable"

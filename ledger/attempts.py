@@ -147,9 +147,10 @@ class AttemptLog:
                 self._stop.wait(delay * random.uniform(0.8, 1.2))
 
     def _run(self) -> None:
-        consumer = new_consumer(self.settings, "velora-attempts", fetch_max_wait_ms=100)
         cursor = self.store.db.new_cursor()
+        consumer: KafkaConsumer | None = None
         try:
+            consumer = new_consumer(self.settings, "velora-attempts", fetch_max_wait_ms=100)
             tps = self._open(consumer)
             refreshed = 0.0
             while not self._stop.is_set():
@@ -166,7 +167,8 @@ class AttemptLog:
                     self._write(cursor, polled, moved)
                     self.error = None
         finally:
-            close_quietly(consumer)
+            if consumer is not None:
+                close_quietly(consumer)
             cursor.close()
 
     def _open(self, consumer: KafkaConsumer) -> list[TopicPartition]:

@@ -153,7 +153,7 @@ def _consumer(settings: Settings) -> tuple[KafkaConsumer, TopicPartition]:
         with map_kafka_errors("control topic assignment"):
             consumer.assign([tp])
             consumer.seek_to_beginning(tp)
-    except Unavailable:
+    except BaseException:
         close_quietly(consumer)
         raise
     return consumer, tp

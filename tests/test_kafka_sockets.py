@@ -103,3 +103,70 @@ def test_an_attempt_closed_mid_connect_closes_its_socket(silent_listener) -> Non
         assert made[0].fileno() == -1
     finally:
         net.close()
+
+
+HALF_BUILT = """
+import gc, socket, sys, threading
+from velora import kafka_clients, kafka_sockets
+from velora.errors import Unavailable
+from velora.settings import Settings
+kafka_sockets.install()
+unclosed = []
+sys.unraisablehook = lambda u: unclosed.append(repr(u.object))
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(8)
+held = []
+def accept():  # accepts every connection and never answers: the bootstrap times out
+    while True:
+        try:
+            held.append(server.accept()[0])
+        except OSError:
+            return
+threading.Thread(target=accept, daemon=True).start()
+settings = Settings.from_env({}, kafka_bootstrap="127.0.0.1:%d" % server.getsockname()[1])
+kind, mode = sys.argv[1], sys.argv[2]
+config = {"bootstrap_timeout_ms": 1500, "request_timeout_ms": 1000}
+before = set(threading.enumerate())
+try:
+    if mode == "plain":
+        from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+        cls = {"consumer": KafkaConsumer, "producer": KafkaProducer, "admin": KafkaAdminClient}
+        cls[kind](bootstrap_servers=settings.kafka_bootstrap, **config)
+    else:
+        made = {"consumer": kafka_clients.new_consumer, "producer": kafka_clients.new_producer}
+        made[kind](settings, "velora-test", **config)
+except Exception as exc:
+    assert isinstance(exc, Unavailable) or mode == "plain", exc
+else:
+    raise AssertionError("the bootstrap was expected to time out")
+left = [t for t in set(threading.enumerate()) - before if t.name.startswith("kafka-io")]
+for t in left:
+    t.join(5)
+gc.collect()
+print(sum(t.is_alive() for t in left), sum("socket" in u for u in unclosed))
+"""
+
+
+def _half_built(kind: str, mode: str) -> tuple[int, int]:
+    """(I/O threads still running, sockets left to the collector) after a client's
+    constructor timed out bootstrapping against a broker that never answers."""
+    out = subprocess.run(
+        [sys.executable, "-W", "error::ResourceWarning", "-c", HALF_BUILT, kind, mode],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    threads, sockets = out.stdout.strip().splitlines()[-1].split()
+    return int(threads), int(sockets)
+
+
+@pytest.mark.parametrize("kind", ["consumer", "producer"])
+def test_a_client_whose_constructor_fails_is_closed(kind: str) -> None:
+    """kafka-python leaves a half-built client's I/O thread running (consumer) or its
+    connected sockets to the collector (producer); the project's factory closes it."""
+    threads, sockets = _half_built(kind, "plain")
+    assert threads + sockets >= 1  # the kafka-python behaviour it repairs
+    assert _half_built(kind, "factory") == (0, 0)

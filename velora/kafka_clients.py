@@ -5,7 +5,8 @@ Every consumer, producer and admin client of the project comes from
 bootstrap servers, the error translation and the defaults that matter for an audit
 log (``read_committed``, no auto-commit, no automatic offset reset). Each first
 installs :mod:`velora.kafka_sockets` (once per process), so a failed connection
-attempt never leaves its socket open.
+attempt never leaves its socket open, and a client whose constructor fails is
+closed (:func:`build_client`).
 
 :func:`map_kafka_errors` is the boundary, in the style of httpx's
 ``map_exceptions``: inside it, kafka-python's errors (and the socket errors it
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
@@ -30,6 +31,7 @@ from velora.errors import Unavailable
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KAFKA_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError)
 """What kafka-python raises for a broker that is down, slow or refusing."""
@@ -56,6 +58,42 @@ def kafka_unavailable(
     return Unavailable(f"Kafka {what} {reason}", retry_after=retry_after)
 
 
+def build_client(cls: type[T], **options: Any) -> T:
+    """``cls(**options)`` for a kafka-python client class; a constructor that fails
+    closes what it made, then raises as it did.
+
+    kafka-python 3.0.12 makes its network client first and then bootstraps (connects,
+    asks the broker's API versions). When the bootstrap fails after connecting (a
+    broker that accepts but does not answer in time, as one does while it starts),
+    the half-built client is never closed: a consumer's or admin client's I/O thread
+    keeps running with its connection, a producer's connections are left to the
+    garbage collector. The network client is recorded as it is made (``kafka_client``,
+    a documented setting) and closed here in that case.
+    """
+    made: list[Any] = []
+    factory = options.get("kafka_client") or cls.DEFAULT_CONFIG["kafka_client"]  # type: ignore[attr-defined]
+
+    def recording(**config: Any) -> Any:
+        client = factory(**config)
+        made.append(client)
+        return client
+
+    try:
+        return cls(**{**options, "kafka_client": recording})
+    except BaseException:
+        for client in made:
+            try:
+                client.close()
+            except Exception as exc:  # closing is best effort; the first error is raised
+                log.warning("closing a half-built Kafka client failed: %s", type(exc).__name__)
+        raise
+
+
+def _made(cls: type[T], what: str, options: dict[str, Any]) -> T:
+    with map_kafka_errors(what):
+        return build_client(cls, **options)
+
+
 def _bootstrap(settings: Settings) -> list[str]:
     return [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()]
 
@@ -77,8 +115,7 @@ def new_consumer(settings: Settings, client_id: str, **config: Any) -> KafkaCons
         **config,
     }
     kafka_sockets.install()
-    with map_kafka_errors("connect"):
-        return KafkaConsumer(**options)
+    return _made(KafkaConsumer, "connect", options)
 
 
 def new_producer(settings: Settings, client_id: str, **config: Any) -> KafkaProducer:
@@ -90,17 +127,18 @@ def new_producer(settings: Settings, client_id: str, **config: Any) -> KafkaProd
         **config,
     }
     kafka_sockets.install()
-    with map_kafka_errors("connect"):
-        return KafkaProducer(**options)
+    return _made(KafkaProducer, "connect", options)
 
 
 def new_admin(settings: Settings, client_id: str = "velora-admin") -> KafkaAdminClient:
     """An admin client (topic creation and inspection)."""
     kafka_sockets.install()
-    with map_kafka_errors("connect"):
-        return KafkaAdminClient(
-            bootstrap_servers=_bootstrap(settings), client_id=client_id, request_timeout_ms=15000
-        )
+    options = {
+        "bootstrap_servers": _bootstrap(settings),
+        "client_id": client_id,
+        "request_timeout_ms": 15000,
+    }
+    return _made(KafkaAdminClient, "connect", options)
 
 
 def close_producer(kafka: KafkaProducer, timeout: float) -> None:

@@ -250,12 +250,15 @@ class GroupConsumer:
         # The group's leader assigns only partitions it has metadata for: fetch it for
         # every topic first, or a first assignment can leave partitions unassigned
         # until the next metadata refresh.
-        with map_kafka_errors("webhook topics metadata"):
-            for topic in self.topics:
-                if not consumer.partitions_for_topic(topic):
-                    close_quietly(consumer)
-                    raise Unavailable(f"topic {topic} has no partitions yet", retry_after=1)
-        consumer.subscribe(self.topics, listener=_Listener(self))
+        try:
+            with map_kafka_errors("webhook topics metadata"):
+                for topic in self.topics:
+                    if not consumer.partitions_for_topic(topic):
+                        raise Unavailable(f"topic {topic} has no partitions yet", retry_after=1)
+            consumer.subscribe(self.topics, listener=_Listener(self))
+        except BaseException:
+            close_quietly(consumer)
+            raise
         return consumer
 
     def stop(self) -> None:

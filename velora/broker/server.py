@@ -326,6 +326,7 @@ class LocalBroker:
         from kafka.errors import KafkaError
 
         from velora import kafka_sockets
+        from velora.kafka_clients import build_client
 
         kafka_sockets.install()
         last: Exception | None = None
@@ -335,7 +336,8 @@ class LocalBroker:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass
-                admin = KafkaAdminClient(
+                admin = build_client(  # closed also when its bootstrap fails
+                    KafkaAdminClient,
                     bootstrap_servers=self.bootstrap,
                     request_timeout_ms=5000,
                     client_id="velora-broker-probe",

@@ -79,7 +79,7 @@ def build_client(cls: type[T], **options: Any) -> T:
         return client
 
     try:
-        return cls(**{**options, "kafka_client": recording})
+        made_client = cls(**{**options, "kafka_client": recording})
     except BaseException:
         for client in made:
             try:
@@ -87,6 +87,8 @@ def build_client(cls: type[T], **options: Any) -> T:
             except Exception as exc:  # closing is best effort; the first error is raised
                 log.warning("closing a half-built Kafka client failed: %s", type(exc).__name__)
         raise
+    made_client.config["kafka_client"] = factory  # what was asked for: code reads it back
+    return made_client
 
 
 def _made(cls: type[T], what: str, options: dict[str, Any]) -> T:

@@ -84,6 +84,9 @@ class _Budget:
                 self._used -= n
                 self._cond.notify_all()
 
+    def release_one(self) -> None:
+        self.release(1)
+
     @property
     def used(self) -> int:
         return self._used
@@ -154,79 +157,36 @@ class AuditProducer:
         problems resolve the future with :class:`Unavailable`. Callbacks added to
         the future run on Kafka's I/O thread: keep them short.
         """
-        out = self.send_batch([event], now=now)[0]
-        error = out.exception() if out.done() else None
-        if isinstance(error, ValidationError):
-            raise error
-        return out
-
-    def send_batch(
-        self, events: Sequence[Event], *, now: datetime | None = None
-    ) -> list[Future[Ack]]:
-        """:meth:`send` for several events at once: one future each, in order.
-
-        The records are appended together (one wake-up of the I/O thread, one
-        acknowledgement per partition batch). An invalid event's future holds its
-        :class:`ValidationError`; Kafka problems resolve the others' with
-        :class:`Unavailable`.
-        """
-        at = now or datetime.now(UTC)
-        outs: list[Future[Ack]] = [Future() for _ in events]
-        ids: list[tuple[int, str]] = []
-        records: list[tuple[bytes, bytes]] = []
-        for i, event in enumerate(events):
-            try:
-                event_id, tenant_id, value = self.pipeline.prepare(event, at)
-            except ValidationError as exc:
-                outs[i].set_exception(exc)
-                continue
-            ids.append((i, event_id))
-            records.append((tenant_id.encode(), value))
-        if not records:
-            return outs
+        event_id, tenant_id, value = self.pipeline.prepare(event, now or datetime.now(UTC))
+        out: Future[Ack] = Future()
         deadline = time.monotonic() + self.timeout
         runs: list[Run] = []
         try:
             appender = self._connect(deadline)
-            if not self._budget.acquire(len(records), deadline):
+            if not self._budget.acquire(1, deadline):
                 raise _buffer_full(self._budget.limit)
             try:
-                appender.append_runs(records, runs)
+                appender.append_runs([(tenant_id.encode(), value)], runs)
             except KafkaError as exc:
-                queued = sum(len(run.indexes) for run in runs)
-                self._budget.release(len(records) - queued)
+                self._budget.release(1)
                 self._discard(appender)
-                error = _unavailable(exc)
-                done = {i for run in runs for i in run.indexes}
-                for k, (i, _) in enumerate(ids):
-                    if k not in done:
-                        outs[i].set_exception(error)
+                raise _unavailable(exc) from exc
         except Unavailable as exc:
-            for i, _ in ids:
-                outs[i].set_exception(exc)
-            return outs
-        for run in runs:
-            self._settle_run(appender, run, [(outs[ids[k][0]], ids[k][1]) for k in run.indexes])
-        return outs
-
-    def _settle_run(
-        self, appender: Appender, run: Run, waiting: list[tuple[Future[Ack], str]]
-    ) -> None:
-        """Resolve the futures of ``run``'s records (consecutive offsets) when Kafka answers."""
+            out.set_exception(exc)
+            return out
+        release = self._budget.release_one
 
         def acked(partition: int, offset: int) -> None:
-            self._budget.release(len(waiting))
-            for k, (out, event_id) in enumerate(waiting):
-                out.set_result(Ack(event_id, partition, offset + k))
+            release()
+            out.set_result(Ack(event_id, partition, offset))
 
         def failed(exc: BaseException) -> None:
-            self._budget.release(len(waiting))
+            release()
             self._discard(appender)
-            error = _unavailable(exc)
-            for out, _ in waiting:
-                out.set_exception(error)
+            out.set_exception(_unavailable(exc))
 
-        run.on_result(acked, failed)
+        runs[0].on_result(acked, failed)
+        return out
 
     def send_many(
         self,

@@ -10,10 +10,7 @@ returns a future that resolves once Kafka acknowledged. Two modes
 
 - ``required`` (the default): :meth:`ReadAuditor.confirm` sends the event and
   waits, at most ``timeout`` seconds, for Kafka's acknowledgement; the middleware
-  answers the read only then, else 503 with ``Retry-After``. The events of the reads
-  confirmed in one turn of the event loop are handed to the sink together, in one
-  worker thread (``send_batch``: one append into the producer's batches); each read
-  still waits for its own record's acknowledgement and fails alone. HIPAA's audit-controls
+  answers the read only then, else 503 with ``Retry-After``. HIPAA's audit-controls
   standard (45 CFR 164.312(b)) asks that access to ePHI be recorded, so a read
   that cannot be recorded is not served.
 - ``best_effort``: :meth:`ReadAuditor.record` queues the event (no added latency)
@@ -75,9 +72,6 @@ class AuditSink(Protocol):
     def send(self, event: AuditEvent) -> Any:
         """Send one event; returns a future resolved once Kafka acknowledged it."""
         ...
-
-    # Optional: ``send_batch(events) -> futures``, one per event, in order
-    # (``ingest.AuditProducer`` has it); without it events are sent one by one.
 
     def close(self) -> None:
         """Flush and close."""
@@ -198,8 +192,6 @@ class ReadAuditor:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._run, name="velora-read-audit", daemon=True)
         self._lock = threading.Lock()
-        self._gathered: list[tuple[AuditEvent, asyncio.Future[Any]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
         self.stats = AuditStats()
 
     def start(self) -> None:
@@ -244,46 +236,8 @@ class ReadAuditor:
             self.stats.acked += 1
 
     async def _send_and_wait(self, event: AuditEvent) -> None:
-        loop = asyncio.get_running_loop()
-        if not self._gathered:
-            loop.call_soon(self._flush)  # after the other calls of this turn of the loop
-        sent: asyncio.Future[Any] = loop.create_future()
-        self._gathered.append((event, sent))
-        await _acknowledged(await sent)
-
-    def _flush(self) -> None:
-        """Hand the events gathered this turn to the sink together, in one worker thread."""
-        gathered, self._gathered = self._gathered, []
-        if gathered:
-            task = asyncio.get_running_loop().create_task(self._send_gathered(gathered))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _send_gathered(self, gathered: list[tuple[AuditEvent, asyncio.Future[Any]]]) -> None:
-        try:
-            futures = await asyncio.to_thread(self._send_all, [e for e, _ in gathered])
-        except Exception as exc:  # the sink is another package: each caller fails
-            futures = [exc] * len(gathered)
-        for (_, sent), future in zip(gathered, futures, strict=True):
-            if sent.done():  # its caller gave up (timeout)
-                continue
-            if isinstance(future, Exception):
-                sent.set_exception(future)
-            else:
-                sent.set_result(future)
-
-    def _send_all(self, events: list[AuditEvent]) -> list[Any]:
-        """One future per event (an exception in place of one that could not be sent)."""
-        send_batch = getattr(self._sink, "send_batch", None)
-        if send_batch is not None:
-            return list(send_batch(events))
-        out: list[Any] = []
-        for event in events:
-            try:
-                out.append(self._sink.send(event))
-            except Exception as exc:  # the sink is another package: this read fails
-                out.append(exc)
-        return out
+        future = await asyncio.to_thread(self._sink.send, event)
+        await _acknowledged(future)
 
     def _run(self) -> None:
         while True:

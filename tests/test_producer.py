@@ -281,29 +281,6 @@ def test_every_ack_names_its_records_place_across_many_batches_and_threads(
         assert placed[ack.event_id] == (ack.partition, ack.offset)
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["batch-runs", "public-send"])
-def test_send_batch_gives_each_event_its_own_future_and_place(
-    settings: Settings, fast: bool
-) -> None:
-    # 2 KiB batches: one send_batch call spans several kafka-python batches per partition.
-    tenants = [f"tenant-{i}" for i in range(5)]
-    events: list[dict[str, Any]] = [raw_event(i, tenant=tenants[i % 5]) for i in range(120)]
-    events[40] = raw_event(40, action="Not An Action")
-    with AuditProducer(settings, fast_append=fast, batch_size=2048, timeout=15) as p:
-        futures = p.send_batch(events)
-        assert len(futures) == len(events)
-        with pytest.raises(ValidationError):
-            futures[40].result(timeout=0)  # known at once, never sent
-        acks = [f.result(timeout=15) for i, f in enumerate(futures) if i != 40]
-        assert p.pending == 0  # the budget of every record was released
-    placed = {rec["event_id"]: (part, off, rec) for part, off, _, rec in read_topic(settings)}
-    assert len(placed) == 119
-    for i, ack in enumerate(acks):
-        part, off, rec = placed[ack.event_id]
-        assert (part, off) == (ack.partition, ack.offset)
-        assert rec["metadata"]["i"] == str(i if i < 40 else i + 1)  # in the order given
-
-
 def test_back_pressure_bounds_records_awaiting_acks(settings: Settings) -> None:
     # linger keeps records in the client's buffer, so nothing is acknowledged until flush.
     with AuditProducer(settings, max_pending=5, linger_ms=60_000, timeout=2.0) as p:

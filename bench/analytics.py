@@ -53,6 +53,7 @@ import httpx
 from bench.query import _start_server, generate
 from bench.report import Row, percentile, write_results
 from cli.keys import create_key
+from ledger import target_sets
 from ledger.duck import LedgerFile
 from ledger.rollups import ALL_ROLLUPS, rebuild_sql
 from query_api import analytics, analytics_summary
@@ -87,8 +88,9 @@ def build(path: Path, n: int, end: datetime) -> tuple[float, float]:
     db = LedgerFile(path, create=False)
     try:
         cur = db.connection.cursor()
-        cur.execute(rebuild_sql())
-        cur.execute("CHECKPOINT")
+        cur.execute(f"BEGIN TRANSACTION; {rebuild_sql()}")
+        target_sets.rebuild(cur)
+        cur.execute("COMMIT; CHECKPOINT")
         cur.close()
     finally:
         db.close()
@@ -125,6 +127,8 @@ def engine_ratios(path: Path, since: datetime, until: datetime) -> dict[str, dic
             "top action": lambda r: analytics.top(cur, t, base, "action", 10, r),
             "top actor": lambda r: analytics.top(cur, t, base, "actor", 10, r),
             "top actor action=claim.*": lambda r: analytics.top(cur, t, claims, "actor", 10, r),
+            "summary": lambda r: analytics_summary.summary(cur, t, base, "day", r),
+            "summary action=claim.*": lambda r: analytics_summary.summary(cur, t, claims, "day", r),
             "summary actor_id": lambda r: analytics_summary.summary(cur, t, actor, "day", r),
             "summary total+failures+busiest (no distinct)": lambda r: (
                 analytics.counts(cur, t, base, group="outcome", rollups=r),

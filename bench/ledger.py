@@ -5,7 +5,8 @@ produced first, quickly: :class:`~tests.factory.EventFactory` encodes a few
 thousand varied templates with the codec and stamps a new UUIDv7 into a copy for
 each event; a batching :class:`~kafka.KafkaProducer` sends them. Only the catch-up
 is timed: from starting a :class:`~ledger.materializer.Materializer` on an empty
-DuckDB until it has committed the end offsets it saw at start. Several runs, each
+DuckDB (with the :class:`~ledger.target_keeper.TargetSetKeeper` beside it, as in a
+query node) until it has committed the end offsets it saw at start. Several runs, each
 on a new DuckDB file; the median is reported, with this process's CPU use.
 
 **Freshness** (section ``freshness``). A materializer follows a new, empty topic.
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,10 @@ from kafka import KafkaProducer
 
 from bench.report import Row, measure_cpu, percentile, write_results
 from cli.commands.node import quiet_kafka_selector
+from ledger import target_sets
 from ledger.materializer import Materializer
 from ledger.store import LedgerStore
+from ledger.target_keeper import BUSY_LAG, TargetSetKeeper
 from tests.factory import EventFactory, fast_producer
 from velora.errors import VeloraError
 from velora.settings import Settings
@@ -85,25 +89,38 @@ def load(settings: Settings, events: int, factory: EventFactory | None = None) -
     return events / (time.perf_counter() - started)
 
 
+def _busy(materializer: Materializer) -> Callable[[], bool]:
+    """The target-set keeper's test, as a query node makes it (beside the materializer)."""
+    return lambda: materializer.status().lag > BUSY_LAG
+
+
 def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
     """Materializer catch-up from an empty DuckDB to the end offsets, ``runs`` times."""
     with tempfile.TemporaryDirectory(prefix="velora-bench-") as tmp:
         bench = _bench_settings(settings, "catchup", Path(tmp) / "catchup.duckdb")
         produced = load(bench, events)
         total = sum(end_offsets(bench, bench.audit_topic).values())
-        rates, cpus = [], []
+        rates, cpus, sets_s = [], [], []
         for i in range(runs):
             path = Path(tmp) / f"run{i}.duckdb"
             store = LedgerStore(path)
             materializer = Materializer(bench, store)
+            keeper = TargetSetKeeper(store, bench.audit_topic, busy=_busy(materializer))
             with measure_cpu() as cpu:
+                keeper.start()
                 materializer.start()
                 done = materializer.wait_caught_up(timeout=600)
             materializer.stop()
+            sets_started = time.perf_counter()  # the keeper waited; now it has the backlog
+            sets_done = _wait_for_sets(store, total, timeout=600)
+            sets_s.append(time.perf_counter() - sets_started)
+            keeper.stop()
             rows = store.count()
             store.close()
             if not done or rows != total:
                 raise VeloraError(f"catch-up run {i} ended at {rows} of {total} rows")
+            if not sets_done:
+                raise VeloraError(f"catch-up run {i}: the target sets did not catch up")
             rates.append(total / cpu.wall_s)
             cpus.append(cpu.cpu_percent)
             log.info("catch-up run %d: %.0f events/s, %.0f%% CPU", i, rates[-1], cpus[-1])
@@ -118,6 +135,8 @@ def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
         "floor_events_per_s": CATCHUP_FLOOR,
         "producer_events_per_s": produced,
         "max_batch": settings.materializer_max_batch,
+        "target_sets_after_s_median": statistics.median(sets_s),
+        "target_sets_after_s_runs": sets_s,
     }
     write_results("ingest", "materializer", result)
     return [
@@ -127,8 +146,28 @@ def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
             "events/s",
             f">= {CATCHUP_FLOOR:,.0f}",
             {"cpu_percent": result["cpu_percent_median"]},
-        )
+        ),
+        Row("target sets caught up after it", result["target_sets_after_s_median"], "s", ""),
     ]
+
+
+def _wait_for_sets(store: LedgerStore, total: int, timeout: float) -> bool:
+    """Wait until the target sets' marks cover all ``total`` rows."""
+    deadline = time.monotonic() + timeout
+    cur = store.db.new_cursor()
+    try:
+        while time.monotonic() < deadline:
+            clause, params = target_sets.uncovered(cur)
+            late = cur.execute(
+                f"SELECT count(*) FROM audit_events WHERE {clause}",
+                params,
+            ).fetchall()[0][0]
+            if late == 0 and store.count() == total:
+                return True
+            time.sleep(0.2)
+        return False
+    finally:
+        cur.close()
 
 
 # -- freshness ---------------------------------------------------------------------
@@ -198,6 +237,8 @@ def freshness(settings: Settings, *, seconds: float, runs: int) -> list[Row]:
             commits = _Commits()
             store = LedgerStore(bench.duckdb_path)
             materializer = Materializer(bench, store, on_batch=commits.on_batch)
+            keeper = TargetSetKeeper(store, bench.audit_topic, busy=_busy(materializer))
+            keeper.start()
             materializer.start()
             try:
                 materializer.wait_caught_up(timeout=60)
@@ -208,6 +249,7 @@ def freshness(settings: Settings, *, seconds: float, runs: int) -> list[Row]:
                     materializer.wait_for_offset(p, o, timeout=60)
             finally:
                 materializer.stop()
+                keeper.stop()
                 store.close()
             latencies = []
             for p, o, acked in acks:

@@ -23,6 +23,7 @@ from ledger.head import TenantHeads
 from ledger.layout import LedgerState, prepare_ledger
 from ledger.materializer import BatchCallback, Materializer, Status
 from ledger.store import LedgerStore
+from ledger.target_keeper import BUSY_LAG, TargetSetKeeper
 from velora.errors import Unavailable
 from velora.settings import Settings
 
@@ -52,6 +53,8 @@ class QueryNode:
         self.materializer: Materializer | None = None
         self.attempts: AttemptLog | None = None
         """The webhook attempt log's loop (``webhook_attempts``), beside the materializer."""
+        self.target_keeper: TargetSetKeeper | None = None
+        """Adds new rows to the target sets (:mod:`ledger.target_keeper`), behind the writer."""
         self.state: LedgerState | None = None
         """What the node found at start: a fresh, current or outdated (rebuilt) ledger."""
         self._lock = threading.Lock()
@@ -82,7 +85,16 @@ class QueryNode:
             self.materializer.start()
             self.attempts = AttemptLog(self.settings, self.store)
             self.attempts.start()
+            self.target_keeper = TargetSetKeeper(
+                self.store, self.settings.audit_topic, busy=self._replaying_backlog
+            )
+            self.target_keeper.start()
         log.info("query node ledger open at %s (%s)", self.settings.duckdb_path, self.state.value)
+
+    def _replaying_backlog(self) -> bool:
+        """Whether the materializer is far behind the log (the keeper waits meanwhile)."""
+        materializer = self.materializer
+        return materializer is not None and materializer.status().lag > BUSY_LAG
 
     @property
     def replaying(self) -> bool:
@@ -93,11 +105,14 @@ class QueryNode:
         """Stop the materializer (committing the batch in flight), close DuckDB."""
         with self._lock:
             materializer, store, attempts = self.materializer, self.store, self.attempts
+            keeper, self.target_keeper = self.target_keeper, None
             self.materializer = self.store = self.attempts = None
         if attempts is not None:
             attempts.stop()
         if materializer is not None:
             materializer.stop()
+        if keeper is not None:
+            keeper.stop()
         if store is not None:
             try:
                 store.checkpoint()

@@ -30,6 +30,7 @@ while it is held, so the query API reads through cursors of the same connection
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ledger import duplicates, rollups
+from ledger import duplicates, rollups, target_sets
 from ledger.duck import SharedConnection, duckdb_errors
 from ledger.head import TenantHeads
 from ledger.layout import LAYOUT_KEY, stored_layout
@@ -151,6 +152,10 @@ class LedgerStore:
         self._dedup_left = 0  # batches to write with the dedup path before trying WRITE_FRESH
         self.heads: TenantHeads | None = None
         """The query node's heads, updated with every commit (:mod:`ledger.head`)."""
+        self.target_lock = threading.Lock()
+        """Held by a transaction that writes the target sets (:mod:`ledger.target_sets`):
+        a step of the keeper, or a dedup-path batch (replaced rows recompute their cells),
+        so the two never write the same cells at once."""
         self.quarantined = self._count("ledger_quarantine")
         self.conflicts = self._count("ledger_conflicts")
 
@@ -317,6 +322,17 @@ class LedgerStore:
 
         Returns whether conflicts were recorded.
         """
+        with self.target_lock:
+            return self._dedup_locked(cur, table, losers, topic, quarantine)
+
+    def _dedup_locked(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        table: pa.Table,
+        losers: pa.Table | None,
+        topic: str,
+        quarantine: bool,
+    ) -> bool:
         cur.execute("BEGIN TRANSACTION")
         try:
             inserted = {r[0] for r in cur.execute(INSERT_DEDUP).fetchall()}
@@ -361,6 +377,7 @@ class LedgerStore:
             # only across partitions: the stored row loses to a copy of this batch
             # the rollups lose the stored rows and gain their replacements
             cur.register("_replace", pa.table({"ledger_key": sorted(outcome.replace)}))
+            cells = target_sets.touched(cur, _REPLACED)  # before the rows go
             cur.execute(rollups.subtract_sql(_REPLACED))
             cur.execute(
                 "DELETE FROM audit_events WHERE ledger_key IN (SELECT ledger_key FROM _replace)"
@@ -369,6 +386,8 @@ class LedgerStore:
                 f"INSERT INTO audit_events ({_COLUMNS}) SELECT {_COLUMNS} FROM ({_REPLACEMENTS})"  # noqa: S608
             )
             cur.execute(rollups.add_sql(_REPLACEMENTS))
+            cells = pa.concat_tables([cells, target_sets.touched(cur, _REPLACEMENTS)])
+            target_sets.recompute(cur, cells.group_by(cells.column_names).aggregate([]))
         if not outcome.conflicts:
             return False
         conflicts = pa.Table.from_pylist(

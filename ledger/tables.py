@@ -35,8 +35,9 @@ with identical content.
 from __future__ import annotations
 
 from ledger.rollups import ROLLUP_DDL
+from ledger.target_sets import DDL as TARGET_SETS_DDL
 
-LAYOUT_VERSION = 6
+LAYOUT_VERSION = 7
 """Bumped whenever a table changes; a node finding an older file rebuilds it from the log."""
 
 AUDIT_EVENTS_DDL = """
@@ -199,6 +200,7 @@ ALL_DDL: tuple[str, ...] = (
     WEBHOOK_ATTEMPTS_DDL,
     META_DDL,
     *ROLLUP_DDL,
+    *TARGET_SETS_DDL,
 )
 
 

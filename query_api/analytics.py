@@ -23,7 +23,9 @@ the pieces are added. The tables are written in the same transaction as the rows
 so both sources give the same numbers at every moment (``tests/test_analytics.py``
 recounts the answers in plain Python, and checks the tables are what is read).
 
-The summary (:mod:`query_api.analytics_summary`) builds on the same pieces.
+The summary (:mod:`query_api.analytics_summary`) builds on the same pieces, but for
+its distinct targets under no filter but ``action`` (or a prefix): those are a union
+of the target sets (:mod:`ledger.target_sets`, per hour or day and action).
 
 Every value is a bound parameter; only this module's constants and column names are
 formatted into SQL. A request's queries run in one read transaction, so its numbers

@@ -613,12 +613,52 @@ def test_targets_and_actor_filtered_figures_read_the_per_day_tables(settings):
         assert top(actor_id="user-1")[0] == ("ghost", 7)
         assert top(actor_id="user-2")[0] != ("ghost", 7)
         assert top(outcome="success")[0] == ("CLM-0", 1)  # a filter it lacks: the rows
-        assert summary()["distinct_targets"] == 31
+        assert summary(outcome="success")["distinct_targets"] == 30  # the rows
+        assert summary()["distinct_targets"] == 30  # the target sets (next test), not this table
         now = summary(actor_id="user-1", interval="day")
         assert (now["total"], now["failures"], now["distinct_targets"]) == (15, 4, 11)
         assert now["busiest_bucket"] == {"start": "2025-03-01T00:00:00+00:00", "count": 15}
         assert summary(actor_id="user-1", interval="hour")["total"] == 10  # hours: the rows
         assert summary(actor_id="user-1", interval="day", source="claims-service")["failures"] == 0
+
+
+def test_distinct_targets_without_other_filters_are_a_union_of_the_target_sets(settings):
+    """Proof the target sets serve a summary's distinct targets: whole days from the day
+    sets, whole hours from the hour sets, the edges from the rows; a planted number shows
+    only where the range and filters read the sets."""
+    from pyroaring import BitMap
+
+    with running_api(settings) as api:
+        insert_events(api.reader, [make_event("acme", i) for i in range(30)])  # 12:00:00-29
+        key = api.issue("acme")
+
+        def distinct(since: str, until: str, **params) -> int:
+            body = api.get(
+                f"{BASE}/summary", key.token, params={"since": since, "until": until, **params}
+            )
+            assert body.status_code == 200, body.text
+            return body.json()["current"]["distinct_targets"]
+
+        day = ("2025-03-01T00:00:00Z", "2025-03-02T00:00:00Z")
+        hours = ("2025-03-01T11:59:30Z", "2025-03-01T13:00:10Z")  # edges, the 12:00 hour
+        seconds = ("2025-03-01T12:00:10Z", "2025-03-01T12:00:20Z")  # rows only
+        assert distinct(*day) == distinct(*hours) == 30 and distinct(*seconds) == 10
+        cur = api.reader.connection.cursor()
+        ghost = BitMap([10_000]).serialize()
+        for grain, bucket in (
+            ("day", "2025-03-01 00:00:00+00"),
+            ("hour", "2025-03-01 12:00:00+00"),
+        ):
+            cur.execute(
+                "INSERT INTO audit_target_sets VALUES ('acme', ?, ?, 'claim.viewed', ?)",
+                [grain, bucket, ghost],
+            )
+        cur.close()
+        assert distinct(*day) == distinct(*hours) == 31
+        assert distinct(*day, action="claim.viewed") == distinct(*day, action="claim.*") == 31
+        assert distinct(*day, action="claim.exported") == 0
+        assert distinct(*seconds) == 10  # no whole hour: the rows
+        assert distinct(*day, outcome="success") == distinct(*day, actor_id="user-1") + 20 == 30
 
 
 def test_a_widened_actor_filter_matches_every_stored_value_in_the_per_day_tables(settings):

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 import uuid_utils
 
+from ledger import target_sets
 from ledger.decode import EventDecoder
 from ledger.rollups import (
     ACTOR_TABLE,
@@ -31,6 +32,7 @@ def assert_rollups_exact(cur) -> int:
     for table, unit in ALL_ROLLUPS:
         wrong = cur.execute(mismatch_sql(table, unit)).fetchall()
         assert wrong == [], (table, wrong[:5])
+    assert target_sets.mismatch(cur) == []
     total = cur.execute("SELECT count(*) FROM audit_events").fetchall()[0][0]
     for table, _ in EVENT_COUNTS:  # the target table counts (event, target id) pairs
         summed = cur.execute(f"SELECT coalesce(sum(events), 0) FROM {table}").fetchall()[0][0]
@@ -117,6 +119,14 @@ def test_a_replaced_row_leaves_the_actor_failures_and_the_targets(tmp_path):
             f"SELECT target_id, sum(events) FROM {TARGET_TABLE} GROUP BY 1 HAVING sum(events) <> 0"
         ).fetchall()
         assert targets == [("T-early", 1)]  # once per event
+        (number,) = cur.execute(
+            "SELECT no FROM audit_target_numbers WHERE key = md5_number('4:acme:T-early')"
+        ).fetchall()[0]
+        for grain in ("hour", "day"):  # T-late left its cells; only T-early's number is there
+            blobs = cur.execute(
+                "SELECT targets FROM audit_target_sets WHERE grain = ?", [grain]
+            ).fetchall()
+            assert list(target_sets.union(b for (b,) in blobs)) == [number]
     finally:
         store.close()
 

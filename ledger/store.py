@@ -322,39 +322,29 @@ class LedgerStore:
 
         Returns whether conflicts were recorded.
         """
-        with self.target_lock:
-            return self._dedup_locked(cur, table, losers, topic, quarantine)
-
-    def _dedup_locked(
-        self,
-        cur: duckdb.DuckDBPyConnection,
-        table: pa.Table,
-        losers: pa.Table | None,
-        topic: str,
-        quarantine: bool,
-    ) -> bool:
-        cur.execute("BEGIN TRANSACTION")
-        try:
-            inserted = {r[0] for r in cur.execute(INSERT_DEDUP).fetchall()}
-            cur.register("_inserted", pa.table({"ledger_key": pa.array(inserted, pa.string())}))
-            cur.execute(_COUNT_INSERTED)
-            conflicts = False
-            if table.num_rows > len(inserted) or losers is not None:
-                conflicts = self._resolve(cur, table, losers, inserted, topic)
-            cur.execute(_UPSERT_OFFSETS)
-            if quarantine:
-                cur.execute(_QUARANTINE)
-            heads = self.heads
-            if heads is None:
-                self._commit(cur)
-            else:
-                with heads.lock:  # copies may have replaced rows: those tenants load again
+        with self.target_lock:  # replaced rows recompute target sets: no keeper step meanwhile
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                inserted = {r[0] for r in cur.execute(INSERT_DEDUP).fetchall()}
+                cur.register("_inserted", pa.table({"ledger_key": pa.array(inserted, pa.string())}))
+                cur.execute(_COUNT_INSERTED)
+                conflicts = False
+                if table.num_rows > len(inserted) or losers is not None:
+                    conflicts = self._resolve(cur, table, losers, inserted, topic)
+                cur.execute(_UPSERT_OFFSETS)
+                if quarantine:
+                    cur.execute(_QUARANTINE)
+                heads = self.heads
+                if heads is None:
                     self._commit(cur)
-                    heads.forget((table, losers))
-        except BaseException:
-            _rollback(cur)
-            raise
-        return conflicts
+                else:
+                    with heads.lock:  # copies may have replaced rows: those tenants load again
+                        self._commit(cur)
+                        heads.forget((table, losers))
+            except BaseException:
+                _rollback(cur)
+                raise
+            return conflicts
 
     def _resolve(
         self,

@@ -168,12 +168,16 @@ def _cells(
         cur.execute("DROP TABLE IF EXISTS _target_rows")
 
 
+def _with_sets(cells: pa.Table, blobs: list[bytes]) -> pa.Table:
+    """The cell keys of ``cells`` with ``blobs`` (one serialized bitmap each): rows to insert."""
+    return pa.table(
+        [*(cells.column(c) for c in _CELL), pa.array(blobs, pa.binary())], schema=_SETS_SCHEMA
+    )
+
+
 def _bitmaps(rows: pa.Table) -> pa.Table:
     """The cells of ``rows`` (``_cells_sql``'s shape) with each list of numbers as a bitmap."""
-    blobs = [BitMap(nos).serialize() for nos in rows.column("nos").to_pylist()]
-    return pa.table(
-        [*(rows.column(c) for c in _CELL), pa.array(blobs, pa.binary())], schema=_SETS_SCHEMA
-    )
+    return _with_sets(rows, [BitMap(nos).serialize() for nos in rows.column("nos").to_pylist()])
 
 
 def _insert(cur: duckdb.DuckDBPyConnection, sets: pa.Table) -> None:
@@ -230,10 +234,7 @@ def _stored(cur: duckdb.DuckDBPyConnection, cells: pa.Table, more_than: int) -> 
 
 def _merge(stored: pa.Table) -> pa.Table:
     """One row per cell of ``stored`` (``_stored``'s shape): the union of its blobs."""
-    blobs = [union(b).serialize() for b in stored.column("blobs").to_pylist()]
-    return pa.table(
-        [*(stored.column(c) for c in _CELL), pa.array(blobs, pa.binary())], schema=_SETS_SCHEMA
-    )
+    return _with_sets(stored, [union(b).serialize() for b in stored.column("blobs").to_pylist()])
 
 
 def add(cur: duckdb.DuckDBPyConnection, relation: str) -> None:

@@ -340,7 +340,10 @@ class Dispatcher:
         if status is not None and 200 <= status < 300:
             counters["delivered"] += 1
             outcome, next_at = "delivered", None
-            writes.append(self._succeeded(endpoint))
+            health = self._recovering(endpoint)
+            if health is not None:  # a success ends the failing streak
+                recovered = replace(health, failing_since=None, updated_at=datetime.now(UTC))
+                writes.append(self._write_health(recovered))
         else:
             counters["failed"] += 1
             disabled = error != PHI_UNAVAILABLE and await self._failed(endpoint, status, now)
@@ -374,7 +377,10 @@ class Dispatcher:
         self._spawn(self._written(d, writes))
 
     async def _written(self, d: Delivery, writes: list[Any]) -> None:
-        await asyncio.gather(*writes)
+        if len(writes) == 1:  # the usual case: the attempt record alone (no task for it)
+            await writes[0]
+        else:
+            await asyncio.gather(*writes)
         self._settle(d)
 
     def _request(
@@ -492,11 +498,12 @@ class Dispatcher:
         self._health[health.endpoint_id] = health
         await self.publisher.put_health(health)
 
-    async def _succeeded(self, endpoint: WebhookEndpoint) -> None:
+    def _recovering(self, endpoint: WebhookEndpoint) -> WebhookHealth | None:
+        """The endpoint's health when it is in a failing streak (not disabled), else None."""
         health = self.health_of(endpoint.endpoint_id)
         if health is not None and health.failing_since is not None and health.disabled_at is None:
-            now = datetime.now(UTC)
-            await self._write_health(replace(health, failing_since=None, updated_at=now))
+            return health
+        return None
 
     async def _failed(self, endpoint: WebhookEndpoint, status: int | None, now: datetime) -> bool:
         """Record the failure; True when it disables the endpoint."""

@@ -24,6 +24,7 @@ a change in aiohttp that bypassed the resolver would fail it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -57,6 +58,26 @@ def _checked(dest: Destination, addresses: list[str]) -> list[str]:
         return allowed_addresses(dest, addresses)
     except ValidationError as exc:
         raise DestinationRefused(exc.message) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal_refusal(url: str, allow_insecure_loopback: bool) -> str | None:
+    """Why a URL whose host is an IP literal must not be reached (None: it may, or
+    the host is a name, checked at resolution). Depends on nothing but its arguments,
+    so it is computed once per endpoint URL rather than on every POST."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    insecure = allow_insecure_loopback and parts.scheme == "http" and host == LOOPBACK_LITERAL
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        _checked(Destination("", "http" if insecure else "https", host, port), [str(literal)])
+    except DestinationRefused as exc:
+        return str(exc)
+    return None
 
 
 class GuardedResolver(AbstractResolver):
@@ -148,15 +169,9 @@ class WebhookClient:
 
     def _check_literal(self, url: str) -> None:
         """An IP-literal host is checked here: aiohttp connects to it without resolving."""
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            return
-        insecure = self._loopback and parts.scheme == "http" and host == LOOPBACK_LITERAL
-        port = parts.port or (80 if parts.scheme == "http" else 443)
-        _checked(Destination("", "http" if insecure else "https", host, port), [str(literal)])
+        refusal = _literal_refusal(url, self._loopback)
+        if refusal is not None:
+            raise DestinationRefused(refusal)
 
     async def aclose(self) -> None:
         """Close the pool's connections."""

@@ -105,6 +105,36 @@ def test_an_attempt_closed_mid_connect_closes_its_socket(silent_listener) -> Non
         net.close()
 
 
+def test_closing_the_loop_closes_a_socket_its_attempt_left_open(silent_listener) -> None:
+    # An attempt still suspended in its connect that nobody closes (a task the
+    # loop's close did not reach), its socket referenced from a cycle: closing the
+    # loop closes the socket, rather than a later garbage collection.
+    from kafka.net.inet import KafkaNetSocket
+    from kafka.net.selector import NetworkSelector
+
+    assert kafka_sockets.install()
+    made: list[socket.socket] = []
+
+    class Recording(KafkaNetSocket):
+        SCHEMES = ()
+
+        def socket(self, *args):
+            made.append(socket.socket(*args))
+            return made[-1]
+
+    net = NetworkSelector()
+    host, port = silent_listener
+    addrinfo = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))
+    attempt = Recording().connect(net, addrinfo)
+    try:
+        attempt.send(None)  # suspended, waiting for the connect to complete
+        assert made[0].fileno() != -1
+        net.close()
+        assert made[0].fileno() == -1
+    finally:
+        attempt.close()
+
+
 HALF_BUILT = """
 import gc, socket, sys, threading
 from velora import kafka_clients, kafka_sockets

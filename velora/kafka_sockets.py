@@ -11,7 +11,13 @@ reference cycle, and Python reports it then as an unclosed socket (a
 that keeps reconnecting through a broker outage accumulates such descriptors.
 
 :func:`install` wraps that one method so the socket is closed on every way out but
-success, and returned unchanged on success. It goes through
+success, and returned unchanged on success. It also closes, when a client's I/O
+loop (``NetworkSelector``) is closed, every socket that loop's connection attempts
+made: a closed loop drives none of them any more, yet an attempt still suspended
+in its connect (a task that close did not reach), or a connection handed its
+transport just after the client began closing, would otherwise keep a *connected*
+socket until a garbage collection of its reference cycle, whose finalizers run in
+no set order (so the socket can warn before the attempt's own ``close`` runs). It goes through
 :class:`velora.kafka_internals.InternalsGuard`: on another kafka-python it changes
 nothing. It is installed once per process by the client factory
 (:mod:`velora.kafka_clients`), before the first client is made.
@@ -21,19 +27,27 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from typing import Any
 
 from velora.kafka_internals import InternalsGuard, require
 
 
-def _probe() -> type:
+def _probe() -> tuple[type, type]:
     from kafka.net.inet import KafkaNetSocket
+    from kafka.net.selector import NetworkSelector
 
     require(KafkaNetSocket, "connect", "socket", "sock_connect")
-    return KafkaNetSocket
+    require(NetworkSelector, "close")
+    return KafkaNetSocket, NetworkSelector
 
 
-GUARD: InternalsGuard[type] = InternalsGuard("closing failed connection sockets", _probe)
+GUARD: InternalsGuard[tuple[type, type]] = InternalsGuard(
+    "closing failed connection sockets", _probe
+)
+
+_MADE = "_velora_sockets"
+"""Attribute of a ``NetworkSelector``: the sockets its connection attempts made (weak)."""
 
 _lock = threading.Lock()
 _installed = False
@@ -46,6 +60,11 @@ async def _connect(
     connected (the same steps, in the same order)."""
     family, sock_type, proto, _canonname, sockaddr = addrinfo
     sock = self.socket(family, sock_type, proto)
+    made = getattr(net, _MADE, None)
+    if made is None:
+        made = weakref.WeakSet()
+        setattr(net, _MADE, made)
+    made.add(sock)
     try:
         sock.setblocking(False)
         for option in socket_options:
@@ -63,10 +82,27 @@ def install() -> bool:
     with _lock:
         if _installed:
             return True
-        socket_class = GUARD.internals()
-        if socket_class is None:
+        classes = GUARD.internals()
+        if classes is None:
             return False
+        socket_class, selector_class = classes
         original = socket_class.connect
         socket_class.connect = functools.wraps(original)(_connect)
+        selector_class.close = _closing_sockets(selector_class.close)
         _installed = True
         return True
+
+
+def _closing_sockets(close: Any) -> Any:
+    """``NetworkSelector.close``, then close the sockets its attempts made (a no-op for
+    those already closed): the loop has stopped, nothing uses them any more."""
+
+    @functools.wraps(close)
+    def closing(self: Any) -> None:
+        try:
+            close(self)
+        finally:
+            for sock in list(getattr(self, _MADE, ())):
+                sock.close()
+
+    return closing

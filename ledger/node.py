@@ -153,6 +153,8 @@ class QueryNode:
             out["reason"] = reason
         if self.attempts is not None:
             out["webhook_attempts"] = self.attempts.status()
+        if self.target_keeper is not None:
+            out["target_sets"] = self.target_keeper.status()
         if s.held:
             out["held"] = {
                 str(p): {"offset": o, "fingerprint": fp} for p, (o, fp) in sorted(s.held.items())

@@ -57,6 +57,7 @@ class TargetSetKeeper:
         self.steps = 0
         self.rows = 0
         self.error: str | None = None
+        self._last_step: float | None = None
 
     def start(self) -> None:
         """Start the thread."""
@@ -88,7 +89,19 @@ class TargetSetKeeper:
             cur.close()
         self.steps += 1
         self.rows += taken
+        self._last_step = time.monotonic()
         return taken
+
+    def status(self) -> dict[str, object]:
+        """What ``/readyz`` shows: steps and rows so far, the last error class (None once
+        a step succeeds again), and the seconds since the last step (None: none yet)."""
+        last = self._last_step
+        return {
+            "steps": self.steps,
+            "rows": self.rows,
+            "error": self.error,
+            "last_step_s_ago": None if last is None else round(time.monotonic() - last, 1),
+        }
 
     def _busy(self) -> bool:
         return self.busy is not None and self.busy()

@@ -63,6 +63,8 @@ def test_readyz_is_503_until_caught_up_and_reports_lag(settings, factory):
         body = asyncio.run(probe("/readyz")).json()
         assert body["ready"] is True and body["lag"] == 0
         assert sum(p["stored"] for p in body["partitions"].values()) == 1000
+        keeper = body["target_sets"]  # reported, never a reason to be unready
+        assert keeper["error"] is None and keeper["rows"] <= 1000
     finally:
         GatedStore.gate.set()
         node.stop()

@@ -223,6 +223,9 @@ def test_the_keeper_thread_catches_up_behind_the_writer(tmp_path, factory):
         cur = store.cursor()
         wait_for(lambda: _marks(cur) == {0: 160 + 40, 1: 160}, timeout=30, what="the marks")
         assert keeper.error is None
+        status = keeper.status()
+        assert status["rows"] == 200 and status["steps"] >= 1 and status["error"] is None
+        assert 0 <= status["last_step_s_ago"] < 30
         assert assert_rollups_exact(cur) == 200
         clause, _ = target_sets.uncovered(cur)
         late = cur.execute(f"SELECT count(*) FROM audit_events WHERE {clause}", _).fetchall()

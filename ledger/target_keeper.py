@@ -32,6 +32,12 @@ NICE = 10
 RETRY_S = 5.0
 BUSY_LAG = 50_000
 """A materializer further behind than this many records is busy (see ``busy``)."""
+BACKLOG_ROWS = 50_000
+"""A step that took at least this many rows found a backlog: the next one runs at once.
+Otherwise the keeper waits its interval, even when new rows came in meanwhile: under
+a steady ingest every step finds some, and stepping again at once kept the keeper
+running without a pause beside the writer (measured: ack-to-visible p50 +20%, p99
++30-40% at 5,000 events/s; each step's cost is mostly fixed, not per row)."""
 
 
 class TargetSetKeeper:
@@ -112,8 +118,9 @@ class TargetSetKeeper:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                while not self._stop.is_set() and not self._busy() and self.step() > 0:
-                    pass  # a backlog: keep stepping
+                while not self._stop.is_set() and not self._busy():
+                    if self.step() < BACKLOG_ROWS:
+                        break  # caught up to within an interval's rows: wait for the next
                 self.error = None
                 wait = max(0.0, self.interval - (time.monotonic() - started))
             except Exception as exc:  # any failure: log it, keep the thread, retry later

@@ -78,37 +78,10 @@ def silent_listener() -> Iterator[tuple[str, int]]:
         s.close()
 
 
-def test_an_attempt_closed_mid_connect_closes_its_socket(silent_listener) -> None:
-    from kafka.net.inet import KafkaNetSocket
-    from kafka.net.selector import NetworkSelector
-
-    assert kafka_sockets.install()
-    made: list[socket.socket] = []
-
-    class Recording(KafkaNetSocket):
-        SCHEMES = ()
-
-        def socket(self, *args):
-            made.append(socket.socket(*args))
-            return made[-1]
-
-    net = NetworkSelector()
-    try:
-        host, port = silent_listener
-        addrinfo = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))
-        attempt = Recording().connect(net, addrinfo)
-        attempt.send(None)  # suspended, waiting for the connect to complete
-        assert made and made[0].fileno() != -1
-        attempt.close()  # what closing the client does to its pending tasks
-        assert made[0].fileno() == -1
-    finally:
-        net.close()
-
-
-def test_closing_the_loop_closes_a_socket_its_attempt_left_open(silent_listener) -> None:
-    # An attempt still suspended in its connect that nobody closes (a task the
-    # loop's close did not reach), its socket referenced from a cycle: closing the
-    # loop closes the socket, rather than a later garbage collection.
+@pytest.fixture
+def suspended_attempt(silent_listener):
+    """A kafka-python connect attempt on a new I/O loop, suspended while its TCP connect
+    is under way: ``(loop, attempt, its socket)``; the loop is closed afterwards."""
     from kafka.net.inet import KafkaNetSocket
     from kafka.net.selector import NetworkSelector
 
@@ -128,11 +101,26 @@ def test_closing_the_loop_closes_a_socket_its_attempt_left_open(silent_listener)
     attempt = Recording().connect(net, addrinfo)
     try:
         attempt.send(None)  # suspended, waiting for the connect to complete
-        assert made[0].fileno() != -1
-        net.close()
-        assert made[0].fileno() == -1
+        assert made and made[0].fileno() != -1
+        yield net, attempt, made[0]
     finally:
         attempt.close()
+        net.close()
+
+
+def test_an_attempt_closed_mid_connect_closes_its_socket(suspended_attempt) -> None:
+    _, attempt, sock = suspended_attempt
+    attempt.close()  # what closing the client does to its pending tasks
+    assert sock.fileno() == -1
+
+
+def test_closing_the_loop_closes_a_socket_its_attempt_left_open(suspended_attempt) -> None:
+    # An attempt still suspended in its connect that nobody closes (a task the
+    # loop's close did not reach), its socket referenced from a cycle: closing the
+    # loop closes the socket, rather than a later garbage collection.
+    net, _, sock = suspended_attempt
+    net.close()
+    assert sock.fileno() == -1
 
 
 HALF_BUILT = """

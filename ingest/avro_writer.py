@@ -7,7 +7,7 @@ generated for one schema, with every field inlined, writes the same bytes in
 about 5.5 us. See ``docs/ingest.md`` (performance) for the measurements.
 
 Scope: records whose fields are ``null``, ``boolean``, ``int``, ``long`` (with or
-without a timestamp logical type, given as integers), ``string``, ``enum``,
+without a timestamp logical type, given as integers), ``double``, ``string``, ``enum``,
 nested records, arrays, maps and two-branch unions with ``null``. For any other
 schema :func:`compile_writer` returns ``None`` and the caller uses fastavro. A
 generated writer raises ``TypeError``/``KeyError``/``ValueError``/
@@ -20,6 +20,7 @@ checks byte-for-byte equality with fastavro.
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -146,6 +147,8 @@ class _Gen:
             self.emit(indent, f"a(_long({expr}))")
         elif kind == "int":
             self.emit(indent, f"a(_int({expr}))")
+        elif kind == "double":
+            self.emit(indent, f"a(_double({expr}))")
         elif kind == "boolean":
             self.emit(indent, f"a(_bool({expr}))")
         elif kind == "enum":
@@ -217,6 +220,7 @@ def compile_writer(
         "_long": _long,
         "_int": _int,
         "_bool": _bool,
+        "_double": struct.Struct("<d").pack,  # what fastavro writes for a double
         **gen.consts,
     }
     exec(compile("\n".join(gen.lines), f"<avro writer {schema.get('name')}>", "exec"), namespace)  # noqa: S102

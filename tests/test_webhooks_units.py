@@ -16,15 +16,17 @@ import standardwebhooks
 import stripe
 from kafka.structs import TopicPartition
 
-from schemas.events import WebhookEndpoint
+from schemas.codec import AvroCodec
+from schemas.events import WebhookAttempt, WebhookEndpoint
 from tests.api_support import make_event
-from velora.errors import AuthenticationError, ConfigError
+from velora.errors import AuthenticationError, ConfigError, EncodeError
 from velora.settings import Secret, Settings, check_bind_secrets
 from webhooks.consumer import GroupConsumer, OffsetTracker
 from webhooks.dispatcher import Dispatcher
 from webhooks.endpoints import matches
 from webhooks.inbox import Inbox
 from webhooks.lanes import Delivery
+from webhooks.publisher import AttemptEncoder
 from webhooks.receiver import receiver_app
 from webhooks.schedule import next_delay, retry_after, tier_for
 from webhooks.secrets import SecretBox, new_signing_secret
@@ -416,3 +418,40 @@ def test_a_pending_delivery_of_a_disabled_endpoint_is_dropped_recorded_and_settl
     )
     assert record.event_ids == (event.event_id,) and record.status_code is None
     assert tracker.in_flight == 0  # settled: the offset may be committed past it
+
+
+def _attempt(**changes) -> WebhookAttempt:
+    fields = {
+        "attempt_id": "0190-a", "delivery_id": "d1", "endpoint_id": "we_1",
+        "tenant_id": "acme", "event_ids": ("e1",), "event_type": "claim.viewed",
+        "attempt": 1, "attempted_at": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        "trigger": "event", "status_code": 200, "latency_ms": 12.5, "outcome": "delivered",
+        "error_class": None, "next_attempt_at": None,
+    }  # fmt: skip
+    fields.update(changes)
+    return WebhookAttempt(**fields)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"latency_ms": None, "status_code": None, "error_class": "timeout"},
+        {"latency_ms": 0.001, "status_code": 503, "outcome": "retry_scheduled",
+         "error_class": "http_503", "trigger": "retry", "attempt": 7,
+         "next_attempt_at": datetime(2027, 5, 6, tzinfo=UTC)},
+        {"event_ids": ("e1", "e2", "é3" * 300), "trigger": "replay", "outcome": "failed"},
+        {"event_ids": (), "latency_ms": 1e300, "outcome": "dropped", "trigger": "test"},
+    ],
+)  # fmt: skip
+def test_the_generated_attempt_writer_writes_the_codecs_bytes(changes):
+    codec = AvroCodec()
+    attempt = _attempt(**changes)
+    encoded = AttemptEncoder(codec)(attempt)
+    assert encoded == codec.encode("WebhookAttempt", attempt.to_avro())
+    assert WebhookAttempt.from_avro(codec.decode(encoded)[1]) == attempt
+
+
+def test_an_attempt_the_generated_writer_cannot_write_gets_the_codecs_error():
+    with pytest.raises(EncodeError, match="outcome"):
+        AttemptEncoder(AvroCodec())(_attempt(outcome="lost"))

@@ -24,8 +24,9 @@ from typing import Any
 from kafka import KafkaProducer
 
 from ingest.appender import Appender, Run, TenantPartitioner
+from ingest.avro_writer import compile_writer
 from ingest.control import ControlWriter
-from schemas.codec import AvroCodec
+from schemas.codec import MAGIC, AvroCodec
 from schemas.events import WebhookAttempt, WebhookHealth, WebhookJob
 from velora.kafka_clients import KAFKA_ERRORS, close_producer, new_producer
 from velora.settings import Settings
@@ -52,6 +53,7 @@ class Publisher:
         self.settings = settings
         self._inbox = inbox
         self._codec = codec or AvroCodec()
+        self.encode_attempt = AttemptEncoder(self._codec)
         self._producer: KafkaProducer = new_producer(
             settings, "velora-webhooks", linger_ms=LINGER_MS, retries=5, batch_size=256 * 1024
         )
@@ -66,8 +68,7 @@ class Publisher:
     async def publish_attempt(self, attempt: WebhookAttempt) -> None:
         """Write one attempt record to the attempt log (appended with the others of
         this turn of the loop)."""
-        value = self._codec.encode("WebhookAttempt", attempt.to_avro())
-        record = (attempt.endpoint_id.encode(), value)
+        record = (attempt.endpoint_id.encode(), self.encode_attempt(attempt))
         await self._retrying(lambda: self._append_attempt(record))
 
     def _append_attempt(self, record: tuple[bytes, bytes]) -> asyncio.Future[None]:
@@ -155,6 +156,30 @@ class Publisher:
         close_producer(self._producer, 10.0)
         if self._control is not None:
             self._control.close()
+
+
+class AttemptEncoder:
+    """Single-object Avro of a :class:`WebhookAttempt`, by a writer generated for its
+    schema (:mod:`ingest.avro_writer`: the same bytes as the codec's, at less than half
+    the CPU; one is encoded per POST). A record the generated writer cannot write
+    goes through the codec, which names what is wrong with it."""
+
+    _ERRORS = (TypeError, KeyError, ValueError, AttributeError, OverflowError)
+
+    def __init__(self, codec: AvroCodec) -> None:
+        self._codec = codec
+        latest = codec.registry.latest("WebhookAttempt")
+        self._header = MAGIC + latest.fingerprint
+        self._write = compile_writer(latest.parsed)
+
+    def __call__(self, attempt: WebhookAttempt) -> bytes:
+        record = attempt.to_avro()
+        if self._write is not None:
+            try:
+                return self._header + self._write(record)
+            except self._ERRORS:
+                pass
+        return self._codec.encode("WebhookAttempt", record)
 
 
 def _resolve_all(waiters: list[asyncio.Future[Any]], exc: BaseException | None) -> None:

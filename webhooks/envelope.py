@@ -79,6 +79,7 @@ def event_data(e: AuditEvent) -> dict[str, Any]:
 def event_envelope(e: AuditEvent, reveal: Revealer | None = None) -> dict[str, Any]:
     """The envelope of one audit event (its PHI opened by ``reveal``, the event tenant's)."""
     data = event_data(e)
+    created = data["occurred_at"]
     if reveal is not None and reveal.active:
         if reveal.tenant_id != e.tenant_id:
             raise ValueError("an event is opened only with its own tenant's keyset")
@@ -86,7 +87,7 @@ def event_envelope(e: AuditEvent, reveal: Revealer | None = None) -> dict[str, A
     return {
         "id": e.event_id,
         "type": e.action,
-        "created": _iso(e.occurred_at),
+        "created": created,
         "tenant_id": e.tenant_id,
         "data": data,
     }

@@ -27,8 +27,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 import httptools
 
@@ -44,9 +43,8 @@ class Disconnected(OSError):
     """The server closed the connection before its answer's head was complete."""
 
 
-@dataclass(frozen=True)
-class Head:
-    """What the dispatcher needs of an answer."""
+class Head(NamedTuple):
+    """What the dispatcher needs of an answer (a tuple: one is made per POST)."""
 
     status: int
     retry_after: str | None

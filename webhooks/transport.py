@@ -29,6 +29,7 @@ import functools
 import ipaddress
 import ssl
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from velora.errors import ValidationError
@@ -47,8 +48,7 @@ class ConnectFailed(OSError):
     """No address of the host took the connection (or its TLS handshake failed)."""
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """What one POST came to: a status (and its ``Retry-After``), or an error class."""
 
     status: int | None

@@ -260,6 +260,7 @@ def test_window_probes_answer_exactly_like_a_full_scan(tmp_path, hinted: bool):
             for f in (
                 Filters(),
                 Filters(actor_id="u3"),
+                Filters(actor_id="nobody"),  # no window fills: every probe comes back short
                 Filters(action_prefix="claim."),
                 Filters(since=now - timedelta(days=40)),
                 Filters(until=now - timedelta(days=9)),
@@ -351,9 +352,11 @@ class _CountingCursor:
     def __init__(self, cur):
         self.cur = cur
         self.statements = 0
+        self.pages = 0  # statements that read a page (ORDER BY ... LIMIT)
 
     def execute(self, sql, params):
         self.statements += 1
+        self.pages += "LIMIT" in sql
         return self.cur.execute(sql, params)
 
 
@@ -390,6 +393,41 @@ def test_window_hints_answer_a_sparse_tenant_in_one_probe(tmp_path):
         cur.statements = 0
         queries.list_events(cur, "sparse", Filters(actor_id="u1"), None, 21, now=now, hints=hints)
         assert cur.statements >= 2
+    finally:
+        reader.close()
+
+
+def test_a_rare_filter_stops_probing_at_the_window_that_holds_every_stored_row(tmp_path):
+    """A filter no window fills used to end with one more query over the whole history
+    after a window that already held all of it; the probing now stops at that window."""
+    from datetime import UTC, datetime
+
+    from ledger.duck import LedgerFile
+    from query_api import queries
+    from query_api.filters import Filters
+
+    reader = LedgerFile(tmp_path / "r.duckdb")
+    now = datetime(2025, 6, 1, tzinfo=UTC)
+    events = [  # 30 days; "rare" acts three times
+        make_event(
+            "t", i, occurred_at=now - timedelta(hours=i), actor_id="rare" if i % 200 == 7 else "u"
+        )
+        for i in range(720)
+    ]
+    insert_events(reader, events)
+    wanted = sorted(
+        (e for e in events if e.actor.id == "rare"),
+        key=lambda e: (e.occurred_at, e.event_id),
+        reverse=True,
+    )
+    try:
+        cur = _CountingCursor(reader.cursor())
+        got = queries.list_events(cur, "t", Filters(actor_id="rare"), None, 21, now=now)
+        assert [r["event_id"] for r in got] == [e.event_id for e in wanted]
+        assert len(wanted) == 4
+        # 15 min, 4 h, 2.7 days, then 43 days (holds all 30): four probes, one look at
+        # the oldest time; before, a fifth scan of everything without a bound
+        assert cur.pages == 4 and cur.statements == 5
     finally:
         reader.close()
 

@@ -39,7 +39,7 @@ import duckdb
 
 from ledger.tables import EVENT_COLUMN_NAMES, EVENT_COLUMNS, ledger_key
 from query_api.cursor import Position
-from query_api.filters import Filters
+from query_api.filters import MAX_LIMIT, Filters
 from query_api.serialize import EVENT_JSON_SQL
 from schemas.times import from_micros
 
@@ -55,6 +55,14 @@ JSON_COLUMNS = f"{EVENT_JSON_SQL}, epoch_us(occurred_at) AS occurred_us, event_i
 Row = dict[str, Any]
 JsonRow = tuple[str, int, str]
 """``(public JSON of the event, occurred_us, event_id)``."""
+LATE_ROWS_SQL = f"SET late_materialization_max_rows = {MAX_LIMIT + 1}"
+"""For the scattered filters (:func:`_scattered`), on the query's own cursor and reset
+after it: DuckDB then finds the page's rows by their order columns first and reads
+the other columns of those rows alone. Its default stops at a ``LIMIT`` of 50, and
+a page asks for 51. Measured at 10M events (DuckDB alone, 8 actors, median): one
+actor's page 27.2 ms by default, 21.2 ms with it; a tenant's dense pages (first page,
+deep page, an action) got slower with it (4.1-7.0 ms against 5.6-8.3), hence only
+these filters."""
 HINT_HEADROOM, HINT_DECAY = 2.0, 0.97
 HINT_CAPACITY = 10_000
 """Hints kept per node; past it the table starts over (a hint is only a starting point)."""
@@ -193,6 +201,32 @@ def _probe(
 ) -> list[tuple[Any, ...]]:
     """The probing of :func:`list_events`, selecting ``select``; with ``late``, ``select``
     is computed on the page's rows only (after the ``LIMIT``)."""
+    if not _scattered(filters):
+        return _probe_windows(cur, select, tenant_id, filters, after, limit, now, hints, late)
+    cur.execute(LATE_ROWS_SQL, [])
+    try:
+        return _probe_windows(cur, select, tenant_id, filters, after, limit, now, hints, late)
+    finally:
+        cur.execute("RESET late_materialization_max_rows", [])
+
+
+def _scattered(f: Filters) -> bool:
+    """Whether ``f`` selects rows spread thinly over the table (an actor, a target):
+    DuckDB's late materialization pays off for those, not for a tenant's dense rows."""
+    return bool(f.actor_id or f.actor_ids or f.target_id or f.target_ids)
+
+
+def _probe_windows(
+    cur: duckdb.DuckDBPyConnection,
+    select: str,
+    tenant_id: str,
+    filters: Filters,
+    after: Position | None,
+    limit: int,
+    now: datetime | None,
+    hints: WindowHints | None,
+    late: bool,
+) -> list[tuple[Any, ...]]:
     where, params = filter_sql(tenant_id, filters)
     if after is not None:
         at = from_micros(after.occurred_us)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import webhooks.transport as transport
-from webhooks.http1 import request_bytes
+from webhooks.http1 import MAX_HEAD_BYTES, request_bytes
 from webhooks.transport import MAX_RESPONSE_BYTES, Answer, WebhookClient
 
 Script = Callable[[int, bytes], bytes | None]
@@ -188,6 +188,13 @@ def test_a_connection_closed_before_any_answer_is_reported(run):
 def test_a_hanging_receiver_times_out(run):
     answers, _ = exchange(run, lambda n, r: b"HTTP/1.1 200 OK\r\nContent-Le", timeout_s=0.5)
     assert answers == [Answer(None, "timeout", None)]
+
+
+def test_an_endless_answer_head_is_cut(run):
+    endless = b"HTTP/1.1 200 OK\r\nX-Filler: " + b"a" * (MAX_HEAD_BYTES * 2)
+    answers, server = exchange(run, lambda n, r: endless, posts=2)
+    assert answers == [Answer(None, "protocol_error", None)] * 2
+    assert server.connections == 2  # the connection was dropped
 
 
 def test_garbage_is_a_protocol_error(run):

@@ -18,7 +18,8 @@ bytes, a pool of idle connections and the state of one exchange.
 
 No redirect is followed (a ``3xx`` is an answer like any other), no proxy is used,
 nothing is decompressed (``Accept-Encoding: identity``). Header names and values
-with a CR or LF are refused before anything is written.
+with a CR or LF are refused before anything is written. An answer's head may take
+:data:`MAX_HEAD_BYTES`, its body is read up to the caller's limit.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ import httptools
 
 KEEPALIVE_S = 30.0
 """An idle connection older than this is closed rather than used again."""
+MAX_HEAD_BYTES = 64 * 1024
+"""Bytes read before an answer's head is complete, at most (a receiver is not trusted:
+httptools would hold one endless header in memory until it ended)."""
 
 
 class ProtocolFault(OSError):
@@ -75,6 +79,7 @@ class Exchange(asyncio.Protocol):
         self._status = 0
         self._retry_after: str | None = None
         self._body = 0
+        self._head = 0
         self.closed = False
         self.idle_since = time.monotonic()
 
@@ -91,6 +96,13 @@ class Exchange(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(ProtocolFault(type(exc).__name__))
+            return
+        if not self._status:
+            # the head is not complete yet, and httptools holds a header until it ends:
+            # bound what the head may take
+            self._head += len(data)
+            if self._head > MAX_HEAD_BYTES:
+                self._fail(ProtocolFault("answer head too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -134,7 +146,7 @@ class Exchange(asyncio.Protocol):
         """Write one request and wait for its answer's head (the body read or cut)."""
         if self.closed or self._transport is None:
             raise Disconnected("connection already closed")
-        self._status, self._retry_after, self._body = 0, None, 0
+        self._status, self._retry_after, self._body, self._head = 0, None, 0, 0
         self._waiter = asyncio.get_running_loop().create_future()
         self._transport.write(request)
         return await self._waiter

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import webhooks.http1 as http1
 import webhooks.transport as transport
 from webhooks.http1 import MAX_HEAD_BYTES, request_bytes
 from webhooks.transport import MAX_RESPONSE_BYTES, Answer, WebhookClient
@@ -305,3 +306,32 @@ def test_tls_verifies_the_certificate_against_the_url_host_name(run, tmp_path, m
     assert trusted == Answer(200, None, None)
     assert wrong_name == untrusted == Answer(None, "connect_error", None)
     assert len(server.requests) == 1 and b"\r\nHost: hooks.example:" in server.requests[0]
+
+
+def test_idle_connections_past_their_keep_alive_are_swept(run):
+    """An endpoint no longer sent to keeps no socket: the pool closes idle connections
+    older than the keep-alive, and those their server closed, for every endpoint."""
+    servers = [ScriptedServer(lambda n, r: ok()), ScriptedServer(lambda n, r: ok())]
+
+    async def go() -> tuple[int, int, int]:
+        ports = [await s.start() for s in servers]
+        client = _client()
+        try:
+            for port in ports:
+                await client.post(f"http://127.0.0.1:{port}/", b"{}", {})
+            pool = client._pool
+            held = pool.idle
+            for idle in pool._idle.values():
+                for conn in idle:
+                    conn.idle_since -= http1.KEEPALIVE_S + 1  # as if 31 s had passed
+            pool.sweep()
+            swept = pool.idle
+            await client.post(f"http://127.0.0.1:{ports[0]}/", b"{}", {})  # a new connection
+            return held, swept, servers[0].connections
+        finally:
+            await client.aclose()
+            for s in servers:
+                await s.stop()
+
+    held, swept, connections = run(go())
+    assert (held, swept, connections) == (2, 0, 2)

@@ -154,7 +154,7 @@ class Exchange(asyncio.Protocol):
     @property
     def answered(self) -> bool:
         """Whether any byte of an answer to the last request arrived."""
-        return self._status != 0 or self._body != 0
+        return self._status != 0 or self._body != 0 or self._head != 0
 
     def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -173,12 +173,17 @@ Connect = Callable[[], Awaitable[Exchange]]
 
 
 class Pool:
-    """Idle connections per ``(scheme, host, port)``, at most ``limit`` open at once."""
+    """Idle connections per ``(scheme, host, port)``, at most ``limit`` exchanges at once.
+
+    Idle connections older than :data:`KEEPALIVE_S` (or closed by their server) are
+    closed and dropped when their key is next used, and every :data:`KEEPALIVE_S`
+    for all keys, so an endpoint no longer sent to keeps no socket open."""
 
     def __init__(self, limit: int) -> None:
         self._slots = asyncio.Semaphore(limit)
         self._idle: dict[Key, deque[Exchange]] = {}
         self._busy: set[Exchange] = set()
+        self._swept = time.monotonic()
 
     async def exchange(self, key: Key, connect: Connect, request: bytes) -> Head:
         """Send ``request`` over an idle connection to ``key``, or a new one.
@@ -187,6 +192,8 @@ class Pool:
         answer arrives; the request then goes once more over a new connection
         (deliveries are at-least-once: a receiver dedupes a repeat)."""
         async with self._slots:
+            if time.monotonic() - self._swept > KEEPALIVE_S:
+                self.sweep()
             conn = self._take(key)
             reused = conn is not None
             if conn is None:
@@ -223,6 +230,24 @@ class Pool:
                 return conn
             conn.close()
         return None
+
+    def sweep(self) -> None:
+        """Close and drop every idle connection that is too old or already closed."""
+        now = self._swept = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            kept = deque(c for c in idle if not c.closed and now - c.idle_since < KEEPALIVE_S)
+            for conn in idle:
+                if conn not in kept:
+                    conn.close()
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
+
+    @property
+    def idle(self) -> int:
+        """Idle connections held."""
+        return sum(len(idle) for idle in self._idle.values())
 
     def close(self) -> None:
         """Close every connection, idle or in use."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import io
 import random
 import threading
 import time
+import warnings
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -455,3 +458,29 @@ def test_the_generated_attempt_writer_writes_the_codecs_bytes(changes):
 def test_an_attempt_the_generated_writer_cannot_write_gets_the_codecs_error():
     with pytest.raises(EncodeError, match="outcome"):
         AttemptEncoder(AvroCodec())(_attempt(outcome="lost"))
+
+
+def test_writes_cancelled_before_they_started_leave_no_coroutine_and_nothing_settled():
+    """The dispatcher stopping cancels a delivery's write task before its first step:
+    no write coroutine is left unawaited (they are made inside the task), nothing is
+    written and the record stays unsettled (delivered again after the restart)."""
+    settings = Settings(topic_prefix="units")
+    tracker, publisher = OffsetTracker(), _RecordingPublisher()
+    tp = TopicPartition(settings.audit_topic, 0)
+    tracker.assign([tp])
+    ref = tracker.add(tp, 0)
+    event = make_event("acme", 0)
+
+    async def scenario() -> None:
+        control = _LateControl()
+        d = Dispatcher(settings, control, _NoClient(), publisher, tracker)  # type: ignore[arg-type]
+        delivery = Delivery("we_1", "acme", event.event_id, [event], [b""], [ref])
+        d._spawn(d._written(delivery, [functools.partial(publisher.publish_attempt, _attempt())]))
+        await d.close()  # before the task ran a step
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(scenario())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+    assert publisher.attempts == [] and tracker.in_flight == 1

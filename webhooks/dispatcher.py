@@ -33,8 +33,10 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import uuid_utils
@@ -64,6 +66,10 @@ from webhooks.signing import signature_headers
 from webhooks.transport import WebhookClient
 
 log = logging.getLogger(__name__)
+
+Write = Callable[[], Awaitable[None]]
+"""One durable write of an attempt (its record, a retry job, the endpoint's health),
+made when called."""
 
 HOLD_S = 0.05
 """How long an event newer than the control state waits before it is offered again."""
@@ -333,7 +339,7 @@ class Dispatcher:
             started = time.perf_counter()
             status, error, wait = await self._post(endpoint.url, body, headers)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        writes = []
+        writes: list[Write] = []
         lane = self._lanes.get(d.endpoint_id)
         if lane is not None:
             lane.last_failed = status is None or not 200 <= status < 300
@@ -343,7 +349,7 @@ class Dispatcher:
             health = self._recovering(endpoint)
             if health is not None:  # a success ends the failing streak
                 recovered = replace(health, failing_since=None, updated_at=datetime.now(UTC))
-                writes.append(self._write_health(recovered))
+                writes.append(partial(self._write_health, recovered))
         else:
             counters["failed"] += 1
             disabled = error != PHI_UNAVAILABLE and await self._failed(endpoint, status, now)
@@ -370,17 +376,21 @@ class Dispatcher:
                     events=tuple(d.raw),
                 )
                 topic = self.settings.webhook_retry_topics[tier_for(self._tiers, delay)]
-                writes.append(self.publisher.publish_job(topic, job))
+                writes.append(partial(self.publisher.publish_job, topic, job))
         record = self._attempt_record(d, now, status, latency_ms, outcome, error, next_at)
-        writes.append(self.publisher.publish_attempt(record))
+        writes.append(partial(self.publisher.publish_attempt, record))
         # The receiver's slot is free now; the records settle once Kafka has the writes.
         self._spawn(self._written(d, writes))
 
-    async def _written(self, d: Delivery, writes: list[Any]) -> None:
+    async def _written(self, d: Delivery, writes: list[Write]) -> None:
+        """Make ``d``'s writes, then settle its records. The writes are started here,
+        not by the caller: a task cancelled before its first step (the dispatcher
+        stopping) leaves no write coroutine behind unawaited, and its records stay
+        unsettled (delivered again after the restart)."""
         if len(writes) == 1:  # the usual case: the attempt record alone (no task for it)
-            await writes[0]
+            await writes[0]()
         else:
-            await asyncio.gather(*writes)
+            await asyncio.gather(*(write() for write in writes))
         self._settle(d)
 
     def _request(

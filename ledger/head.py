@@ -17,9 +17,10 @@ never shows a row that is not committed, and never misses one that is. Readers
 take no lock: a head is immutable and replaced whole.
 
 - A batch written on the fast path (every row new) is merged into the heads of
-  the loaded tenants it touches: each tenant's newest ``depth`` rows of the batch
-  above the floor, read back through DuckDB from the registered Arrow batch so
-  the values are the ones a query of ``audit_events`` returns.
+  the loaded tenants it touches: each tenant's newest ``depth + 1`` rows of the
+  batch above the floor (the one past the depth sets the floor), read back through
+  DuckDB from the registered Arrow batch so the values are the ones a query of
+  ``audit_events`` returns.
 - A batch written on the dedup path (a copy of a stored event, possibly replacing
   it) drops the heads of the tenants it touches; they load again on their next
   read.
@@ -169,8 +170,10 @@ class TenantHeads:
             loaded = [t for t in _tenants(table) if t in self._heads]
             if not loaded:
                 return
+            # depth + 1: a batch deeper than the head leaves a row to set the floor by,
+            # also for a head that held nothing before (a short head has no floor)
             found = cur.execute(
-                _NEWEST_OF_BATCH.format(table=table_name), [loaded, self.depth]
+                _NEWEST_OF_BATCH.format(table=table_name), [loaded, self.depth + 1]
             ).fetchall()
             by_tenant: dict[str, list[HeadRow]] = {}
             for values in found:

@@ -191,3 +191,20 @@ def test_a_load_waits_for_no_commit(tmp_path):
         assert heads.load("tenant-a", _newest(store, "tenant-a")) is None
     assert heads.load("tenant-a", _newest(store, "tenant-a")) is not None
     store.close()
+
+
+def test_a_batch_deeper_than_the_head_sets_its_floor(tmp_path):
+    """A head loaded while its tenant had no rows, then a batch of more rows than it holds:
+    the rows past its depth are below its floor, never silently missing above it."""
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH)
+    w = Writer(store, 9)
+    head = heads.load("tenant-a", _newest(store, "tenant-a"))
+    assert head is not None and head.rows == () and head.floor is None
+    w.write([w.event("tenant-a") for _ in range(DEPTH + 5)])
+    head = heads.get("tenant-a")
+    assert head is not None and len(head.rows) == DEPTH
+    want = queries.list_events(store.cursor(), "tenant-a", Filters(), None, DEPTH + 10)
+    assert head.floor == (want[DEPTH]["occurred_us"], want[DEPTH]["event_id"])
+    assert head_pages.page(head, Filters(), None, DEPTH + 10) is None  # DuckDB answers it
+    store.close()

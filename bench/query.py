@@ -140,7 +140,7 @@ def _serve_main() -> None:
     settings = Settings.from_env()
     heads = None
     if settings.head_events > 0:  # as a node keeps them; nothing writes the file here
-        heads = TenantHeads(settings.head_events, settings.head_tenants)
+        heads = TenantHeads(settings.head_events, settings.head_tenants, settings.head_actions)
     app = create_app(settings, LedgerFile(sys.argv[1], create=False, heads=heads))
     sock = listen("127.0.0.1", 0, settings.http_backlog)
     print(sock.getsockname()[1], flush=True)

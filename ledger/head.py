@@ -29,6 +29,17 @@ take no lock: a head is immutable and replaced whole.
 Heads are loaded on a tenant's first read and kept for at most
 :attr:`TenantHeads.capacity` tenants (the oldest loaded is dropped first). A node
 restarted after a crash starts with no heads.
+
+**Action heads.** A page filtered by action is often not among the tenant's newest
+events (an action that is one event in ten needs 500 of them for a page of 50). So
+a tenant also has heads *scoped* to one action or one action prefix (:data:`Scope`),
+loaded on the first such page the tenant's own head cannot cut: the same
+:class:`Head`, holding exactly the tenant's committed rows of that scope above its
+floor, kept by the same commit path, for at most :attr:`TenantHeads.scoped_capacity`
+scopes in all. For a tenant with scoped heads the commit path reads back the
+batch's newest ``depth + 1`` rows *per action*: they include the newest ``depth + 1``
+rows of the tenant, of each action and of each prefix, which is what each head
+needs.
 """
 
 from __future__ import annotations
@@ -51,25 +62,40 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEPTH = 200
 DEFAULT_TENANTS = 128
+DEFAULT_SCOPES = 128
+Scope = tuple[str, str]
+"""What an action head holds: ``("=", action)``, one action, or ``("^", prefix)``, the
+actions starting with ``prefix`` (never empty: that is the tenant's own head)."""
 Position = tuple[int, str]
 """``(occurred_at in epoch microseconds, event_id)``: the list's order, unique per tenant."""
 _TENANT = EVENT_COLUMN_NAMES.index("tenant_id")
 _NEWEST_OF_BATCH = (
     f"SELECT {EVENT_COLUMNS} FROM {{table}} "  # noqa: S608
     "WHERE tenant_id IN (SELECT unnest(?::VARCHAR[])) "
-    "QUALIFY row_number() OVER (PARTITION BY tenant_id "
+    "QUALIFY row_number() OVER (PARTITION BY tenant_id, "
+    "CASE WHEN list_contains(?::VARCHAR[], tenant_id) THEN action END "
     "ORDER BY occurred_at DESC, event_id DESC) <= ?"
 )
+"""Per tenant, the batch's newest rows; per tenant and action for the tenants listed second."""
+
+
+def in_scope(scope: Scope | None, action: str) -> bool:
+    """Whether an event of ``action`` belongs to a head of ``scope`` (None: the tenant's)."""
+    if scope is None:
+        return True
+    kind, value = scope
+    return action == value if kind == "=" else action.startswith(value)
 
 
 class HeadRow:
     """One event of a head: the row as the API reads it, and its rendering, made once."""
 
-    __slots__ = ("_text", "position", "row")
+    __slots__ = ("_text", "action", "position", "row")
 
     def __init__(self, row: dict[str, Any]) -> None:
         self.row = row
         self.position: Position = (row["occurred_us"], row["event_id"])
+        self.action: str = row["action"]
         self._text: str | None = None
 
     def text(self, render: Callable[[dict[str, Any]], Any]) -> str:
@@ -117,34 +143,61 @@ class Head:
 class TenantHeads:
     """The heads of a node's tenants (see the module docstring)."""
 
-    def __init__(self, depth: int = DEFAULT_DEPTH, capacity: int = DEFAULT_TENANTS) -> None:
-        if depth < 1 or capacity < 1:
+    def __init__(
+        self,
+        depth: int = DEFAULT_DEPTH,
+        capacity: int = DEFAULT_TENANTS,
+        scoped_capacity: int = DEFAULT_SCOPES,
+    ) -> None:
+        if depth < 1 or capacity < 1 or scoped_capacity < 0:
             raise ValueError("a head holds at least one row, for at least one tenant")
         self.depth = depth
         self.capacity = capacity
+        self.scoped_capacity = scoped_capacity
+        """Action heads held at once, over every tenant (0: none)."""
         self.lock = threading.Lock()
         """Held by the writer from its COMMIT until the heads are updated, and by a load."""
         self._heads: dict[str, Head] = {}
+        self._scoped: dict[tuple[str, Scope], Head] = {}
 
-    def get(self, tenant_id: str) -> Head | None:
-        """The tenant's head, or None when it is not loaded (no lock: heads are immutable)."""
-        return self._heads.get(tenant_id)
+    def get(self, tenant_id: str, scope: Scope | None = None) -> Head | None:
+        """The tenant's head (of ``scope``), or None when it is not loaded (no lock: heads
+        are immutable)."""
+        if scope is None:
+            return self._heads.get(tenant_id)
+        return self._scoped.get((tenant_id, scope))
 
     def __len__(self) -> int:
         return len(self._heads)
 
+    @property
+    def scoped(self) -> int:
+        """How many action heads are held."""
+        return len(self._scoped)
+
     # -- loading (readers) ------------------------------------------------------------
-    def load(self, tenant_id: str, newest: Callable[[int], list[dict[str, Any]]]) -> Head | None:
-        """Load the tenant's head from ``newest(n)`` (its newest ``n`` rows, newest first).
+    def load(
+        self,
+        tenant_id: str,
+        newest: Callable[[int], list[dict[str, Any]]],
+        scope: Scope | None = None,
+    ) -> Head | None:
+        """Load the tenant's head (of ``scope``) from ``newest(n)``: the tenant's newest
+        ``n`` rows (of that scope), newest first.
 
         Runs under :attr:`lock`, so no commit lands between the read and the head being
         installed. Returns None at once, loading nothing, while a commit holds the
-        lock: the caller reads DuckDB instead and the next read tries again.
+        lock (the caller reads DuckDB instead and the next read tries again), and for
+        a scope when no action heads are kept.
         """
+        if scope is not None and self.scoped_capacity == 0:
+            return None
         if not self.lock.acquire(blocking=False):
             return None
         try:
-            head = self._heads.get(tenant_id)
+            held: dict[Any, Head] = self._heads if scope is None else self._scoped
+            key: Any = tenant_id if scope is None else (tenant_id, scope)
+            head = held.get(key)
             if head is not None:
                 return head
             rows = newest(self.depth + 1)
@@ -153,9 +206,10 @@ class TenantHeads:
                 floor = HeadRow(rows[self.depth]).position
                 rows = rows[: self.depth]
             head = Head.of([HeadRow(r) for r in reversed(rows)], floor)
-            while len(self._heads) >= self.capacity:
-                del self._heads[next(iter(self._heads))]
-            self._heads[tenant_id] = head
+            capacity = self.capacity if scope is None else self.scoped_capacity
+            while len(held) >= capacity:
+                del held[next(iter(held))]
+            held[key] = head
             return head
         finally:
             self.lock.release()
@@ -167,13 +221,16 @@ class TenantHeads:
         The caller holds :attr:`lock`. Merges the rows into the loaded heads they touch.
         """
         try:
-            loaded = [t for t in _tenants(table) if t in self._heads]
+            touched = set(_tenants(table))
+            scoped = [key for key in self._scoped if key[0] in touched]
+            by_action = sorted({tenant_id for tenant_id, _ in scoped})
+            loaded = sorted({t for t in touched if t in self._heads}.union(by_action))
             if not loaded:
                 return
             # depth + 1: a batch deeper than the head leaves a row to set the floor by,
             # also for a head that held nothing before (a short head has no floor)
             found = cur.execute(
-                _NEWEST_OF_BATCH.format(table=table_name), [loaded, self.depth + 1]
+                _NEWEST_OF_BATCH.format(table=table_name), [loaded, by_action, self.depth + 1]
             ).fetchall()
             by_tenant: dict[str, list[HeadRow]] = {}
             for values in found:
@@ -183,24 +240,32 @@ class TenantHeads:
                 head = self._heads.get(tenant_id)
                 if head is not None:
                     self._heads[tenant_id] = head.merged(new, self.depth)
+            for key in scoped:
+                of_scope = [r for r in by_tenant.get(key[0], ()) if in_scope(key[1], r.action)]
+                self._scoped[key] = self._scoped[key].merged(of_scope, self.depth)
         except Exception:
             log.exception("could not update the tenants' heads after a commit; dropping them all")
-            self._heads.clear()
+            self.clear()
 
     def forget(self, tables: Iterable[pa.Table | None]) -> None:
         """Drop the heads of the tenants with rows in ``tables`` (the caller holds :attr:`lock`)."""
         try:
+            touched: set[str] = set()
             for table in tables:
                 if table is not None:
-                    for tenant_id in _tenants(table):
-                        self._heads.pop(tenant_id, None)
+                    touched.update(_tenants(table))
+            for tenant_id in touched:
+                self._heads.pop(tenant_id, None)
+            for key in [key for key in self._scoped if key[0] in touched]:
+                del self._scoped[key]
         except Exception:
             log.exception("could not drop the touched tenants' heads; dropping them all")
-            self._heads.clear()
+            self.clear()
 
     def clear(self) -> None:
         """Drop every head (the caller holds :attr:`lock`)."""
         self._heads.clear()
+        self._scoped.clear()
 
 
 def _tenants(table: pa.Table) -> list[str]:

@@ -61,7 +61,9 @@ class QueryNode:
         self.heads: TenantHeads | None = None
         """Each tenant's newest events in memory, kept by the commit path (:mod:`ledger.head`)."""
         if settings.head_events > 0:
-            self.heads = TenantHeads(settings.head_events, settings.head_tenants)
+            self.heads = TenantHeads(
+                settings.head_events, settings.head_tenants, settings.head_actions
+            )
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> None:

@@ -4,7 +4,9 @@ A head holds exactly the tenant's committed rows above its floor, so the rows
 of a page (newest first, strictly below the cursor, matching the filters) are
 the head's own whenever the page fills up above the floor, or the head holds
 every row (no floor), or the ``since`` bound lies above the floor. Otherwise
-:func:`page` answers None and the caller reads DuckDB.
+:func:`page` answers None and the caller reads DuckDB. The same holds for an action
+head (:func:`scope`): it holds exactly the tenant's rows of its action or prefix
+above its floor, and every page it is asked for has that filter.
 
 :func:`matches` is the Python twin of :func:`query_api.queries.filter_sql`; both
 compare strings by code point (DuckDB's ``VARCHAR`` order and equality, UTF-8
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger.head import Head, HeadRow, Position
+from ledger.head import Head, HeadRow, Position, Scope
 from query_api.cursor import Position as CursorPosition
 from query_api.filters import Filters
 from schemas.times import micros
@@ -41,6 +43,16 @@ def page(
             if len(out) == limit:
                 return out
     return out if complete else None
+
+
+def scope(f: Filters) -> Scope | None:
+    """The action head that may cut a page of ``f`` when the tenant's head cannot: the
+    filter's action, else its action prefix; None without an action filter."""
+    if f.action is not None:
+        return ("=", f.action)
+    if f.action_prefix:
+        return ("^", f.action_prefix)
+    return None
 
 
 def _plain(f: Filters) -> bool:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ledger.head import HeadRow, TenantHeads
+from ledger.head import HeadRow, Scope, TenantHeads
 from query_api import cursor, head_pages, queries
 from query_api.auth import require_scope
 from query_api.db import LedgerReader
@@ -113,21 +113,45 @@ async def _from_head(
     limit: int,
     hints: queries.WindowHints | None,
 ) -> list[HeadRow] | None:
-    """The page's rows from the tenant's head, loading it on first use; None: read DuckDB."""
+    """The page's rows from the tenant's head or, for an action filter it cannot cut, from
+    the tenant's head of that action; each loaded on first use. None: read DuckDB."""
     heads: TenantHeads | None = getattr(reader, "heads", None)
     if heads is None:
         return None
-    head = heads.get(tenant)
-    if head is not None:
-        return head_pages.page(head, filters, after, limit)
+    scope = head_pages.scope(filters)
+    scopes = (None,) if scope is None else (None, scope)
+    for i, s in enumerate(scopes):
+        head = heads.get(tenant, s)
+        if head is None:
+            scopes = scopes[i:]
+            break
+        rows = head_pages.page(head, filters, after, limit)
+        if rows is not None:
+            return rows
+    else:
+        return None
 
     def load(cur: duckdb.DuckDBPyConnection) -> list[HeadRow] | None:
-        loaded = heads.load(
-            tenant, lambda n: queries.list_events(cur, tenant, Filters(), None, n, hints=hints)
-        )
-        return None if loaded is None else head_pages.page(loaded, filters, after, limit)
+        for s in scopes:
+            of_scope = Filters() if s is None else _scope_filters(s)
+            head = heads.get(tenant, s) or heads.load(
+                tenant,
+                lambda n, f=of_scope: queries.list_events(cur, tenant, f, None, n, hints=hints),
+                s,
+            )
+            if head is None:
+                return None
+            rows = head_pages.page(head, filters, after, limit)
+            if rows is not None:
+                return rows
+        return None
 
     return await reader.read(load)
+
+
+def _scope_filters(scope: Scope) -> Filters:
+    kind, value = scope
+    return Filters(action=value) if kind == "=" else Filters(action_prefix=value)
 
 
 async def get_audit_event(request: Request) -> JsonResponse:

@@ -12,6 +12,7 @@ pages, each filter of the list API) must equal the list query's page over
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pytest
 
 from ledger.decode import EventDecoder
-from ledger.head import TenantHeads
+from ledger.head import Scope, TenantHeads
 from ledger.store import LedgerStore
 from query_api import head_pages, queries
 from query_api.cursor import Position
@@ -92,16 +93,45 @@ def _filters(rng: random.Random, rows: list[dict]) -> list[Filters]:
     ]
 
 
+SCOPES: tuple[Scope, ...] = (
+    ("=", "claim.viewed"),
+    ("^", "claim."),
+    ("=", "user.login"),
+    ("^", "p"),
+)
+
+
+def _scope_filters(scope: Scope | None) -> Filters:
+    if scope is None:
+        return Filters()
+    return Filters(action=scope[1]) if scope[0] == "=" else Filters(action_prefix=scope[1])
+
+
+def _newest_of(store: LedgerStore, tenant: str, scope: Scope | None):
+    cur = store.cursor()
+    return lambda n: queries.list_events(cur, tenant, _scope_filters(scope), None, n)
+
+
+def _scoped(f: Filters, scope: Scope | None) -> Filters:
+    """``f`` with the head's action filter added (every page asked of an action head has it)."""
+    if scope is None:
+        return f
+    base = _scope_filters(scope)
+    return replace(f, action=base.action or f.action, action_prefix=base.action_prefix)
+
+
 def check_agree(store: LedgerStore, heads: TenantHeads, rng: random.Random) -> int:
     """Every loaded head equals DuckDB; returns how many pages the heads answered."""
     cur = store.cursor()
     answered = 0
     with heads.lock:  # no commit between the two reads
-        for tenant in TENANTS:
-            head = heads.get(tenant)
+        for tenant, scope in [(t, None) for t in TENANTS] + [
+            (t, s) for t in TENANTS for s in SCOPES
+        ]:
+            head = heads.get(tenant, scope)
             if head is None:
                 continue
-            top = queries.list_events(cur, tenant, Filters(), None, DEPTH + 1)
+            top = queries.list_events(cur, tenant, _scope_filters(scope), None, DEPTH + 1)
             held = [r.row for r in reversed(head.rows)]
             assert held == top[: len(held)], tenant
             assert len(held) == min(DEPTH, len(top))
@@ -109,9 +139,10 @@ def check_agree(store: LedgerStore, heads: TenantHeads, rng: random.Random) -> i
                 assert head.floor == (top[DEPTH]["occurred_us"], top[DEPTH]["event_id"])
             else:
                 assert head.floor is None
-            first = head_pages.page(head, Filters(), None, 6)
+            first = head_pages.page(head, _scope_filters(scope), None, 6)
             assert first is not None, "a loaded head answers its tenant's first page"
-            for f in _filters(rng, top):
+            assert [r.action for r in head.rows] == [r["action"] for r in reversed(held)]
+            for f in (_scoped(f, scope) for f in _filters(rng, top or [_any_row(cur)])):
                 cursors = [None, *(Position(r["occurred_us"], r["event_id"]) for r in top[:DEPTH])]
                 for after in rng.sample(cursors, min(3, len(cursors))):
                     for limit in (4, DEPTH + 3):
@@ -124,10 +155,14 @@ def check_agree(store: LedgerStore, heads: TenantHeads, rng: random.Random) -> i
     return answered
 
 
+def _any_row(cur) -> dict:
+    return queries.list_events(cur, TENANTS[0], Filters(), None, 1)[0]
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed):
     store = LedgerStore(tmp_path / "l.duckdb")
-    heads = store.heads = TenantHeads(DEPTH, capacity=3)
+    heads = store.heads = TenantHeads(DEPTH, capacity=3, scoped_capacity=5)
     rng = random.Random(seed)
     w = Writer(store, seed)
     w.write(w.batch(30))
@@ -136,7 +171,11 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed):
         for tenant in rng.sample(TENANTS, 2):
             if heads.get(tenant) is None:
                 assert heads.load(tenant, _newest(store, tenant)) is not None
+        for tenant, scope in rng.sample([(t, s) for t in TENANTS for s in SCOPES], 3):
+            if heads.get(tenant, scope) is None:
+                assert heads.load(tenant, _newest_of(store, tenant, scope), scope) is not None
         assert len(heads) <= 3  # the oldest loaded head is dropped past the capacity
+        assert heads.scoped <= 5
         kind = step % 5
         if kind == 3:  # a resend of stored events (the dedup path) with new ones
             stored = store.cursor().execute("SELECT event_id, tenant_id FROM audit_events")
@@ -207,4 +246,37 @@ def test_a_batch_deeper_than_the_head_sets_its_floor(tmp_path):
     want = queries.list_events(store.cursor(), "tenant-a", Filters(), None, DEPTH + 10)
     assert head.floor == (want[DEPTH]["occurred_us"], want[DEPTH]["event_id"])
     assert head_pages.page(head, Filters(), None, DEPTH + 10) is None  # DuckDB answers it
+    store.close()
+
+
+def test_an_action_head_gets_its_rows_from_deep_in_a_batch(tmp_path):
+    """A batch whose newest rows are all of other actions: the action head still gets its
+    own rows from below them (the read-back is per action for such a tenant)."""
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH, scoped_capacity=2)
+    w = Writer(store, 11)
+    scope: Scope = ("=", "claim.viewed")
+    assert heads.load("tenant-a", _newest_of(store, "tenant-a", scope), scope) is not None
+    records = []
+    for i in range(3 * DEPTH):
+        record = w.event("tenant-a")
+        w.minute += 1
+        record["action"] = "claim.viewed" if i < 3 else "user.login"
+        records.append(record)
+    w.write(records)
+    head = heads.get("tenant-a", scope)
+    assert head is not None and len(head.rows) == 3 and head.floor is None
+    want = queries.list_events(store.cursor(), "tenant-a", Filters(action="claim.viewed"), None, 9)
+    got = head_pages.page(head, Filters(action="claim.viewed"), None, 9)
+    assert got is not None and [r.row for r in got] == want
+    assert heads.get("tenant-a") is None  # no tenant head was loaded: none is made
+    store.close()
+
+
+def test_no_action_heads_when_none_are_kept(tmp_path):
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH, scoped_capacity=0)
+    scope: Scope = ("^", "claim.")
+    assert heads.load("tenant-a", _newest_of(store, "tenant-a", scope), scope) is None
+    assert heads.scoped == 0
     store.close()

@@ -3,12 +3,13 @@
 A real ``velora node`` process materializes events while they are produced (ties
 in ``occurred_at``, and late events older than a head's floor) and is SIGKILLed
 and restarted several times. Meanwhile a reader pages through three tenants'
-first two pages over HTTP (served from the heads once loaded). Each page is
-checked against what was acknowledged, bracketed by the node's stored offsets
-read just before it:
+first two pages over HTTP, unfiltered and filtered by one action (served from the
+tenants' heads and their action heads once loaded; the heads are kept short, so
+second pages and some filtered pages read DuckDB). Each page is checked against
+what was acknowledged, bracketed by the node's stored offsets read just before it:
 
 - **no extra row**: every event shown was produced, for that tenant, with that
-  ``occurred_at``;
+  ``occurred_at`` (and that action);
 - **no reordering**: newest first by ``(occurred_at, event_id)``, no repeats;
 - **no missing row**: every acknowledged event at an offset the node had stored
   before the request, and newer than the page's last row (any, when the page is
@@ -22,7 +23,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -47,6 +48,10 @@ ROUNDS = 60
 PER_ROUND = 150
 KILLS = 3
 PAGES_PER_LIFE = 30
+ACTION = "claim.viewed"
+"""The action filter read beside the unfiltered pages (one event in five has it)."""
+HEAD_EVENTS = 30
+"""Short heads: a tenant's head cuts its first page only, an action head its first page."""
 """Pages the reader checks against each node process before it is killed (whatever the load)."""
 
 
@@ -54,6 +59,7 @@ PAGES_PER_LIFE = 30
 class Sent:
     tenant: str
     position: tuple[int, str]
+    action: str
 
 
 class Producer(threading.Thread):
@@ -89,7 +95,8 @@ class Producer(threading.Thread):
                     value = CODEC.encode("AuditEvent", record)
                     event_id = str(record["event_id"])
                     with self.lock:
-                        self.sent[event_id] = Sent(tenant, (int(record["occurred_at"]), event_id))
+                        position = (int(record["occurred_at"]), event_id)
+                        self.sent[event_id] = Sent(tenant, position, str(record["action"]))
                     future = producer.send(
                         self.settings.audit_topic, key=tenant.encode(), value=value
                     )
@@ -106,13 +113,18 @@ class Producer(threading.Thread):
         finally:
             self.done.set()
 
-    def visible(self, tenant: str, stored: dict[int, int]) -> list[tuple[int, str]]:
-        """Positions of ``tenant``'s acknowledged events below the stored offsets."""
+    def visible(
+        self, tenant: str, stored: dict[int, int], action: str | None
+    ) -> list[tuple[int, str]]:
+        """Positions of ``tenant``'s acknowledged events (of ``action``) below the stored
+        offsets."""
         with self.lock:
             return [
                 self.sent[e].position
                 for (p, o), e in self.at.items()
-                if o < stored.get(p, 0) and self.sent[e].tenant == tenant
+                if o < stored.get(p, 0)
+                and self.sent[e].tenant == tenant
+                and action in (None, self.sent[e].action)
             ]
 
 
@@ -131,9 +143,9 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for tenant in TENANTS:
+            for tenant, action in [(t, a) for t in TENANTS for a in (None, ACTION)]:
                 try:
-                    self._check(tenant)
+                    self._check(tenant, action)
                 except httpx.HTTPError:
                     time.sleep(0.05)  # the node is down or restarting
                 except BaseException as exc:  # reported by the test
@@ -144,12 +156,14 @@ class Reader(threading.Thread):
         body = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5).json()
         return {int(p): v["stored"] for p, v in (body.get("partitions") or {}).items()}
 
-    def _check(self, tenant: str) -> None:
+    def _check(self, tenant: str, action: str | None) -> None:
         before = self._stored()
         cursor = None
         seen: list[tuple[int, str]] = []
         for _ in range(2):
             params = {"limit": str(LIMIT), **({"cursor": cursor} if cursor else {})}
+            if action is not None:
+                params["action"] = action
             r = httpx.get(
                 f"http://127.0.0.1:{self.port}{EVENTS}",
                 params=params,
@@ -160,27 +174,35 @@ class Reader(threading.Thread):
                 self.refused = f"{r.status_code} {r.text[:300]}"
                 return
             body = r.json()
-            page = [self._known(tenant, e) for e in body["events"]]
+            page = [self._known(tenant, e, action) for e in body["events"]]
             if any(p is None for p in page):
                 return
             positions = [p for p in page if p is not None]
             if positions != sorted(set(positions), reverse=True):
                 self.failures.append(f"{tenant}: a page out of order or with a repeat")
             upper = seen[-1] if seen else None
-            self._complete(tenant, before, positions, upper)
+            self._complete(tenant, before, positions, upper, action)
             seen += positions
             self.pages += 1
             cursor = body["page"]["next_cursor"]
             if cursor is None:
                 return
 
-    def _known(self, tenant: str, event: dict) -> tuple[int, str] | None:
+    def _known(self, tenant: str, event: dict, action: str | None) -> tuple[int, str] | None:
         occurred = micros(datetime.fromisoformat(event["occurred_at"]))
+        if action is not None and event["action"] != action:
+            self.failures.append(f"{tenant}: an event of another action: {event['event_id']}")
+            return None
         if event["action"] == "audit_log.viewed" and event["source"] == "velora.query_api":
             return (occurred, event["event_id"])  # the node's record of a read
         with self.producer.lock:
             sent = self.producer.sent.get(event["event_id"])
-        if sent is None or sent.tenant != tenant or sent.position[0] != occurred:
+        if (
+            sent is None
+            or sent.tenant != tenant
+            or sent.position[0] != occurred
+            or sent.action != event["action"]
+        ):
             self.failures.append(
                 f"{tenant}: an event that was not produced: {event['event_id']} "
                 f"{event['occurred_at']} ({sent})"
@@ -188,11 +210,11 @@ class Reader(threading.Thread):
             return None
         return sent.position
 
-    def _complete(self, tenant, before, positions, upper) -> None:
+    def _complete(self, tenant, before, positions, upper, action) -> None:
         """Every stored acknowledged event between the cursor and the page's end is shown."""
         lowest = positions[-1] if len(positions) == LIMIT else None
         shown = set(positions)
-        for position in self.producer.visible(tenant, before):
+        for position in self.producer.visible(tenant, before, action):
             if upper is not None and position >= upper:
                 continue
             if lowest is not None and position < lowest:
@@ -204,6 +226,7 @@ class Reader(threading.Thread):
 
 @pytest.mark.slow
 def test_first_pages_stay_exact_through_ingest_reads_and_sigkill(settings, tmp_path):
+    settings = replace(settings, head_events=HEAD_EVENTS)
     ensure_topics(settings)
     tokens = {t: create_key(settings, t, ("audit:read",), name="head").token for t in TENANTS}
     producer = Producer(settings)
@@ -238,24 +261,24 @@ def test_first_pages_stay_exact_through_ingest_reads_and_sigkill(settings, tmp_p
         reader.join(30)
         assert not reader.failures, reader.failures[:5]
         served = {}
-        for tenant in TENANTS:
+        for tenant, action in [(t, a) for t in TENANTS for a in (None, ACTION)]:
             r = httpx.get(
                 f"http://127.0.0.1:{node.port}{EVENTS}",
-                params={"limit": "100"},
+                params={"limit": "100", **({"action": action} if action else {})},
                 headers={"Authorization": f"Bearer {tokens[tenant]}"},
                 timeout=10,
             )
             assert r.status_code == 200, r.text
-            served[tenant] = [e["event_id"] for e in r.json()["events"]]
+            served[tenant, action] = [e["event_id"] for e in r.json()["events"]]
     finally:
         reader.stop.set()
         code = node.terminate()
     assert code == 0, node.tail()
     store = LedgerStore(settings.duckdb_path)
     try:
-        for tenant in TENANTS:
-            rows = queries.list_events(store.cursor(), tenant, Filters(), None, 100)
-            assert served[tenant] == [r["event_id"] for r in rows], tenant
+        for tenant, action in served:
+            rows = queries.list_events(store.cursor(), tenant, Filters(action=action), None, 100)
+            assert served[tenant, action] == [r["event_id"] for r in rows], (tenant, action)
         produced = store.cursor().execute(
             "SELECT count(*) FROM audit_events WHERE source <> 'velora.query_api'"
         )

@@ -148,6 +148,8 @@ def node_env(settings) -> dict[str, str]:
         VELORA_STATE_DIR=str(settings.state_dir),
         VELORA_NODE_PORT="0",
         VELORA_LOG_LEVEL="INFO",
+        VELORA_HEAD_EVENTS=str(settings.head_events),
+        VELORA_HEAD_ACTIONS=str(settings.head_actions),
     )
     return env
 

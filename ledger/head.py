@@ -10,11 +10,16 @@ committed rows above its floor. So any page whose rows all lie above the floor
 can be cut from the head, and answers the same as DuckDB (``query_api.head_pages``).
 
 **Kept in the commit path.** The writer calls :meth:`TenantHeads.committed` with
-the batch it just committed while it holds :attr:`TenantHeads.lock`, and a head is
-loaded (:meth:`TenantHeads.load`) only under that lock. A load therefore reads
-DuckDB between two commits and every later commit is applied to it: a head
-never shows a row that is not committed, and never misses one that is. Readers
-take no lock: a head is immutable and replaced whole.
+the batch it just committed while it holds :attr:`TenantHeads.lock`, and every
+commit counts, per tenant it touches, one more *change*. A head is loaded
+(:meth:`TenantHeads.load`) by reading DuckDB without the lock, and installed under
+it only when no commit touched the tenant since the load began (its change count,
+read under the lock before the read, is unchanged); otherwise the load is thrown
+away. So what a load read is the tenant's state as of its last commit, and every
+later commit is applied to the installed head: a head never shows a row that is
+not committed, and never misses one that is. A slow load (a rare action's head
+probes far back) never holds the writer up. Readers take no lock: a head is
+immutable and replaced whole.
 
 - A batch written on the fast path (every row new) is merged into the heads of
   the loaded tenants it touches: each tenant's newest ``depth + 1`` rows of the
@@ -156,9 +161,14 @@ class TenantHeads:
         self.scoped_capacity = scoped_capacity
         """Action heads held at once, over every tenant (0: none)."""
         self.lock = threading.Lock()
-        """Held by the writer from its COMMIT until the heads are updated, and by a load."""
+        """Held by the writer from its COMMIT until the heads are updated, and by a load
+        to read the change counts and to install its head."""
         self._heads: dict[str, Head] = {}
         self._scoped: dict[tuple[str, Scope], Head] = {}
+        self._changes: dict[str, int] = {}
+        """Commits that touched each tenant (a load is installed only if unchanged)."""
+        self._cleared = 0
+        """Times every head was dropped (every load in flight is thrown away)."""
 
     def get(self, tenant_id: str, scope: Scope | None = None) -> Head | None:
         """The tenant's head (of ``scope``), or None when it is not loaded (no lock: heads
@@ -183,29 +193,42 @@ class TenantHeads:
         scope: Scope | None = None,
     ) -> Head | None:
         """Load the tenant's head (of ``scope``) from ``newest(n)``: the tenant's newest
-        ``n`` rows (of that scope), newest first.
+        ``n`` rows (of that scope), newest first, read by the caller's DuckDB cursor
+        without the lock.
 
-        Runs under :attr:`lock`, so no commit lands between the read and the head being
-        installed. Returns None at once, loading nothing, while a commit holds the
-        lock (the caller reads DuckDB instead and the next read tries again), and for
-        a scope when no action heads are kept.
+        Returns the head read, installed or not: it is not when a commit touched the
+        tenant while ``newest`` ran, or holds the lock as the load ends (a load never
+        waits). Its pages are then still those of a DuckDB read made now (``newest``'s
+        rows come from one query), so the caller may cut its page from it; the next
+        read loads again. Returns None, reading nothing, when a commit holds the lock
+        as the load begins, and for a scope when no action heads are kept.
         """
         if scope is not None and self.scoped_capacity == 0:
             return None
+        held: dict[Any, Head] = self._heads if scope is None else self._scoped
+        key: Any = tenant_id if scope is None else (tenant_id, scope)
         if not self.lock.acquire(blocking=False):
             return None
         try:
-            held: dict[Any, Head] = self._heads if scope is None else self._scoped
-            key: Any = tenant_id if scope is None else (tenant_id, scope)
             head = held.get(key)
             if head is not None:
                 return head
-            rows = newest(self.depth + 1)
-            floor = None
-            if len(rows) > self.depth:
-                floor = HeadRow(rows[self.depth]).position
-                rows = rows[: self.depth]
-            head = Head.of([HeadRow(r) for r in reversed(rows)], floor)
+            before = self._change(tenant_id)
+        finally:
+            self.lock.release()
+        rows = newest(self.depth + 1)  # no commit waits for this
+        floor = None
+        if len(rows) > self.depth:
+            floor = HeadRow(rows[self.depth]).position
+            rows = rows[: self.depth]
+        head = Head.of([HeadRow(r) for r in reversed(rows)], floor)
+        if not self.lock.acquire(blocking=False):
+            return head  # not installed: a commit is being applied
+        try:
+            if self._change(tenant_id) != before:
+                return head  # not installed: it may lack that commit's rows
+            if key in held:
+                return held[key]  # another read loaded it first, from the same state
             capacity = self.capacity if scope is None else self.scoped_capacity
             while len(held) >= capacity:
                 del held[next(iter(held))]
@@ -213,6 +236,9 @@ class TenantHeads:
             return head
         finally:
             self.lock.release()
+
+    def _change(self, tenant_id: str) -> tuple[int, int]:
+        return self._cleared, self._changes.get(tenant_id, 0)
 
     # -- the commit path (the writer, holding the lock) ----------------------------------
     def committed(self, cur: duckdb.DuckDBPyConnection, table_name: str, table: pa.Table) -> None:
@@ -222,6 +248,7 @@ class TenantHeads:
         """
         try:
             touched = set(_tenants(table))
+            self._changed(touched)
             scoped = [key for key in self._scoped if key[0] in touched]
             by_action = sorted({tenant_id for tenant_id, _ in scoped})
             loaded = sorted({t for t in touched if t in self._heads}.union(by_action))
@@ -254,6 +281,7 @@ class TenantHeads:
             for table in tables:
                 if table is not None:
                     touched.update(_tenants(table))
+            self._changed(touched)
             for tenant_id in touched:
                 self._heads.pop(tenant_id, None)
             for key in [key for key in self._scoped if key[0] in touched]:
@@ -263,9 +291,15 @@ class TenantHeads:
             self.clear()
 
     def clear(self) -> None:
-        """Drop every head (the caller holds :attr:`lock`)."""
+        """Drop every head, and every load in flight (the caller holds :attr:`lock`)."""
+        self._cleared += 1
         self._heads.clear()
         self._scoped.clear()
+
+    def _changed(self, tenants: Iterable[str]) -> None:
+        changes = self._changes
+        for tenant_id in tenants:
+            changes[tenant_id] = changes.get(tenant_id, 0) + 1
 
 
 def _tenants(table: pa.Table) -> list[str]:

@@ -280,3 +280,48 @@ def test_no_action_heads_when_none_are_kept(tmp_path):
     assert heads.load("tenant-a", _newest_of(store, "tenant-a", scope), scope) is None
     assert heads.scoped == 0
     store.close()
+
+
+def test_a_load_is_thrown_away_when_a_commit_touches_its_tenant_meanwhile(tmp_path):
+    """Loads read DuckDB without the lock; a commit of the tenant while one reads makes
+    what it read stale, so it is not installed (its pages are those of the DuckDB read
+    it made, as of before the commit). A commit of another tenant does not."""
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH)
+    w = Writer(store, 13)
+    w.write(w.batch(20))
+
+    def newest_then_commit(tenant: str, committed_tenant: str):
+        read = _newest(store, tenant)
+
+        def newest(n: int):
+            rows = read(n)
+            assert not heads.lock.locked()  # the writer is not held up by a load
+            w.write([w.event(committed_tenant)])  # lands after the read, before the install
+            return rows
+
+        return newest
+
+    before = queries.list_events(store.cursor(), "tenant-a", Filters(), None, DEPTH)
+    read = heads.load("tenant-a", newest_then_commit("tenant-a", "tenant-a"))
+    assert read is not None and [r.row for r in reversed(read.rows)] == before
+    assert heads.get("tenant-a") is None
+    head = heads.load("tenant-a", newest_then_commit("tenant-a", "tenant-b"))
+    assert head is not None and heads.get("tenant-a") is head
+    assert check_agree(store, heads, random.Random(1)) > 0
+    scope: Scope = ("^", "claim.")
+    read = _newest_of(store, "tenant-c", scope)
+
+    def newest_then_resend(n: int):  # a dedup-path batch drops the tenant's heads
+        rows = read(n)
+        stored = store.cursor().execute(
+            "SELECT event_id FROM audit_events WHERE tenant_id = 'tenant-c' LIMIT 1"
+        )
+        copy = w.event("tenant-c")
+        copy["event_id"] = stored.fetchone()[0]
+        w.write([copy])
+        return rows
+
+    assert heads.load("tenant-c", newest_then_resend, scope) is not None
+    assert heads.get("tenant-c", scope) is None
+    store.close()

@@ -40,11 +40,11 @@ events (an action that is one event in ten needs 500 of them for a page of 50). 
 a tenant also has heads *scoped* to one action or one action prefix (:data:`Scope`),
 loaded on the first such page the tenant's own head cannot cut: the same
 :class:`Head`, holding exactly the tenant's committed rows of that scope above its
-floor, kept by the same commit path, for at most :attr:`TenantHeads.scoped_capacity`
-scopes in all. For a tenant with scoped heads the commit path reads back the
-batch's newest ``depth + 1`` rows *per action*: they include the newest ``depth + 1``
-rows of the tenant, of each action and of each prefix, which is what each head
-needs.
+floor, kept by the same commit path, for at most
+:attr:`TenantHeads.scoped_capacity` scopes in all and :data:`SCOPES_PER_TENANT` per
+tenant. For a tenant with scoped heads the commit path reads back the batch's
+newest ``depth + 1`` rows *per action*: they include the newest ``depth + 1`` rows
+of the tenant, of each action and of each prefix, which is what each head needs.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 DEFAULT_DEPTH = 200
 DEFAULT_TENANTS = 128
 DEFAULT_SCOPES = 128
+SCOPES_PER_TENANT = 16
+"""Action heads one tenant may hold: past it, its own oldest is dropped, so one
+tenant cycling through filters cannot push every other tenant's action heads out."""
 Scope = tuple[str, str]
 """What an action head holds: ``("=", action)``, one action, or ``("^", prefix)``, the
 actions starting with ``prefix`` (never empty: that is the tenant's own head)."""
@@ -230,6 +233,10 @@ class TenantHeads:
             if key in held:
                 return held[key]  # another read loaded it first, from the same state
             capacity = self.capacity if scope is None else self.scoped_capacity
+            if scope is not None:
+                own = [k for k in held if k[0] == tenant_id]
+                if len(own) >= SCOPES_PER_TENANT:
+                    del held[own[0]]
             while len(held) >= capacity:
                 del held[next(iter(held))]
             held[key] = head

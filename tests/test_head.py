@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 
 from ledger.decode import EventDecoder
-from ledger.head import Scope, TenantHeads
+from ledger.head import SCOPES_PER_TENANT, Scope, TenantHeads
 from ledger.store import LedgerStore
 from query_api import head_pages, queries
 from query_api.cursor import Position
@@ -324,4 +324,21 @@ def test_a_load_is_thrown_away_when_a_commit_touches_its_tenant_meanwhile(tmp_pa
 
     assert heads.load("tenant-c", newest_then_resend, scope) is not None
     assert heads.get("tenant-c", scope) is None
+    store.close()
+
+
+def test_one_tenant_cannot_push_out_the_others_action_heads(tmp_path):
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH, scoped_capacity=SCOPES_PER_TENANT + 4)
+    w = Writer(store, 17)
+    w.write(w.batch(20))
+    theirs: Scope = ("=", "claim.viewed")
+    assert heads.load("tenant-b", _newest_of(store, "tenant-b", theirs), theirs) is not None
+    mine = [("^", f"x{i}.") for i in range(3 * SCOPES_PER_TENANT)]
+    for scope in mine:  # filters that match nothing, each its own head
+        assert heads.load("tenant-a", _newest_of(store, "tenant-a", scope), scope) is not None
+    assert heads.get("tenant-b", theirs) is not None
+    held = [s for s in mine if heads.get("tenant-a", s) is not None]
+    assert held == mine[-SCOPES_PER_TENANT:]  # its own oldest went first
+    assert heads.scoped == SCOPES_PER_TENANT + 1
     store.close()

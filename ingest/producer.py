@@ -21,11 +21,10 @@ Lifecycle and guarantees:
   plus ``linger_ms``, so a record that was not acknowledged in time is dropped
   from the client's buffer instead of being written long after its caller was
   told it failed.
-- Two steps use kafka-python internals, each behind a guard
+- The batch append uses kafka-python internals behind a guard
   (:mod:`velora.kafka_internals`) that falls back to the public path with one
-  warning per process: the batch append (:mod:`ingest.appender`), and the
-  network-client factory that closes a client whose connection failed
-  (:data:`NET_CLIENT`).
+  warning per process (:mod:`ingest.appender`). A producer whose connection fails
+  is closed by :func:`velora.kafka_clients.build_client`, as every client is.
 """
 
 from __future__ import annotations
@@ -50,7 +49,6 @@ from ingest.transform import TenantTransform
 from schemas import AuditEvent, AvroCodec
 from velora.errors import Unavailable, ValidationError
 from velora.kafka_clients import close_producer, kafka_unavailable, new_producer
-from velora.kafka_internals import InternalsChanged, InternalsGuard, require
 from velora.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -306,32 +304,15 @@ class AuditProducer:
             ).start()
 
     def _new_kafka(self) -> KafkaProducer:
-        """A connected KafkaProducer; on failure its half-made client is closed (no leaks).
-
-        Closing it needs kafka-python's network client class (``kafka_client``);
-        where that is not the pinned one (:data:`NET_CLIENT`), the producer makes
-        its own client and a failed one is left to kafka-python and the garbage
-        collector.
-        """
+        """A connected KafkaProducer; on failure its half-made client is closed (no leaks:
+        :func:`velora.kafka_clients.build_client`)."""
         servers = self.settings.kafka_bootstrap.split(",")
         if not _any_listening(servers, timeout=min(self.timeout, 2.0)):
             self._failed_until = time.monotonic() + 1.0
             raise Unavailable("Kafka is unreachable", retry_after=RETRY_AFTER_S)
-        config = dict(self._config)
-        clients: list[Any] = []
-        net_client = NET_CLIENT.internals()
-        if net_client is not None:
-
-            def client_factory(**configs: Any) -> Any:
-                clients.append(net_client(**configs))
-                return clients[-1]
-
-            config["kafka_client"] = client_factory
         try:
-            return new_producer(self.settings, self._client_id, **config)
+            return new_producer(self.settings, self._client_id, **self._config)
         except Unavailable:
-            for client in clients:
-                client.close()
             self._failed_until = time.monotonic() + 1.0
             raise
 
@@ -367,23 +348,6 @@ class AuditProducer:
             raise _unavailable(exc) from exc
         finally:
             budget.release(len(records))
-
-
-def _probe_net_client() -> type:
-    """kafka-python's network client class, if it is the producer's default and can close."""
-    from kafka.net.compat import KafkaNetClient
-
-    require(KafkaNetClient, "__init__", "close")
-    default = getattr(KafkaProducer, "DEFAULT_CONFIG", {}).get("kafka_client")
-    if default is not KafkaNetClient:
-        raise InternalsChanged("KafkaProducer's default kafka_client is not KafkaNetClient")
-    return KafkaNetClient
-
-
-NET_CLIENT: InternalsGuard[type] = InternalsGuard(
-    "closing half-made producer clients", _probe_net_client
-)
-"""Guards the use of ``kafka.net.compat.KafkaNetClient`` (probed once per process)."""
 
 
 def _any_listening(servers: Sequence[str], timeout: float) -> bool:

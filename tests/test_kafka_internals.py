@@ -45,7 +45,6 @@ from velora.settings import Settings
 GUARDS = {
     "append": ingest.appender.GUARD,
     "runs": ledger.record_runs.GUARD,
-    "net": ingest.producer.NET_CLIENT,
     "join": velora.group_join.GUARD,
     "sockets": velora.kafka_sockets.GUARD,
 }
@@ -155,7 +154,6 @@ import ledger.materializer
 import ledger.record_runs
 assert ledger.record_runs.GUARD.internals() is None
 assert ingest.appender.GUARD.internals() is None
-assert ingest.producer.NET_CLIENT.internals() is None
 print("imported")
 """
     out = subprocess.run(
@@ -164,7 +162,7 @@ print("imported")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "imported"
     warned = [line for line in out.stderr.splitlines() if "using the public path" in line]
-    assert len(warned) == 3, out.stderr
+    assert len(warned) == 2, out.stderr
     assert all("ModuleNotFoundError" in line for line in warned), warned
 
 
@@ -339,33 +337,3 @@ def test_the_batch_append_steps_aside_for_a_producer_shaped_otherwise(
         producer.close()
     [warning] = warnings_of(caplog, ingest.appender.GUARD)
     assert "RecordAccumulator._batches is missing or not as expected" in warning
-
-
-@pytest.mark.parametrize("how", ["version", "module", "class-moved"])
-def test_the_producer_makes_its_own_client_when_the_net_client_changed(
-    settings, monkeypatch, caplog, how
-) -> None:
-    import kafka.net.compat
-
-    caplog.set_level(logging.WARNING)
-    with AuditProducer(settings, timeout=15.0) as p:  # as it comes: our factory
-        p.send_many([raw_event(0)])
-        assert p._kafka is not None
-        assert p._kafka.config["kafka_client"] is not kafka.net.compat.KafkaNetClient
-    default = KafkaProducer.DEFAULT_CONFIG["kafka_client"]
-    for guard in GUARDS.values():
-        guard.reset()
-    if how == "version":
-        monkeypatch.setattr(kafka, "__version__", "3.0.13")
-    elif how == "module":
-        monkeypatch.setitem(sys.modules, "kafka.net.compat", None)
-    else:
-        monkeypatch.delattr(kafka.net.compat, "KafkaNetClient")
-    for i in range(2):
-        with AuditProducer(settings, timeout=15.0) as p:
-            [result] = p.send_many([raw_event(i + 1)])
-            assert isinstance(result, Accepted)
-            assert p._kafka is not None
-            assert p._kafka.config["kafka_client"] is default
-    assert len(read_topic(settings)) == 3
-    assert len(warnings_of(caplog, ingest.producer.NET_CLIENT)) == 1

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import ledger.head
 from ledger.decode import EventDecoder
 from ledger.head import SCOPES_PER_TENANT, Scope, TenantHeads
 from ledger.store import LedgerStore
@@ -159,8 +160,19 @@ def _any_row(cur) -> dict:
     return queries.list_events(cur, TENANTS[0], Filters(), None, 1)[0]
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed):
+@pytest.fixture(params=["python", "duckdb"])
+def read_back(request, monkeypatch) -> str:
+    """Both ways a commit's rows reach the heads: from the batch's Arrow columns (small
+    batches) and through DuckDB's window query (big ones)."""
+    if request.param == "duckdb":
+        monkeypatch.setattr(ledger.head, "READ_BACK_PYTHON_ROWS", 0)
+    return request.param
+
+
+@pytest.mark.parametrize(
+    ("seed", "read_back"), [(1, "python"), (2, "duckdb")], indirect=["read_back"]
+)
+def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back):
     store = LedgerStore(tmp_path / "l.duckdb")
     heads = store.heads = TenantHeads(DEPTH, capacity=3, scoped_capacity=5)
     rng = random.Random(seed)
@@ -232,7 +244,7 @@ def test_a_load_waits_for_no_commit(tmp_path):
     store.close()
 
 
-def test_a_batch_deeper_than_the_head_sets_its_floor(tmp_path):
+def test_a_batch_deeper_than_the_head_sets_its_floor(tmp_path, read_back):
     """A head loaded while its tenant had no rows, then a batch of more rows than it holds:
     the rows past its depth are below its floor, never silently missing above it."""
     store = LedgerStore(tmp_path / "l.duckdb")
@@ -249,7 +261,7 @@ def test_a_batch_deeper_than_the_head_sets_its_floor(tmp_path):
     store.close()
 
 
-def test_an_action_head_gets_its_rows_from_deep_in_a_batch(tmp_path):
+def test_an_action_head_gets_its_rows_from_deep_in_a_batch(tmp_path, read_back):
     """A batch whose newest rows are all of other actions: the action head still gets its
     own rows from below them (the read-back is per action for such a tenant)."""
     store = LedgerStore(tmp_path / "l.duckdb")

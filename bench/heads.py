@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bench.report import Row, print_table, write_results
+from bench.report import RESULTS_DIR, Row, print_table, write_results
 from ledger.decode import EventDecoder
 from ledger.head import Scope, TenantHeads
 from ledger.store import LedgerStore
@@ -93,27 +93,33 @@ def _timed(store: LedgerStore, batches: list[pa.Table], source: Batches) -> list
     return took
 
 
-def run(rows: int, batches: int) -> list[Row]:
-    """Times ``batches`` commits of ``rows`` rows per set-up; writes the results."""
+def run(rows: int, batches: int, stored: int = STORED, directory: Path = RESULTS_DIR) -> list[Row]:
+    """Times ``batches`` commits of ``rows`` rows per set-up over a ledger of ``stored``
+    events; writes the results under ``directory``."""
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="velora-bench-heads-") as tmp:
         store = LedgerStore(Path(tmp) / "heads.duckdb")
         source = Batches()
         try:
-            for _ in range(STORED // 5_000):
-                store.write_batch(source.next(5_000), TOPIC, {0: source.offset})
+            for _ in range(max(1, stored // 5_000)):
+                store.write_batch(source.next(min(stored, 5_000)), TOPIC, {0: source.offset})
             for label, heads in (
                 ("no heads", None),
                 ("20 tenants' heads", lambda: _heads(store, scoped=False)),
                 ("20 tenants' heads + 80 action heads", lambda: _heads(store, scoped=True)),
             ):
                 store.heads = None if heads is None else heads()
+                results_heads = 0 if store.heads is None else store.heads.scoped
                 made = [source.next(rows) for _ in range(batches)]
                 took = _timed(store, made, source)
-                results[label] = {"p50_ms": statistics.median(took), "max_ms": max(took)}
+                results[label] = {
+                    "p50_ms": statistics.median(took),
+                    "max_ms": max(took),
+                    "action_heads": results_heads,
+                }
         finally:
             store.close()
-    write_results("heads", f"{rows} rows", results)
+    write_results("heads", f"{rows} rows", results, directory)
     bare = results["no heads"]["p50_ms"]
     return [
         Row(name, r["p50_ms"], "ms p50", f"max {r['max_ms']:.1f}; heads +{r['p50_ms'] - bare:.1f}")

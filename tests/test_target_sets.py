@@ -222,6 +222,8 @@ def test_the_keeper_thread_catches_up_behind_the_writer(tmp_path, factory):
             store.write_batch(_decoded(values, i % 2, 40 * i), TOPIC, {i % 2: 40 * (i + 1)})
         cur = store.cursor()
         wait_for(lambda: _marks(cur) == {0: 160 + 40, 1: 160}, timeout=30, what="the marks")
+        # the counters follow a step's commit (the marks are seen first, a moment before)
+        wait_for(lambda: keeper.status()["rows"] == 200, timeout=30, what="the step counted")
         assert keeper.error is None
         status = keeper.status()
         assert status["rows"] == 200 and status["steps"] >= 1 and status["error"] is None

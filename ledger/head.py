@@ -53,6 +53,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,13 @@ Scope = tuple[str, str]
 actions starting with ``prefix`` (never empty: that is the tenant's own head)."""
 Position = tuple[int, str]
 """``(occurred_at in epoch microseconds, event_id)``: the list's order, unique per tenant."""
+BACKOFF_FACTOR, BACKOFF_MAX_S, BACKOFF_KEYS = 100.0, 60.0, 10_000
+"""A load a commit overtook costs its read (the page is cut from it, so not a second
+query), but a head whose load always takes longer than the gap between its tenant's
+commits (a rare action's, while the tenant is written) would pay its read of
+``depth + 1`` rows on every page. So its loads pause for 100 times the load's time
+(at most 60 s; at most 10,000 heads remembered): at most 1% of the time in
+overtaken loads, and the list query's own page in between."""
 READ_BACK_PYTHON_ROWS = 2_000
 """A committed batch with at most this many rows of the tenants whose heads it touches
 is turned into head rows from its Arrow columns (:func:`python_rows`: 4.7 ms for 500
@@ -178,6 +186,8 @@ class TenantHeads:
         """Commits that touched each tenant (a load is installed only if unchanged)."""
         self._cleared = 0
         """Times every head was dropped (every load in flight is thrown away)."""
+        self._backoff: dict[tuple[str, Scope | None], float] = {}
+        """Per head, when a load may be tried again after one a commit overtook."""
 
     def get(self, tenant_id: str, scope: Scope | None = None) -> Head | None:
         """The tenant's head (of ``scope``), or None when it is not loaded (no lock: heads
@@ -210,12 +220,15 @@ class TenantHeads:
         waits). Its pages are then still those of a DuckDB read made now (``newest``'s
         rows come from one query), so the caller may cut its page from it; the next
         read loads again. Returns None, reading nothing, when a commit holds the lock
-        as the load begins, and for a scope when no action heads are kept.
+        as the load begins, for a scope when no action heads are kept, and while the
+        head's last load, overtaken by a commit, backs off (:data:`BACKOFF_FACTOR`).
         """
         if scope is not None and self.scoped_capacity == 0:
             return None
         held: dict[Any, Head] = self._heads if scope is None else self._scoped
         key: Any = tenant_id if scope is None else (tenant_id, scope)
+        if time.monotonic() < self._backoff.get((tenant_id, scope), 0.0):
+            return None
         if not self.lock.acquire(blocking=False):
             return None
         try:
@@ -225,6 +238,7 @@ class TenantHeads:
             before = self._change(tenant_id)
         finally:
             self.lock.release()
+        started = time.monotonic()
         rows = newest(self.depth + 1)  # no commit waits for this
         floor = None
         if len(rows) > self.depth:
@@ -234,8 +248,9 @@ class TenantHeads:
         if not self.lock.acquire(blocking=False):
             return head  # not installed: a commit is being applied
         try:
-            if self._change(tenant_id) != before:
-                return head  # not installed: it may lack that commit's rows
+            if self._change(tenant_id) != before:  # not installed: it may lack that commit's rows
+                self._back_off((tenant_id, scope), time.monotonic() - started)
+                return head
             if key in held:
                 return held[key]  # another read loaded it first, from the same state
             capacity = self.capacity if scope is None else self.scoped_capacity
@@ -252,6 +267,12 @@ class TenantHeads:
 
     def _change(self, tenant_id: str) -> tuple[int, int]:
         return self._cleared, self._changes.get(tenant_id, 0)
+
+    def _back_off(self, key: tuple[str, Scope | None], took: float) -> None:
+        if len(self._backoff) >= BACKOFF_KEYS:
+            self._backoff.clear()
+        wait = min(BACKOFF_MAX_S, BACKOFF_FACTOR * took)
+        self._backoff[key] = time.monotonic() + wait
 
     # -- the commit path (the writer, holding the lock) ----------------------------------
     def committed(self, cur: duckdb.DuckDBPyConnection, table_name: str, table: pa.Table) -> None:

@@ -12,8 +12,10 @@ pages, each filter of the list API) must equal the list query's page over
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -294,10 +296,11 @@ def test_no_action_heads_when_none_are_kept(tmp_path):
     store.close()
 
 
-def test_a_load_is_thrown_away_when_a_commit_touches_its_tenant_meanwhile(tmp_path):
+def test_a_load_is_thrown_away_when_a_commit_touches_its_tenant_meanwhile(tmp_path, monkeypatch):
     """Loads read DuckDB without the lock; a commit of the tenant while one reads makes
     what it read stale, so it is not installed (its pages are those of the DuckDB read
     it made, as of before the commit). A commit of another tenant does not."""
+    monkeypatch.setattr(ledger.head, "BACKOFF_FACTOR", 0.0)  # the back-off: its own test
     store = LedgerStore(tmp_path / "l.duckdb")
     heads = store.heads = TenantHeads(DEPTH)
     w = Writer(store, 13)
@@ -353,4 +356,34 @@ def test_one_tenant_cannot_push_out_the_others_action_heads(tmp_path):
     held = [s for s in mine if heads.get("tenant-a", s) is not None]
     assert held == mine[-SCOPES_PER_TENANT:]  # its own oldest went first
     assert heads.scoped == SCOPES_PER_TENANT + 1
+    store.close()
+
+
+def test_a_head_whose_load_was_overtaken_backs_off(tmp_path, monkeypatch):
+    """A head whose loads a commit keeps overtaking would pay a load's read on every
+    page: after one, its loads pause for 100x the load's time, then try again."""
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH)
+    w = Writer(store, 19)
+    w.write(w.batch(20))
+    reads = []
+    read = _newest(store, "tenant-a")
+
+    def newest(n: int):
+        reads.append(n)
+        rows = read(n)
+        time.sleep(0.01)  # the load takes >= 10 ms: a back-off of >= 1 s
+        if len(reads) == 1:
+            w.write([w.event("tenant-a")])  # overtakes the first load
+        return rows
+
+    assert heads.load("tenant-a", newest) is not None and heads.get("tenant-a") is None
+    assert heads.load("tenant-a", newest) is None and len(reads) == 1  # backing off: no read
+    other = heads.load("tenant-b", _newest(store, "tenant-b"))  # other heads load as before
+    assert other is not None and heads.get("tenant-b") is other
+    now = time.monotonic()
+    later = SimpleNamespace(monotonic=lambda: now + ledger.head.BACKOFF_MAX_S)
+    monkeypatch.setattr(ledger.head, "time", later)  # the back-off's clock, past its end
+    head = heads.load("tenant-a", newest)
+    assert head is not None and heads.get("tenant-a") is head and len(reads) == 2
     store.close()

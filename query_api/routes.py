@@ -140,7 +140,7 @@ async def _from_head(
                 s,
             )
             if head is None:
-                return None
+                continue  # not loaded now (a commit holds the lock, or its load backs off)
             rows = head_pages.page(head, filters, after, limit)
             if rows is not None:
                 return rows

@@ -35,6 +35,7 @@ from ledger.head import Scope, TenantHeads
 from ledger.store import LedgerStore
 from query_api import queries
 from query_api.filters import Filters
+from query_api.head_pages import scope_filters
 from tests.factory import sample_record
 from tests.ledger_support import CODEC
 
@@ -76,8 +77,7 @@ def _heads(store: LedgerStore, scoped: bool) -> TenantHeads:
     for tenant in TENANTS:
         heads.load(tenant, lambda n, t=tenant: queries.list_events(cur, t, Filters(), None, n))
         for scope in SCOPES if scoped else ():
-            kind, value = scope
-            f = Filters(action=value) if kind == "=" else Filters(action_prefix=value)
+            f = scope_filters(scope)
             heads.load(
                 tenant, lambda n, t=tenant, f=f: queries.list_events(cur, t, f, None, n), scope
             )

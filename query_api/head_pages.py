@@ -55,6 +55,15 @@ def scope(f: Filters) -> Scope | None:
     return None
 
 
+def scope_filters(scope: Scope | None) -> Filters:
+    """The filter a head of ``scope`` holds the rows of (None: the tenant's, no filter);
+    the inverse of :func:`scope`, which a head's load reads with."""
+    if scope is None:
+        return Filters()
+    kind, value = scope
+    return Filters(action=value) if kind == "=" else Filters(action_prefix=value)
+
+
 def _plain(f: Filters) -> bool:
     """No filter at all: every row matches."""
     return (

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ledger.head import HeadRow, Scope, TenantHeads
+from ledger.head import HeadRow, TenantHeads
 from query_api import cursor, head_pages, queries
 from query_api.auth import require_scope
 from query_api.db import LedgerReader
@@ -133,7 +133,7 @@ async def _from_head(
 
     def load(cur: duckdb.DuckDBPyConnection) -> list[HeadRow] | None:
         for s in scopes:
-            of_scope = Filters() if s is None else _scope_filters(s)
+            of_scope = head_pages.scope_filters(s)
             head = heads.get(tenant, s) or heads.load(
                 tenant,
                 lambda n, f=of_scope: queries.list_events(cur, tenant, f, None, n, hints=hints),
@@ -147,11 +147,6 @@ async def _from_head(
         return None
 
     return await reader.read(load)
-
-
-def _scope_filters(scope: Scope) -> Filters:
-    kind, value = scope
-    return Filters(action=value) if kind == "=" else Filters(action_prefix=value)
 
 
 async def get_audit_event(request: Request) -> JsonResponse:

@@ -12,7 +12,6 @@ pages, each filter of the list API) must equal the list query's page over
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -104,22 +103,16 @@ SCOPES: tuple[Scope, ...] = (
 )
 
 
-def _scope_filters(scope: Scope | None) -> Filters:
-    if scope is None:
-        return Filters()
-    return Filters(action=scope[1]) if scope[0] == "=" else Filters(action_prefix=scope[1])
-
-
 def _newest_of(store: LedgerStore, tenant: str, scope: Scope | None):
     cur = store.cursor()
-    return lambda n: queries.list_events(cur, tenant, _scope_filters(scope), None, n)
+    return lambda n: queries.list_events(cur, tenant, head_pages.scope_filters(scope), None, n)
 
 
 def _scoped(f: Filters, scope: Scope | None) -> Filters:
     """``f`` with the head's action filter added (every page asked of an action head has it)."""
     if scope is None:
         return f
-    base = _scope_filters(scope)
+    base = head_pages.scope_filters(scope)
     return replace(f, action=base.action or f.action, action_prefix=base.action_prefix)
 
 
@@ -134,7 +127,7 @@ def check_agree(store: LedgerStore, heads: TenantHeads, rng: random.Random) -> i
             head = heads.get(tenant, scope)
             if head is None:
                 continue
-            top = queries.list_events(cur, tenant, _scope_filters(scope), None, DEPTH + 1)
+            top = queries.list_events(cur, tenant, head_pages.scope_filters(scope), None, DEPTH + 1)
             held = [r.row for r in reversed(head.rows)]
             assert held == top[: len(held)], tenant
             assert len(held) == min(DEPTH, len(top))
@@ -142,7 +135,7 @@ def check_agree(store: LedgerStore, heads: TenantHeads, rng: random.Random) -> i
                 assert head.floor == (top[DEPTH]["occurred_us"], top[DEPTH]["event_id"])
             else:
                 assert head.floor is None
-            first = head_pages.page(head, _scope_filters(scope), None, 6)
+            first = head_pages.page(head, head_pages.scope_filters(scope), None, 6)
             assert first is not None, "a loaded head answers its tenant's first page"
             assert [r.action for r in head.rows] == [r["action"] for r in reversed(held)]
             for f in (_scoped(f, scope) for f in _filters(rng, top or [_any_row(cur)])):
@@ -362,6 +355,8 @@ def test_one_tenant_cannot_push_out_the_others_action_heads(tmp_path):
 def test_a_head_whose_load_was_overtaken_backs_off(tmp_path, monkeypatch):
     """A head whose loads a commit keeps overtaking would pay a load's read on every
     page: after one, its loads pause for 100x the load's time, then try again."""
+    clock = [1000.0]
+    monkeypatch.setattr(ledger.head, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     store = LedgerStore(tmp_path / "l.duckdb")
     heads = store.heads = TenantHeads(DEPTH)
     w = Writer(store, 19)
@@ -372,18 +367,17 @@ def test_a_head_whose_load_was_overtaken_backs_off(tmp_path, monkeypatch):
     def newest(n: int):
         reads.append(n)
         rows = read(n)
-        time.sleep(0.01)  # the load takes >= 10 ms: a back-off of >= 1 s
+        clock[0] += 0.01  # the load takes 10 ms on the head's clock: a back-off of 1 s
         if len(reads) == 1:
             w.write([w.event("tenant-a")])  # overtakes the first load
         return rows
 
     assert heads.load("tenant-a", newest) is not None and heads.get("tenant-a") is None
+    clock[0] += 0.99
     assert heads.load("tenant-a", newest) is None and len(reads) == 1  # backing off: no read
     other = heads.load("tenant-b", _newest(store, "tenant-b"))  # other heads load as before
     assert other is not None and heads.get("tenant-b") is other
-    now = time.monotonic()
-    later = SimpleNamespace(monotonic=lambda: now + ledger.head.BACKOFF_MAX_S)
-    monkeypatch.setattr(ledger.head, "time", later)  # the back-off's clock, past its end
+    clock[0] += 0.05  # past the back-off
     head = heads.load("tenant-a", newest)
     assert head is not None and heads.get("tenant-a") is head and len(reads) == 2
     store.close()

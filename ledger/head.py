@@ -85,6 +85,8 @@ commits (a rare action's, while the tenant is written) would pay its read of
 ``depth + 1`` rows on every page. So its loads pause for 100 times the load's time
 (at most 60 s; at most 10,000 heads remembered): at most 1% of the time in
 overtaken loads, and the list query's own page in between."""
+INSERT_MAX = 64
+"""Late rows a merge inserts one by one into a head's ordered rows; past it, it sorts."""
 READ_BACK_PYTHON_ROWS = 2_000
 """A committed batch with at most this many rows of the tenants whose heads it touches
 is turned into head rows from its Arrow columns (:func:`python_rows`: 4.7 ms for 500
@@ -150,16 +152,36 @@ class Head:
         return bisect.bisect_left(self.positions, position)
 
     def merged(self, new: Iterable[HeadRow], depth: int) -> Head:
-        """This head with ``new`` rows (never held before) added, cut to ``depth``."""
-        fresh = [r for r in new if self.floor is None or r.position > self.floor]
+        """This head with ``new`` rows (never held before) added, cut to ``depth``.
+
+        The held rows are already in order: new rows newer than all of them (the
+        usual commit) are appended, a few late ones inserted by bisection, and only
+        many late ones sort everything again."""
+        floor = self.floor
+        fresh = sorted((r for r in new if floor is None or r.position > floor), key=_position)
         if not fresh:
             return self
-        rows = sorted((*self.rows, *fresh), key=lambda r: r.position)
-        floor = self.floor
+        rows, positions = list(self.rows), list(self.positions)
+        if not positions or fresh[0].position > positions[-1]:
+            rows += fresh
+            positions += [r.position for r in fresh]
+        elif len(fresh) <= INSERT_MAX:
+            for r in fresh:
+                at = bisect.bisect_left(positions, r.position)
+                positions.insert(at, r.position)
+                rows.insert(at, r)
+        else:
+            rows = sorted(rows + fresh, key=_position)
+            positions = [r.position for r in rows]
         if len(rows) > depth:
-            floor = rows[len(rows) - depth - 1].position
-            rows = rows[len(rows) - depth :]
-        return Head.of(rows, floor)
+            cut = len(rows) - depth
+            floor = positions[cut - 1]
+            rows, positions = rows[cut:], positions[cut:]
+        return Head(tuple(rows), tuple(positions), floor)
+
+
+def _position(row: HeadRow) -> Position:
+    return row.position
 
 
 class TenantHeads:
@@ -305,8 +327,19 @@ class TenantHeads:
                 head = self._heads.get(tenant_id)
                 if head is not None:
                     self._heads[tenant_id] = head.merged(new, self.depth)
-            for key in scoped:
-                of_scope = [r for r in by_tenant.get(key[0], ()) if in_scope(key[1], r.action)]
+            actions: dict[str, dict[str, list[HeadRow]]] = {}
+            for tenant_id in by_action:
+                of_tenant = actions[tenant_id] = {}
+                for r in by_tenant.get(tenant_id, ()):
+                    of_tenant.setdefault(r.action, []).append(r)
+            for tenant_id, scope in scoped:
+                of_scope = [
+                    r
+                    for action, of_action in actions[tenant_id].items()
+                    if in_scope(scope, action)
+                    for r in of_action
+                ]
+                key = (tenant_id, scope)
                 self._scoped[key] = self._scoped[key].merged(of_scope, self.depth)
         except Exception:
             log.exception("could not update the tenants' heads after a commit; dropping them all")

@@ -21,3 +21,7 @@ def test_the_heads_benchmark_times_each_set_up(tmp_path):
         "20 tenants' heads": 0,
         "20 tenants' heads + 80 action heads": 80,
     }
+    # the heads' own share is timed where there are heads, and only there
+    assert saved["no heads"]["committed_cpu_p50_ms"] == 0.0
+    assert saved["20 tenants' heads"]["committed_cpu_p50_ms"] > 0
+    assert saved["20 tenants' heads + 80 action heads"]["committed_cpu_p50_ms"] > 0

@@ -218,6 +218,34 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back):
     store.close()
 
 
+@pytest.mark.parametrize("late", [0, 3, ledger.head.INSERT_MAX, ledger.head.INSERT_MAX + 1, 300])
+def test_a_merge_equals_sorting_every_row_and_cutting(late):
+    # merged() appends new rows, inserts a few late ones or sorts many: each way must
+    # give the newest rows of everything held and added, and the floor just below them.
+    rng = random.Random(late)
+    positions = rng.sample(range(10_000), 400 + late)
+    held, newer, older = sorted(positions[:200]), positions[200:400], positions[400:]
+    newer = [p + 10_000 for p in newer]  # newer than every held row: appended
+    older = [p for p in older if p not in held]  # late: among or below the held rows
+
+    def rows(ps):
+        return [ledger.head.HeadRow({"occurred_us": p, "event_id": "e", "action": "a"}) for p in ps]
+
+    for floor in (None, (held[0] - 1, "e")):
+        head = ledger.head.Head.of(rows(held), floor)
+        for depth in (150, 250, 700):
+            new = rows(rng.sample(newer, 5) + older)
+            got = head.merged(new, depth)
+            everything = sorted(
+                [r.position for r in head.rows]
+                + [r.position for r in new if floor is None or r.position > floor]
+            )
+            assert list(got.positions) == everything[-depth:]
+            assert [r.position for r in got.rows] == list(got.positions)
+            want_floor = everything[-depth - 1] if len(everything) > depth else floor
+            assert got.floor == want_floor
+
+
 def test_a_commit_that_cannot_be_applied_drops_the_heads(tmp_path):
     store = LedgerStore(tmp_path / "l.duckdb")
     heads = store.heads = TenantHeads(DEPTH)

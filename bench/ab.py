@@ -8,7 +8,10 @@ Their answers to every scenario of :mod:`bench.query` are checked identical
 first. Then each scenario is driven closed loop (32 connections) on the two
 nodes in turn, ``--rounds`` times, alternating which goes first, and the median
 max rate of each is reported with the after / before ratio, plus the load
-average over the run. ``bench/results/ab.json`` keeps the figures.
+average over the run. With ``--paced RATE`` each round then also offers RATE
+req/s to each node (open loop, as the query benchmark's paced run) and the
+median p50 / p99 latency of each is reported. ``bench/results/ab.json`` keeps
+the figures.
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ def export_tree(rev: str, into: Path) -> str:
     return commit
 
 
-def compare(settings: Settings, rev: str, events: int, rounds: int) -> dict[str, Any]:
+def compare(
+    settings: Settings, rev: str, events: int, rounds: int, paced: float | None = None
+) -> dict[str, Any]:
     """Serve REV and this tree over the same rows; the median max rate of each per scenario."""
     work = settings.state_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -79,16 +84,33 @@ def compare(settings: Settings, rev: str, events: int, rounds: int) -> dict[str,
                                       "events_checked_identical": checked}  # fmt: skip
             for name in sc["after"]:
                 rates: dict[str, list[float]] = {"before": [], "after": []}
+                lat: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
                 for r in range(rounds):
                     for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
                         token, paths = sc[side][name]
                         run = _drive(urls[side], token, paths, 10**6, seconds=DRIVE_S)
                         rates[side].append(asyncio.run(run)["rps"])
+                        if paced:
+                            n = int(paced * DRIVE_S)
+                            got = asyncio.run(_drive(urls[side], token, paths, n, paced))
+                            lat[side].append((got["p50_ms"], got["p99_ms"]))
                 b, a = statistics.median(rates["before"]), statistics.median(rates["after"])
                 ratio = a / b if b else 0.0
                 result[name] = {"before_rps": b, "after_rps": a, "after_to_before": ratio,
                                 "rounds": rates}  # fmt: skip
-                print(f"  {name:<40} before {b:7.0f}/s  after {a:7.0f}/s  x{ratio:.2f}", flush=True)
+                line = f"  {name:<40} before {b:7.0f}/s  after {a:7.0f}/s  x{ratio:.2f}"
+                if paced:
+                    for side in ("before", "after"):
+                        p50 = statistics.median(x[0] for x in lat[side])
+                        p99 = statistics.median(x[1] for x in lat[side])
+                        result[name][f"{side}_paced"] = {
+                            "rps": paced,
+                            "p50_ms": p50,
+                            "p99_ms": p99,
+                            "rounds": lat[side],
+                        }
+                        line += f"  {side} p50/p99 {p50:.1f}/{p99:.1f} ms"
+                print(line, flush=True)
         finally:
             _stop(after)
     finally:
@@ -105,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--label", default="latest", help="section of bench/results/ab.json")
+    p.add_argument("--paced", type=float, help="also the latency at this offered req/s")
     args = p.parse_args(argv)
     settings = Settings.from_env()
     workdir = Path(tempfile.mkdtemp(prefix="velora-ab-"))
@@ -118,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=workdir / "state", duckdb_path=workdir / "state" / "ledger.duckdb",
         )  # fmt: skip
         ensure_topics(run)
-        write_results("ab", args.label, compare(run, args.rev, args.events, args.rounds))
+        result = compare(run, args.rev, args.events, args.rounds, args.paced)
+        write_results("ab", args.label, result)
     finally:
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)

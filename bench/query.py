@@ -136,6 +136,7 @@ def _serve_main() -> None:
     from ledger.head import TenantHeads
     from query_api.app import create_app
     from velora.http_server import listen, make_server
+    from velora.memory import freeze_start_up
 
     settings = Settings.from_env()
     heads = None
@@ -143,8 +144,10 @@ def _serve_main() -> None:
         heads = TenantHeads(settings.head_events, settings.head_tenants, settings.head_actions)
     app = create_app(settings, LedgerFile(sys.argv[1], create=False, heads=heads))
     sock = listen("127.0.0.1", 0, settings.http_backlog)
+    server = make_server(app, settings)
+    freeze_start_up()  # as velora node does
     print(sock.getsockname()[1], flush=True)
-    make_server(app, settings).run(sockets=[sock])
+    server.run(sockets=[sock])
 
 
 def _child_env(settings: Settings) -> dict[str, str]:

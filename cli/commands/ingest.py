@@ -22,6 +22,7 @@ import argparse
 import logging
 
 from velora.errors import ConfigError
+from velora.memory import freeze_start_up
 from velora.settings import Settings, check_bind_secrets
 
 log = logging.getLogger("velora.ingest")
@@ -82,6 +83,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         app = create_ingest_app(settings, producer)
         server = make_server(app, settings, access_log=args.access_log)
+        freeze_start_up()
         log.info("listening on %s", url_of(sock))
         server.run(sockets=[sock])
     finally:

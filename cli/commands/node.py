@@ -22,6 +22,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from velora.errors import LedgerMismatch
+from velora.memory import freeze_start_up
 from velora.settings import Settings, check_bind_secrets
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             progress.attach(node.materializer)
         threading.Thread(target=watch_fatal, name="velora-fatal-watch", daemon=True).start()
         server = make_server(create_app(settings, node), settings)
+        freeze_start_up()
         log.info("listening on %s", url_of(sock))
         if not stopping.is_set():
             server.run(sockets=[sock])

@@ -12,6 +12,7 @@ import argparse
 import logging
 
 from velora.errors import ConfigError
+from velora.memory import freeze_start_up
 from velora.settings import Settings
 
 log = logging.getLogger("velora.sidecar")
@@ -53,6 +54,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     sock = listen(host, port, settings.http_backlog)
     try:
         server = make_server(app, settings)
+        freeze_start_up()
         log.info("listening on %s (tenant %s)", url_of(sock), tokenizer.tenant_id)
         server.run(sockets=[sock])
     finally:

@@ -22,6 +22,7 @@ import gc
 import logging
 import signal
 
+from velora.memory import freeze_start_up
 from velora.settings import Settings, check_bind_secrets
 
 log = logging.getLogger("velora.webhooks")
@@ -42,8 +43,7 @@ cycles are still collected, just in fewer, larger passes."""
 def _tune_gc() -> None:
     """Freeze what start-up made (modules, schemas, Kafka clients, the control state)
     out of the collector's scans, and collect less often (:data:`GC_THRESHOLDS`)."""
-    gc.collect()
-    gc.freeze()
+    freeze_start_up()
     gc.set_threshold(*GC_THRESHOLDS)
 
 

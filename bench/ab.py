@@ -8,9 +8,10 @@ Their answers to every scenario of :mod:`bench.query` are checked identical
 first. Then each scenario is driven closed loop (32 connections) on the two
 nodes in turn, ``--rounds`` times, alternating which goes first, and the median
 max rate of each is reported with the after / before ratio, plus the load
-average over the run. With ``--paced RATE`` each round then also offers RATE
-req/s to each node (open loop, as the query benchmark's paced run) and the
-median p50 / p99 latency of each is reported. ``bench/results/ab.json`` keeps
+average over the run. With ``--paced RATE``, ``--rounds`` more rounds then offer
+each node RATE req/s, or half the lower of the two median max rates when that is
+less (as the query benchmark's paced run), open loop, and the median p50 / p99
+latency of each is reported. ``bench/results/ab.json`` keeps
 the figures.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.query import (
+    OFFERED_FRACTION,
     TENANTS,
     _drive,
     _start_server,
@@ -90,21 +92,25 @@ def compare(
                         token, paths = sc[side][name]
                         run = _drive(urls[side], token, paths, 10**6, seconds=DRIVE_S)
                         rates[side].append(asyncio.run(run)["rps"])
-                        if paced:
-                            n = int(paced * DRIVE_S)
-                            got = asyncio.run(_drive(urls[side], token, paths, n, paced))
-                            lat[side].append((got["p50_ms"], got["p99_ms"]))
                 b, a = statistics.median(rates["before"]), statistics.median(rates["after"])
+                rate = min(paced or 0.0, OFFERED_FRACTION * min(a, b))
+                for r in range(rounds if rate >= 1 else 0):
+                    for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                        token, paths = sc[side][name]
+                        n = int(rate * DRIVE_S)
+                        got = asyncio.run(_drive(urls[side], token, paths, n, rate))
+                        lat[side].append((got["p50_ms"], got["p99_ms"]))
                 ratio = a / b if b else 0.0
                 result[name] = {"before_rps": b, "after_rps": a, "after_to_before": ratio,
                                 "rounds": rates}  # fmt: skip
                 line = f"  {name:<40} before {b:7.0f}/s  after {a:7.0f}/s  x{ratio:.2f}"
-                if paced:
+                if lat["after"]:
+                    line += f"  at {rate:.0f}/s"
                     for side in ("before", "after"):
                         p50 = statistics.median(x[0] for x in lat[side])
                         p99 = statistics.median(x[1] for x in lat[side])
                         result[name][f"{side}_paced"] = {
-                            "rps": paced,
+                            "rps": rate,
                             "p50_ms": p50,
                             "p99_ms": p99,
                             "rounds": lat[side],
@@ -127,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--label", default="latest", help="section of bench/results/ab.json")
-    p.add_argument("--paced", type=float, help="also the latency at this offered req/s")
+    p.add_argument(
+        "--paced", type=float, help="also the latency at this req/s (at most half the lower max)"
+    )
     args = p.parse_args(argv)
     settings = Settings.from_env()
     workdir = Path(tempfile.mkdtemp(prefix="velora-ab-"))

@@ -1,4 +1,5 @@
-"""The process's own memory: resident size, and handing freed heap back to the OS.
+"""The process's own memory: resident size, handing freed heap back to the OS, and
+keeping what start-up made out of the cycle collector's scans (:func:`freeze_start_up`).
 
 After a burst of large, interleaved allocations (hundreds of uploads at once, each
 read in 64 KiB pieces) two things keep the process as big as at its peak:

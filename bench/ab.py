@@ -11,8 +11,7 @@ max rate of each is reported with the after / before ratio, plus the load
 average over the run. With ``--paced RATE``, ``--rounds`` more rounds then offer
 each node RATE req/s, or half the lower of the two median max rates when that is
 less (as the query benchmark's paced run), open loop, and the median p50 / p99
-latency of each is reported. ``bench/results/ab.json`` keeps
-the figures.
+latency of each is reported. ``bench/results/ab.json`` keeps the figures.
 """
 
 from __future__ import annotations

@@ -142,7 +142,11 @@ def _serve_main() -> None:
     heads = None
     if settings.head_events > 0:  # as a node keeps them; nothing writes the file here
         heads = TenantHeads(settings.head_events, settings.head_tenants, settings.head_actions)
-    app = create_app(settings, LedgerFile(sys.argv[1], create=False, heads=heads))
+    limit = settings.duckdb_memory_limit_mb  # as velora node applies it
+    ledger = LedgerFile(
+        sys.argv[1], create=False, heads=heads, memory_limit=f"{limit}MB" if limit else None
+    )
+    app = create_app(settings, ledger)
     sock = listen("127.0.0.1", 0, settings.http_backlog)
     server = make_server(app, settings)
     freeze_start_up()  # as velora node does
@@ -158,6 +162,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
         "VELORA_AUDIT_PARTITIONS": str(settings.audit_partitions),
         "VELORA_KEY_PEPPER": settings.key_pepper.reveal(),
         "VELORA_CURSOR_SECRET": settings.cursor_secret.reveal(),
+        "VELORA_DUCKDB_MEMORY_LIMIT_MB": str(settings.duckdb_memory_limit_mb),
         "VELORA_RATE_LIMIT_BURST": "1000000",
         "VELORA_RATE_LIMIT_PER_SECOND": "1000000",
         "VELORA_LOG_LEVEL": "WARNING",

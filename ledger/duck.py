@@ -119,10 +119,17 @@ class LedgerFile(SharedConnection):
     """
 
     def __init__(
-        self, path: Path | str, *, create: bool = True, heads: TenantHeads | None = None
+        self,
+        path: Path | str,
+        *,
+        create: bool = True,
+        heads: TenantHeads | None = None,
+        memory_limit: str | None = None,
     ) -> None:
         with duckdb_errors(f"open {Path(path).name}"):
             con = duckdb.connect(str(path))
+            if memory_limit:
+                con.execute(f"SET memory_limit = '{memory_limit}'")
             if create:
                 for ddl in ALL_DDL:
                     con.execute(ddl)

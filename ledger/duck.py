@@ -51,6 +51,10 @@ class SharedConnection:
         self._lock = threading.Lock()
         self._closed = False
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ledger-read")
+        self.invalidated: str | None = None
+        """Why DuckDB invalidated this database, or None. After a fatal error (such as
+        running out of memory or disk in a checkpoint) every statement fails until the
+        process opens the file again; committed rows are kept."""
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -85,6 +89,10 @@ class SharedConnection:
         try:
             with duckdb_errors("read"):
                 return fn(cur)
+        except Unavailable as exc:
+            if isinstance(exc.__cause__, duckdb.FatalException):
+                self.invalidate(f"a read failed: {type(exc.__cause__).__name__}")
+            raise
         finally:
             # A result left half-fetched (fetchone) would make this thread's next query
             # on the cursor fail; drop it.
@@ -92,6 +100,16 @@ class SharedConnection:
                 cur.abort()
             except duckdb.Error:
                 pass
+
+    def invalidate(self, cause: str) -> str:
+        """Note that DuckDB invalidated the database (the first cause is kept); the reason."""
+        with self._lock:
+            if self.invalidated is None:
+                self.invalidated = (
+                    f"DuckDB invalidated the ledger after a fatal error ({cause}); "
+                    "restart the node: it opens the file again, with every committed row"
+                )
+            return self.invalidated
 
     def close(self) -> None:
         """Wait for reads in flight, then close every cursor and the connection (idempotent)."""

@@ -42,10 +42,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import duckdb
 import pyarrow as pa
 
 from ledger.decode import EventDecoder
 from ledger.log_reader import LogReader, Poll
+from ledger.memory_need import is_out_of_memory, out_of_memory
 from ledger.store import LedgerStore
 from velora.errors import LedgerMismatch, VeloraError
 from velora.settings import Settings
@@ -210,17 +212,30 @@ class Materializer:
             try:
                 self._run_once()
             except LedgerMismatch as exc:
-                log.critical("materializer stopped for good: %s", exc.message)
-                with self._cond:
-                    self._fatal = exc.message
-                    self._cond.notify_all()
+                self._stop_for_good(exc.message)
                 return
             except Exception as exc:
+                fatal = _fatal_duckdb(exc.cause if isinstance(exc, StageError) else exc)
+                if fatal is not None:  # the database is unusable until the file is reopened
+                    self._stop_for_good(self.store.db.invalidate(self._duckdb_reason(fatal)))
+                    return
                 self._failed(exc)
+
+    def _stop_for_good(self, reason: str) -> None:
+        log.critical("materializer stopped for good: %s", reason)
+        with self._cond:
+            self._fatal = reason
+            self._cond.notify_all()
+
+    def _duckdb_reason(self, cause: BaseException) -> str:
+        """An error of DuckDB's, with what to change when it ran out of memory."""
+        if is_out_of_memory(cause) or is_out_of_memory(cause.__cause__):  # raw or translated
+            return out_of_memory(self.settings.duckdb_memory_limit_mb)
+        return _describe(cause)
 
     def _failed(self, exc: Exception) -> None:
         stage, cause = (exc.stage, exc.cause) if isinstance(exc, StageError) else ("run", exc)
-        reason = f"{stage} failed: {_describe(cause)}"
+        reason = f"{stage} failed: {self._duckdb_reason(cause)}"
         with self._cond:
             self._error = reason
             self._restarts += 1
@@ -357,6 +372,14 @@ class Materializer:
                 self.on_batch(sum(b.read for b in batches), stored)
             except Exception as exc:
                 raise StageError("on_batch callback", exc) from exc
+
+
+def _fatal_duckdb(exc: BaseException) -> duckdb.FatalException | None:
+    """DuckDB's fatal error, raised as is or translated (:func:`ledger.duck.duckdb_errors`)."""
+    for err in (exc, exc.__cause__):
+        if isinstance(err, duckdb.FatalException):
+            return err
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from ledger.decode import EventDecoder
 from ledger.head import TenantHeads
 from ledger.layout import LedgerState, prepare_ledger
 from ledger.materializer import BatchCallback, Materializer, Status
+from ledger.memory_need import shortfall
 from ledger.store import LedgerStore
 from ledger.target_keeper import BUSY_LAG, TargetSetKeeper
 from velora.errors import Unavailable
@@ -77,6 +78,9 @@ class QueryNode:
                 return
             self.state = prepare_ledger(self.settings.duckdb_path)
             self.store = self._store_factory(self.settings.duckdb_path)
+            short = shortfall(self.settings.duckdb_memory_limit_mb, self.store.count())
+            if short is not None:  # a limit the stored events' index already outgrows
+                log.warning("%s", short)
             if self.heads is not None:
                 with self.heads.lock:  # nothing held from a file this node opened before
                     self.heads.clear()
@@ -135,7 +139,7 @@ class QueryNode:
         if materializer is None or store is None:
             return {"ready": False, "lag": None, "reason": "not started"}
         s = materializer.status()
-        reason = _reason(s)
+        reason = store.db.invalidated or _reason(s)
         out: dict[str, object] = {
             "ready": reason is None,
             "lag": s.lag,
@@ -165,9 +169,13 @@ class QueryNode:
 
     @property
     def fatal(self) -> str | None:
-        """Why the materializer stopped for good (the ledger does not match the log)."""
-        materializer = self.materializer
-        return None if materializer is None else materializer.status().fatal
+        """Why the node must stop: the ledger does not match the log, or DuckDB
+        invalidated the database (only reopening the file makes it usable again)."""
+        materializer, store = self.materializer, self.store
+        fatal = None if materializer is None else materializer.status().fatal
+        if fatal is None and store is not None:
+            fatal = store.db.invalidated
+        return fatal
 
     def wait_for_offset(self, partition: int, offset: int, timeout: float) -> bool:
         """Read-your-writes: wait until the audit record at ``offset`` is materialized."""

@@ -21,7 +21,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING
 
-from velora.errors import LedgerMismatch
+from velora.errors import VeloraError
 from velora.memory import freeze_start_up
 from velora.settings import Settings, check_bind_secrets
 
@@ -69,7 +69,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def watch_fatal() -> None:
-        # A ledger that does not match the log must not keep serving stale data.
+        # A ledger that does not match the log must not keep serving stale data, and a
+        # DuckDB invalidated by a fatal error serves nothing until the file is reopened.
         while not stopping.wait(0.5):
             if node.fatal:
                 stopping.set()
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         sock.close()
         log.info("query node stopped")
     if fatal:
-        raise LedgerMismatch(fatal)
+        raise VeloraError(fatal)
     return 0
 
 

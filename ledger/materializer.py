@@ -47,7 +47,7 @@ import pyarrow as pa
 
 from ledger.decode import EventDecoder
 from ledger.log_reader import LogReader, Poll
-from ledger.memory_need import is_out_of_memory, out_of_memory
+from ledger.memory_need import is_out_of_memory, out_of_memory, shortfall
 from ledger.store import LedgerStore
 from velora.errors import LedgerMismatch, VeloraError
 from velora.settings import Settings
@@ -299,10 +299,16 @@ class Materializer:
         if current is not None:
             self.store.set_meta(TOPIC_ID_KEY, current)
         with self._cond:
-            if self._target is None:  # readiness compares with the FIRST start's end offsets
+            first = self._target is None
+            if first:  # readiness compares with the FIRST start's end offsets
                 self._target = dict(end)
             self._end = dict(end)
             self._cond.notify_all()
+        if first:  # the events stored plus those to read, against the memory limit
+            events = self.store.count() + sum(max(0, o - stored.get(p, 0)) for p, o in end.items())
+            short = shortfall(self.settings.duckdb_memory_limit_mb, events)
+            if short is not None:
+                log.warning("%s", short)
 
     def _read_loop(
         self, reader: LogReader, work: queue.Queue[Poll | None], writer_gone: Callable[[], bool]

@@ -22,7 +22,6 @@ from ledger.decode import EventDecoder
 from ledger.head import TenantHeads
 from ledger.layout import LedgerState, prepare_ledger
 from ledger.materializer import BatchCallback, Materializer, Status
-from ledger.memory_need import shortfall
 from ledger.store import LedgerStore
 from ledger.target_keeper import BUSY_LAG, TargetSetKeeper
 from velora.errors import Unavailable
@@ -78,9 +77,6 @@ class QueryNode:
                 return
             self.state = prepare_ledger(self.settings.duckdb_path)
             self.store = self._store_factory(self.settings.duckdb_path)
-            short = shortfall(self.settings.duckdb_memory_limit_mb, self.store.count())
-            if short is not None:  # a limit the stored events' index already outgrows
-                log.warning("%s", short)
             if self.heads is not None:
                 with self.heads.lock:  # nothing held from a file this node opened before
                     self.heads.clear()

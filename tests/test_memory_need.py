@@ -151,26 +151,26 @@ def test_a_read_that_meets_an_invalidated_database_stops_the_node(settings):
         node.stop()
 
 
-def test_a_node_warns_at_start_when_its_limit_is_below_the_stored_events_need(settings, caplog):
-    expected = _load(settings)
-    first = QueryNode(settings)
-    first.start()
-    try:
-        wait_for(lambda: first.readiness()["ready"], timeout=60, what="ready")
-        # 70 copies of each row under other keys: 21,000 events, about 2 MB of index
-        first.store.db.connection.execute(
-            "INSERT INTO audit_events SELECT a.* REPLACE "
-            "(a.ledger_key || ':' || r.i::VARCHAR AS ledger_key) "
-            "FROM audit_events a, range(70) r(i)"
-        )
-        stored = first.store.count()
-    finally:
-        first.stop()
-    assert stored == expected * 71
-    for limit_mb, warned in ((memory_need.WORKING_MB, True), (0, False), (4096, False)):
+def test_a_node_warns_when_its_limit_is_below_what_the_events_need(settings, caplog):
+    """The events stored plus those the log still holds for the node: 5,200 need 65 MB."""
+    events = _load(settings, 5_200)
+    fresh = settings.duckdb_path.with_name("fresh.duckdb")
+    starts = [
+        (settings.with_overrides(duckdb_path=fresh, duckdb_memory_limit_mb=64), True),  # replay
+        (settings, False),  # the same log into the test's own file, DuckDB's default limit
+        (settings.with_overrides(duckdb_memory_limit_mb=4096), False),
+        (settings.with_overrides(duckdb_memory_limit_mb=64), True),  # all stored now
+    ]
+    for run_settings, warned in starts:
         caplog.clear()
-        node = QueryNode(settings.with_overrides(duckdb_memory_limit_mb=limit_mb))
+        node = QueryNode(run_settings)
         node.start()
-        node.stop()
+        try:
+            wait_for(lambda n=node: n.readiness()["ready"], timeout=60, what="ready")
+            assert node.store.count() == events
+        finally:
+            node.stop()
         warnings = [r.getMessage() for r in caplog.records if SETTING in r.getMessage()]
-        assert warnings == ([shortfall(limit_mb, stored)] if warned else []), limit_mb
+        limit = run_settings.duckdb_memory_limit_mb
+        assert warnings == ([shortfall(limit, events)] if warned else []), limit
+    assert needed_mb(events) == 65

@@ -67,6 +67,9 @@ from velora.settings import Settings
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 200
+POSITION_TIMEOUT_MS = 5000
+"""Longest wait for the follower's position (kafka-python waits without bound by
+default while it validates a position against a broker that went away)."""
 END_CHECK_INTERVAL_S = 1.0
 """How often the follower confirms its position against the topic's end offset."""
 BACKOFF_S = (0.5, 10.0)
@@ -297,13 +300,18 @@ class ControlState:
                         self._start_end = end
             with map_kafka_errors("control topic poll"):
                 batches = consumer.poll(timeout_ms=poll_ms)
+            # Never call Kafka with the lock held: every authenticated request takes it
+            # on the event loop, and position() waits for the broker when it has to
+            # fetch the position again (a broker that went away: up to its timeout).
+            with map_kafka_errors("control topic position"):
+                position = consumer.position(tp, timeout_ms=POSITION_TIMEOUT_MS)
             with self._cond:
                 for records in batches.values():
                     for rec in records:
                         self._fold.apply(rec.key, rec.value)
                         self._position = max(self._position, rec.offset + 1)
-                with map_kafka_errors("control topic position"):
-                    self._position = max(self._position, consumer.position(tp))
+                if position is not None:  # None: not known within the timeout
+                    self._position = max(self._position, position)
                 if pending is not None and self._position >= pending[1]:
                     self._confirmed_at = pending[0]
                     self._confirmed_wall = pending[2]

@@ -284,3 +284,53 @@ def test_state_older_than_the_staleness_bound_is_refused_then_recovers(settings)
         assert state.readiness()["ready"] is True
     finally:
         state.stop()
+
+
+class StallingPosition:
+    """Fault injection: a real consumer whose ``position()`` waits while ``stall`` is set,
+    as kafka-python's does when it must fetch the position from a broker that went away."""
+
+    def __init__(self, real, stall: threading.Event, inside: threading.Event, go: threading.Event):
+        self._real, self._stall, self._inside, self._go = real, stall, inside, go
+
+    def position(self, tp, timeout_ms=None):
+        if self._stall.is_set():
+            self._inside.set()
+            self._go.wait(60)
+        return self._real.position(tp, timeout_ms=timeout_ms)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_a_stalled_kafka_call_never_holds_up_the_requests_that_read_the_state(settings):
+    """Every authenticated request asks the state on the event loop (serving_problem,
+    api_key); a follower waiting on Kafka must not hold the lock those take."""
+    stall, inside, go = threading.Event(), threading.Event(), threading.Event()
+
+    def factory(s):
+        from ledger.control import _consumer
+
+        consumer, tp = _consumer(s)
+        return StallingPosition(consumer, stall, inside, go), tp
+
+    state = ControlState(settings, consumer_factory=factory)
+    assert state.start(wait_timeout=30)
+    try:
+        stall.set()
+        assert inside.wait(30), "the follower never asked for its position"
+        answers: list[object] = []
+        asking = threading.Thread(
+            target=lambda: answers.extend(
+                [state.serving_problem(), state.api_key("nope"), state.readiness()["caught_up"]]
+            )
+        )
+        asking.start()
+        asking.join(10)
+        answered_while_stalled = not asking.is_alive()  # the follower still waits on Kafka
+        go.set()
+        asking.join(30)
+        assert answered_while_stalled and answers == [None, None, True]
+    finally:
+        go.set()
+        state.stop()

@@ -41,6 +41,15 @@ def duckdb_errors(what: str) -> Iterator[None]:
         raise Unavailable(f"ledger {what} failed: {type(exc).__name__}", retry_after=1) from exc
 
 
+def duckdb_error(exc: BaseException | None) -> duckdb.Error | None:
+    """DuckDB's own error behind ``exc``: ``exc`` itself, or the cause that
+    :func:`duckdb_errors` kept when it translated it; None for any other error."""
+    for err in (exc, None if exc is None else exc.__cause__):
+        if isinstance(err, duckdb.Error):
+            return err
+    return None
+
+
 class SharedConnection:
     """One DuckDB connection used from many threads, each through a cursor of its own."""
 
@@ -90,8 +99,8 @@ class SharedConnection:
             with duckdb_errors("read"):
                 return fn(cur)
         except Unavailable as exc:
-            if isinstance(exc.__cause__, duckdb.FatalException):
-                self.invalidate(f"a read failed: {type(exc.__cause__).__name__}")
+            if isinstance(duckdb_error(exc), duckdb.FatalException):
+                self.invalidate("a read failed: FatalException")
             raise
         finally:
             # A result left half-fetched (fetchone) would make this thread's next query

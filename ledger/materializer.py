@@ -46,6 +46,7 @@ import duckdb
 import pyarrow as pa
 
 from ledger.decode import EventDecoder
+from ledger.duck import duckdb_error
 from ledger.log_reader import LogReader, Poll
 from ledger.memory_need import is_out_of_memory, out_of_memory, shortfall
 from ledger.store import LedgerStore
@@ -215,9 +216,9 @@ class Materializer:
                 self._stop_for_good(exc.message)
                 return
             except Exception as exc:
-                fatal = _fatal_duckdb(exc.cause if isinstance(exc, StageError) else exc)
-                if fatal is not None:  # the database is unusable until the file is reopened
-                    self._stop_for_good(self.store.db.invalidate(self._duckdb_reason(fatal)))
+                err = duckdb_error(exc.cause if isinstance(exc, StageError) else exc)
+                if isinstance(err, duckdb.FatalException):  # unusable until the file is reopened
+                    self._stop_for_good(self.store.db.invalidate(self._duckdb_reason(err)))
                     return
                 self._failed(exc)
 
@@ -229,7 +230,7 @@ class Materializer:
 
     def _duckdb_reason(self, cause: BaseException) -> str:
         """An error of DuckDB's, with what to change when it ran out of memory."""
-        if is_out_of_memory(cause) or is_out_of_memory(cause.__cause__):  # raw or translated
+        if is_out_of_memory(duckdb_error(cause)):  # raised as is, or translated
             return out_of_memory(self.settings.duckdb_memory_limit_mb)
         return _describe(cause)
 
@@ -378,14 +379,6 @@ class Materializer:
                 self.on_batch(sum(b.read for b in batches), stored)
             except Exception as exc:
                 raise StageError("on_batch callback", exc) from exc
-
-
-def _fatal_duckdb(exc: BaseException) -> duckdb.FatalException | None:
-    """DuckDB's fatal error, raised as is or translated (:func:`ledger.duck.duckdb_errors`)."""
-    for err in (exc, exc.__cause__):
-        if isinstance(err, duckdb.FatalException):
-            return err
-    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -46,6 +46,18 @@ tenant. A small batch gives every row of such a tenant to its heads; for a big o
 the commit path reads back the batch's newest ``depth + 1`` rows *per action*: they
 include the newest ``depth + 1`` rows of the tenant, of each action and of each
 prefix, which is what each head needs.
+
+**Id heads.** A page for one actor id, or one target id, is rarer still (one actor
+of 2,000) and is a scan of the tenant's time window in DuckDB. Such a page has a
+head of its own too, scoped to that id (``("@", actor_id)`` or ``("#", target_id)``),
+with the same invariant, kept in a pool of its own (:attr:`TenantHeads.id_capacity`,
+:data:`SCOPES_PER_TENANT` per tenant) so that many ids cannot push the action heads
+out. There are many ids and most are asked for once, so an id head is loaded only
+on the second ask for it within :data:`ADMIT_WINDOW_S` (a one-off page reads DuckDB
+as before rather than a head's ``depth + 1`` rows). A small batch gives its rows to
+these heads as to the others; a big batch (a catch-up's, read back through DuckDB)
+drops the touched tenants' id heads instead, because the per-action read-back need
+not hold an id's newest rows: they load again on the next asks.
 """
 
 from __future__ import annotations
@@ -70,12 +82,20 @@ log = logging.getLogger(__name__)
 DEFAULT_DEPTH = 200
 DEFAULT_TENANTS = 128
 DEFAULT_SCOPES = 128
+DEFAULT_IDS = 128
 SCOPES_PER_TENANT = 16
 """Action heads one tenant may hold: past it, its own oldest is dropped, so one
 tenant cycling through filters cannot push every other tenant's action heads out."""
 Scope = tuple[str, str]
-"""What an action head holds: ``("=", action)``, one action, or ``("^", prefix)``, the
-actions starting with ``prefix`` (never empty: that is the tenant's own head)."""
+"""What a scoped head holds: ``("=", action)``, one action, ``("^", prefix)``, the
+actions starting with ``prefix`` (never empty: that is the tenant's own head),
+``("@", actor_id)``, one actor's events, or ``("#", target_id)``, the events with that
+target among their targets."""
+ID_KINDS = ("@", "#")
+"""The kinds of :data:`Scope` held as id heads (their own pool, loaded on a second ask)."""
+ADMIT_WINDOW_S, ADMIT_KEYS = 600.0, 10_000
+"""An id head is loaded when it is asked for again within 10 minutes of the last ask
+(at most 10,000 asks remembered; past it they are forgotten together)."""
 Position = tuple[int, str]
 """``(occurred_at in epoch microseconds, event_id)``: the list's order, unique per tenant."""
 BACKOFF_FACTOR, BACKOFF_MAX_S, BACKOFF_KEYS = 100.0, 60.0, 10_000
@@ -103,12 +123,18 @@ _NEWEST_OF_BATCH = (
 """Per tenant, the batch's newest rows; per tenant and action for the tenants listed second."""
 
 
-def in_scope(scope: Scope | None, action: str) -> bool:
-    """Whether an event of ``action`` belongs to a head of ``scope`` (None: the tenant's)."""
+def in_scope(scope: Scope | None, row: dict[str, Any]) -> bool:
+    """Whether the event ``row`` belongs to a head of ``scope`` (None: the tenant's)."""
     if scope is None:
         return True
     kind, value = scope
-    return action == value if kind == "=" else action.startswith(value)
+    if kind == "=":
+        return bool(row["action"] == value)
+    if kind == "^":
+        return bool((row["action"] or "").startswith(value))
+    if kind == "@":
+        return bool(row["actor_id"] == value)
+    return any(t["id"] == value for t in row["targets"] or ())
 
 
 class HeadRow:
@@ -192,18 +218,24 @@ class TenantHeads:
         depth: int = DEFAULT_DEPTH,
         capacity: int = DEFAULT_TENANTS,
         scoped_capacity: int = DEFAULT_SCOPES,
+        id_capacity: int = DEFAULT_IDS,
     ) -> None:
-        if depth < 1 or capacity < 1 or scoped_capacity < 0:
+        if depth < 1 or capacity < 1 or scoped_capacity < 0 or id_capacity < 0:
             raise ValueError("a head holds at least one row, for at least one tenant")
         self.depth = depth
         self.capacity = capacity
         self.scoped_capacity = scoped_capacity
         """Action heads held at once, over every tenant (0: none)."""
+        self.id_capacity = id_capacity
+        """Id heads (one actor or one target) held at once, over every tenant (0: none)."""
         self.lock = threading.Lock()
         """Held by the writer from its COMMIT until the heads are updated, and by a load
         to read the change counts and to install its head."""
         self._heads: dict[str, Head] = {}
         self._scoped: dict[tuple[str, Scope], Head] = {}
+        self._ids: dict[tuple[str, Scope], Head] = {}
+        self._asked: dict[tuple[str, Scope], float] = {}
+        """When each id head was last asked for (it loads on a second ask)."""
         self._changes: dict[str, int] = {}
         """Commits that touched each tenant (a load is installed only if unchanged)."""
         self._cleared = 0
@@ -216,7 +248,15 @@ class TenantHeads:
         are immutable)."""
         if scope is None:
             return self._heads.get(tenant_id)
-        return self._scoped.get((tenant_id, scope))
+        return self._pool(scope).get((tenant_id, scope))
+
+    def _pool(self, scope: Scope) -> dict[tuple[str, Scope], Head]:
+        return self._ids if scope[0] in ID_KINDS else self._scoped
+
+    def _capacity(self, scope: Scope | None) -> int:
+        if scope is None:
+            return self.capacity
+        return self.id_capacity if scope[0] in ID_KINDS else self.scoped_capacity
 
     def __len__(self) -> int:
         return len(self._heads)
@@ -225,6 +265,11 @@ class TenantHeads:
     def scoped(self) -> int:
         """How many action heads are held."""
         return len(self._scoped)
+
+    @property
+    def ids(self) -> int:
+        """How many id heads are held."""
+        return len(self._ids)
 
     # -- loading (readers) ------------------------------------------------------------
     def load(
@@ -242,12 +287,14 @@ class TenantHeads:
         waits). Its pages are then still those of a DuckDB read made now (``newest``'s
         rows come from one query), so the caller may cut its page from it; the next
         read loads again. Returns None, reading nothing, when a commit holds the lock
-        as the load begins, for a scope when no action heads are kept, and while the
-        head's last load, overtaken by a commit, backs off (:data:`BACKOFF_FACTOR`).
+        as the load begins, for a scope when no heads of its kind are kept, for an id
+        head on its first ask (:data:`ADMIT_WINDOW_S`), and while the head's last
+        load, overtaken by a commit, backs off (:data:`BACKOFF_FACTOR`).
         """
-        if scope is not None and self.scoped_capacity == 0:
+        capacity = self._capacity(scope)
+        if capacity == 0:
             return None
-        held: dict[Any, Head] = self._heads if scope is None else self._scoped
+        held: dict[Any, Head] = self._heads if scope is None else self._pool(scope)
         key: Any = tenant_id if scope is None else (tenant_id, scope)
         if time.monotonic() < self._backoff.get((tenant_id, scope), 0.0):
             return None
@@ -257,6 +304,8 @@ class TenantHeads:
             head = held.get(key)
             if head is not None:
                 return head
+            if scope is not None and scope[0] in ID_KINDS and not self._admit(key):
+                return None
             before = self._change(tenant_id)
         finally:
             self.lock.release()
@@ -275,7 +324,6 @@ class TenantHeads:
                 return head
             if key in held:
                 return held[key]  # another read loaded it first, from the same state
-            capacity = self.capacity if scope is None else self.scoped_capacity
             if scope is not None:
                 own = [k for k in held if k[0] == tenant_id]
                 if len(own) >= SCOPES_PER_TENANT:
@@ -289,6 +337,16 @@ class TenantHeads:
 
     def _change(self, tenant_id: str) -> tuple[int, int]:
         return self._cleared, self._changes.get(tenant_id, 0)
+
+    def _admit(self, key: tuple[str, Scope]) -> bool:
+        """Whether an id head is asked for the second time within :data:`ADMIT_WINDOW_S`
+        (the caller holds :attr:`lock`)."""
+        now = time.monotonic()
+        last = self._asked.get(key)
+        if len(self._asked) >= ADMIT_KEYS and last is None:
+            self._asked.clear()
+        self._asked[key] = now
+        return last is not None and now - last <= ADMIT_WINDOW_S
 
     def _back_off(self, key: tuple[str, Scope | None], took: float) -> None:
         if len(self._backoff) >= BACKOFF_KEYS:
@@ -306,14 +364,20 @@ class TenantHeads:
             touched = set(_tenants(table))
             self._changed(touched)
             scoped = [key for key in self._scoped if key[0] in touched]
+            ids = [key for key in self._ids if key[0] in touched]
             by_action = sorted({tenant_id for tenant_id, _ in scoped})
-            loaded = sorted({t for t in touched if t in self._heads}.union(by_action))
+            loaded = sorted(
+                {t for t in touched if t in self._heads}.union(by_action, (t for t, _ in ids))
+            )
             if not loaded:
                 return
             ours = table.filter(pc.is_in(table.column("tenant_id"), pa.array(loaded, pa.string())))
             if ours.num_rows <= READ_BACK_PYTHON_ROWS:
                 rows = python_rows(ours)  # all of them: merged() keeps each head's newest
             else:
+                for key in ids:  # the read-back below need not hold an id's newest rows
+                    del self._ids[key]
+                ids = []
                 # depth + 1: a batch deeper than the head leaves a row to set the floor by,
                 # also for a head that held nothing before (a short head has no floor)
                 found = cur.execute(
@@ -336,11 +400,15 @@ class TenantHeads:
                 of_scope = [
                     r
                     for action, of_action in actions[tenant_id].items()
-                    if in_scope(scope, action)
+                    if in_scope(scope, of_action[0].row)  # one action per group
                     for r in of_action
                 ]
                 key = (tenant_id, scope)
                 self._scoped[key] = self._scoped[key].merged(of_scope, self.depth)
+            for key in ids:
+                tenant_id, scope = key
+                of_scope = [r for r in by_tenant.get(tenant_id, ()) if in_scope(scope, r.row)]
+                self._ids[key] = self._ids[key].merged(of_scope, self.depth)
         except Exception:
             log.exception("could not update the tenants' heads after a commit; dropping them all")
             self.clear()
@@ -355,8 +423,9 @@ class TenantHeads:
             self._changed(touched)
             for tenant_id in touched:
                 self._heads.pop(tenant_id, None)
-            for key in [key for key in self._scoped if key[0] in touched]:
-                del self._scoped[key]
+            for pool in (self._scoped, self._ids):
+                for key in [key for key in pool if key[0] in touched]:
+                    del pool[key]
         except Exception:
             log.exception("could not drop the touched tenants' heads; dropping them all")
             self.clear()
@@ -366,6 +435,7 @@ class TenantHeads:
         self._cleared += 1
         self._heads.clear()
         self._scoped.clear()
+        self._ids.clear()
 
     def _changed(self, tenants: Iterable[str]) -> None:
         changes = self._changes

@@ -62,7 +62,10 @@ class QueryNode:
         """Each tenant's newest events in memory, kept by the commit path (:mod:`ledger.head`)."""
         if settings.head_events > 0:
             self.heads = TenantHeads(
-                settings.head_events, settings.head_tenants, settings.head_actions
+                settings.head_events,
+                settings.head_tenants,
+                settings.head_actions,
+                settings.head_ids,
             )
 
     # -- lifecycle --------------------------------------------------------------

@@ -6,7 +6,8 @@ the head's own whenever the page fills up above the floor, or the head holds
 every row (no floor), or the ``since`` bound lies above the floor. Otherwise
 :func:`page` answers None and the caller reads DuckDB. The same holds for an action
 head (:func:`scope`): it holds exactly the tenant's rows of its action or prefix
-above its floor, and every page it is asked for has that filter.
+above its floor, and every page it is asked for has that filter; so does an id head,
+for one actor id or one target id.
 
 :func:`matches` is the Python twin of :func:`query_api.queries.filter_sql`; both
 compare strings by code point (DuckDB's ``VARCHAR`` order and equality, UTF-8
@@ -46,8 +47,15 @@ def page(
 
 
 def scope(f: Filters) -> Scope | None:
-    """The action head that may cut a page of ``f`` when the tenant's head cannot: the
-    filter's action, else its action prefix; None without an action filter."""
+    """The scoped head that may cut a page of ``f`` when the tenant's head cannot: the
+    filter's one actor id, else its one target id, else its action, else its action
+    prefix; None without any of those (or with several ids, as a PHI mode may ask)."""
+    actors = f.actor_ids or (() if f.actor_id is None else (f.actor_id,))
+    if len(actors) == 1:
+        return ("@", actors[0])
+    targets = f.target_ids or (() if f.target_id is None else (f.target_id,))
+    if len(targets) == 1:
+        return ("#", targets[0])
     if f.action is not None:
         return ("=", f.action)
     if f.action_prefix:
@@ -61,6 +69,10 @@ def scope_filters(scope: Scope | None) -> Filters:
     if scope is None:
         return Filters()
     kind, value = scope
+    if kind == "@":
+        return Filters(actor_id=value)
+    if kind == "#":
+        return Filters(target_id=value)
     return Filters(action=value) if kind == "=" else Filters(action_prefix=value)
 
 

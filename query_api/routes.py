@@ -113,8 +113,9 @@ async def _from_head(
     limit: int,
     hints: queries.WindowHints | None,
 ) -> list[HeadRow] | None:
-    """The page's rows from the tenant's head or, for an action filter it cannot cut, from
-    the tenant's head of that action; each loaded on first use. None: read DuckDB."""
+    """The page's rows from the tenant's head or, for a filter it cannot cut, from the
+    tenant's head scoped to the filter's actor, target or action (:func:`head_pages.scope`);
+    each loaded on first use (an id head on its second ask). None: read DuckDB."""
     heads: TenantHeads | None = getattr(reader, "heads", None)
     if heads is None:
         return None

@@ -51,7 +51,12 @@ class Writer:
         if not late:
             self.minute += self.rng.choice((0, 0, 1))  # ties in occurred_at
         minute = self.rng.randrange(max(1, self.minute // 2)) if late else self.minute
-        return sample_record(self.rng, tenant, BASE + timedelta(minutes=minute))
+        record = sample_record(self.rng, tenant, BASE + timedelta(minutes=minute))
+        if self.rng.random() < 0.5:  # a few actors and one target frequent enough to fill id heads
+            record["actor"]["id"] = self.rng.choice(HOT_ACTORS)
+        if record["targets"] and self.rng.random() < 0.4:
+            record["targets"][-1]["id"] = HOT_TARGET
+        return record
 
     def write(self, records: list[dict[str, object]], partition: int = 1) -> None:
         values = [CODEC.encode("AuditEvent", r) for r in records]
@@ -97,11 +102,16 @@ def _filters(rng: random.Random, rows: list[dict]) -> list[Filters]:
     ]
 
 
+HOT_ACTORS = ("user-1", "user-2", "user-3")
+HOT_TARGET = "claim-hot"
 SCOPES: tuple[Scope, ...] = (
     ("=", "claim.viewed"),
     ("^", "claim."),
     ("=", "user.login"),
     ("^", "p"),
+    ("@", "user-1"),
+    ("@", "user-2"),
+    ("#", HOT_TARGET),
 )
 
 
@@ -110,10 +120,24 @@ def _newest_of(store: LedgerStore, tenant: str, scope: Scope | None):
     return lambda n: queries.list_events(cur, tenant, head_pages.scope_filters(scope), None, n)
 
 
+def _load(heads: TenantHeads, store: LedgerStore, tenant: str, scope: Scope | None):
+    """Load a head as a node's reads do: an id head on its second ask (or its first,
+    when it was asked for shortly before)."""
+    head = heads.load(tenant, _newest_of(store, tenant, scope), scope)
+    if head is None and scope is not None and scope[0] in ledger.head.ID_KINDS:
+        head = heads.load(tenant, _newest_of(store, tenant, scope), scope)
+    return head
+
+
 def _scoped(f: Filters, scope: Scope | None) -> Filters:
-    """``f`` with the head's action filter added (every page asked of an action head has it)."""
+    """``f`` with the head's own filter added (every page asked of a scoped head has it)."""
     if scope is None:
         return f
+    kind, value = scope
+    if kind == "@":
+        return replace(f, actor_id=value, actor_ids=())
+    if kind == "#":
+        return replace(f, target_id=value, target_ids=())
     base = head_pages.scope_filters(scope)
     return replace(f, action=base.action or f.action, action_prefix=base.action_prefix)
 
@@ -172,7 +196,7 @@ def read_back(request, monkeypatch) -> str:
 )
 def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back):
     store = LedgerStore(tmp_path / "l.duckdb")
-    heads = store.heads = TenantHeads(DEPTH, capacity=3, scoped_capacity=5)
+    heads = store.heads = TenantHeads(DEPTH, capacity=3, scoped_capacity=5, id_capacity=3)
     rng = random.Random(seed)
     w = Writer(store, seed)
     w.write(w.batch(30))
@@ -183,9 +207,10 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back):
                 assert heads.load(tenant, _newest(store, tenant)) is not None
         for tenant, scope in rng.sample([(t, s) for t in TENANTS for s in SCOPES], 3):
             if heads.get(tenant, scope) is None:
-                assert heads.load(tenant, _newest_of(store, tenant, scope), scope) is not None
+                assert _load(heads, store, tenant, scope) is not None
         assert len(heads) <= 3  # the oldest loaded head is dropped past the capacity
         assert heads.scoped <= 5
+        assert heads.ids <= 3
         kind = step % 5
         if kind == 3:  # a resend of stored events (the dedup path) with new ones
             stored = store.cursor().execute("SELECT event_id, tenant_id FROM audit_events")
@@ -309,6 +334,87 @@ def test_an_action_head_gets_its_rows_from_deep_in_a_batch(tmp_path, read_back):
     assert got is not None and [r.row for r in got] == want
     assert heads.get("tenant-a") is None  # no tenant head was loaded: none is made
     store.close()
+
+
+def test_an_id_head_never_misses_rows_from_deep_in_a_batch(tmp_path, read_back):
+    """A batch whose newest rows, of one action, are all another actor's: a small batch
+    gives the id head its actor's rows from below them; a big one (read back through
+    DuckDB, per action) drops the id head, which then loads again on its next ask."""
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH, id_capacity=2)
+    w = Writer(store, 12)
+    scope: Scope = ("@", "user-9")
+    assert _load(heads, store, "tenant-a", scope) is not None
+    records = []
+    for i in range(3 * DEPTH):
+        record = w.event("tenant-a")
+        w.minute += 1
+        record["action"] = "user.login"
+        record["actor"]["id"] = "user-9" if i < 3 else "user-8"
+        records.append(record)
+    w.write(records)
+    want = queries.list_events(store.cursor(), "tenant-a", Filters(actor_id="user-9"), None, 9)
+    assert len(want) == 3
+    head = heads.get("tenant-a", scope)
+    if read_back == "duckdb":
+        assert head is None and heads.ids == 0
+        head = heads.load("tenant-a", _newest_of(store, "tenant-a", scope), scope)
+        assert head is not None  # asked for shortly before: loads at once
+    assert head is not None and len(head.rows) == 3 and head.floor is None
+    got = head_pages.page(head, Filters(actor_id="user-9"), None, 9)
+    assert got is not None and [r.row for r in got] == want
+    store.close()
+
+
+def test_an_id_head_loads_on_its_second_ask(tmp_path, monkeypatch):
+    """Most ids are asked for once: that ask reads DuckDB's page, not a head's rows; a
+    second ask within the window loads the head; an ask after the window is a first again."""
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH, id_capacity=4)
+    w = Writer(store, 13)
+    w.write(w.batch(20))
+    reads: list[int] = []
+
+    def newest(n: int) -> list[dict]:
+        reads.append(n)
+        return _newest_of(store, "tenant-a", ("#", HOT_TARGET))(n)
+
+    now = [1000.0]
+    monkeypatch.setattr(ledger.head.time, "monotonic", lambda: now[0])
+    actor: Scope = ("@", "user-1")
+    target: Scope = ("#", HOT_TARGET)
+    assert heads.load("tenant-a", newest, actor) is None
+    assert heads.load("tenant-a", newest, target) is None
+    assert reads == [] and heads.ids == 0
+    now[0] += ledger.head.ADMIT_WINDOW_S + 1
+    assert heads.load("tenant-a", newest, actor) is None  # the first ask was too long ago
+    now[0] += 1
+    assert heads.load("tenant-a", newest, actor) is not None
+    assert heads.load("tenant-a", newest, actor) is heads.get("tenant-a", actor)
+    assert reads == [DEPTH + 1] and heads.ids == 1
+    assert heads.scoped == 0  # id heads have their own pool
+    assert TenantHeads(DEPTH, id_capacity=0).load("tenant-a", newest, actor) is None
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("filters", "scope"),
+    [
+        (Filters(actor_id="u1", action="a.b"), ("@", "u1")),
+        (Filters(actor_ids=("t1",), actor_id="raw"), ("@", "t1")),
+        (Filters(actor_ids=("t1", "t2"), target_id="c1"), ("#", "c1")),
+        (Filters(target_id="c1", action_prefix="a."), ("#", "c1")),
+        (Filters(target_ids=("c1", "c2"), action="a.b"), ("=", "a.b")),
+        (Filters(action_prefix="a."), ("^", "a.")),
+        (Filters(outcome="failure"), None),
+    ],
+)
+def test_the_scope_of_a_page_is_its_narrowest_filter(filters, scope):
+    """One actor, else one target, else the action, else the prefix; each head's own filter
+    is what its load reads."""
+    assert head_pages.scope(filters) == scope
+    if scope is not None:
+        assert head_pages.scope(head_pages.scope_filters(scope)) == scope
 
 
 def test_no_action_heads_when_none_are_kept(tmp_path):

@@ -3,13 +3,14 @@
 A real ``velora node`` process materializes events while they are produced (ties
 in ``occurred_at``, and late events older than a head's floor) and is SIGKILLed
 and restarted several times. Meanwhile a reader pages through three tenants'
-first two pages over HTTP, unfiltered and filtered by one action (served from the
-tenants' heads and their action heads once loaded; the heads are kept short, so
-second pages and some filtered pages read DuckDB). Each page is checked against
+first two pages over HTTP, unfiltered, filtered by one action and by one actor
+(served from the tenants' heads, their action heads and their actor heads once
+loaded; the heads are kept short, so second pages and some filtered pages read
+DuckDB). Each page is checked against
 what was acknowledged, bracketed by the node's stored offsets read just before it:
 
 - **no extra row**: every event shown was produced, for that tenant, with that
-  ``occurred_at`` (and that action);
+  ``occurred_at`` (and that action, or that actor);
 - **no reordering**: newest first by ``(occurred_at, event_id)``, no repeats;
 - **no missing row**: every acknowledged event at an offset the node had stored
   before the request, and newer than the page's last row (any, when the page is
@@ -49,7 +50,11 @@ PER_ROUND = 150
 KILLS = 3
 PAGES_PER_LIFE = 30
 ACTION = "claim.viewed"
-"""The action filter read beside the unfiltered pages (one event in five has it)."""
+ACTOR = "user-7"
+"""One action and one actor (each about one event in five) filter pages beside the
+unfiltered ones."""
+FILTERS: tuple[tuple[str, str] | None, ...] = (None, ("action", ACTION), ("actor_id", ACTOR))
+"""What the reader pages through per tenant: ``(query parameter, value)`` or none."""
 HEAD_EVENTS = 30
 """Short heads: a tenant's head cuts its first page only, an action head its first page."""
 """Pages the reader checks against each node process before it is killed (whatever the load)."""
@@ -60,6 +65,11 @@ class Sent:
     tenant: str
     position: tuple[int, str]
     action: str
+    actor: str
+
+    def passes(self, f: tuple[str, str] | None) -> bool:
+        """Whether this event passes the page filter ``f``."""
+        return f is None or f[1] == (self.action if f[0] == "action" else self.actor)
 
 
 class Producer(threading.Thread):
@@ -92,11 +102,15 @@ class Producer(threading.Thread):
                         second += rng.choice((0, 0, 1))  # ties in occurred_at
                         at = start + timedelta(seconds=second)
                     record = sample_record(rng, tenant, at)
+                    if rng.random() < 0.2:
+                        record["actor"]["id"] = ACTOR
                     value = CODEC.encode("AuditEvent", record)
                     event_id = str(record["event_id"])
                     with self.lock:
                         position = (int(record["occurred_at"]), event_id)
-                        self.sent[event_id] = Sent(tenant, position, str(record["action"]))
+                        self.sent[event_id] = Sent(
+                            tenant, position, str(record["action"]), str(record["actor"]["id"])
+                        )
                     future = producer.send(
                         self.settings.audit_topic, key=tenant.encode(), value=value
                     )
@@ -114,17 +128,15 @@ class Producer(threading.Thread):
             self.done.set()
 
     def visible(
-        self, tenant: str, stored: dict[int, int], action: str | None
+        self, tenant: str, stored: dict[int, int], f: tuple[str, str] | None
     ) -> list[tuple[int, str]]:
-        """Positions of ``tenant``'s acknowledged events (of ``action``) below the stored
+        """Positions of ``tenant``'s acknowledged events (passing ``f``) below the stored
         offsets."""
         with self.lock:
             return [
                 self.sent[e].position
                 for (p, o), e in self.at.items()
-                if o < stored.get(p, 0)
-                and self.sent[e].tenant == tenant
-                and action in (None, self.sent[e].action)
+                if o < stored.get(p, 0) and self.sent[e].tenant == tenant and self.sent[e].passes(f)
             ]
 
 
@@ -143,9 +155,9 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for tenant, action in [(t, a) for t in TENANTS for a in (None, ACTION)]:
+            for tenant, f in [(t, f) for t in TENANTS for f in FILTERS]:
                 try:
-                    self._check(tenant, action)
+                    self._check(tenant, f)
                 except httpx.HTTPError:
                     time.sleep(0.05)  # the node is down or restarting
                 except BaseException as exc:  # reported by the test
@@ -156,14 +168,14 @@ class Reader(threading.Thread):
         body = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5).json()
         return {int(p): v["stored"] for p, v in (body.get("partitions") or {}).items()}
 
-    def _check(self, tenant: str, action: str | None) -> None:
+    def _check(self, tenant: str, f: tuple[str, str] | None) -> None:
         before = self._stored()
         cursor = None
         seen: list[tuple[int, str]] = []
         for _ in range(2):
             params = {"limit": str(LIMIT), **({"cursor": cursor} if cursor else {})}
-            if action is not None:
-                params["action"] = action
+            if f is not None:
+                params[f[0]] = f[1]
             r = httpx.get(
                 f"http://127.0.0.1:{self.port}{EVENTS}",
                 params=params,
@@ -174,24 +186,25 @@ class Reader(threading.Thread):
                 self.refused = f"{r.status_code} {r.text[:300]}"
                 return
             body = r.json()
-            page = [self._known(tenant, e, action) for e in body["events"]]
+            page = [self._known(tenant, e, f) for e in body["events"]]
             if any(p is None for p in page):
                 return
             positions = [p for p in page if p is not None]
             if positions != sorted(set(positions), reverse=True):
                 self.failures.append(f"{tenant}: a page out of order or with a repeat")
             upper = seen[-1] if seen else None
-            self._complete(tenant, before, positions, upper, action)
+            self._complete(tenant, before, positions, upper, f)
             seen += positions
             self.pages += 1
             cursor = body["page"]["next_cursor"]
             if cursor is None:
                 return
 
-    def _known(self, tenant: str, event: dict, action: str | None) -> tuple[int, str] | None:
+    def _known(self, tenant: str, event: dict, f: tuple[str, str] | None) -> tuple[int, str] | None:
         occurred = micros(datetime.fromisoformat(event["occurred_at"]))
-        if action is not None and event["action"] != action:
-            self.failures.append(f"{tenant}: an event of another action: {event['event_id']}")
+        shown = event["action"] if f is None or f[0] == "action" else event["actor"]["id"]
+        if f is not None and shown != f[1]:
+            self.failures.append(f"{tenant}: an event that fails {f}: {event['event_id']}")
             return None
         if event["action"] == "audit_log.viewed" and event["source"] == "velora.query_api":
             return (occurred, event["event_id"])  # the node's record of a read
@@ -202,6 +215,7 @@ class Reader(threading.Thread):
             or sent.tenant != tenant
             or sent.position[0] != occurred
             or sent.action != event["action"]
+            or sent.actor != event["actor"]["id"]
         ):
             self.failures.append(
                 f"{tenant}: an event that was not produced: {event['event_id']} "
@@ -210,11 +224,11 @@ class Reader(threading.Thread):
             return None
         return sent.position
 
-    def _complete(self, tenant, before, positions, upper, action) -> None:
+    def _complete(self, tenant, before, positions, upper, f) -> None:
         """Every stored acknowledged event between the cursor and the page's end is shown."""
         lowest = positions[-1] if len(positions) == LIMIT else None
         shown = set(positions)
-        for position in self.producer.visible(tenant, before, action):
+        for position in self.producer.visible(tenant, before, f):
             if upper is not None and position >= upper:
                 continue
             if lowest is not None and position < lowest:
@@ -261,24 +275,26 @@ def test_first_pages_stay_exact_through_ingest_reads_and_sigkill(settings, tmp_p
         reader.join(30)
         assert not reader.failures, reader.failures[:5]
         served = {}
-        for tenant, action in [(t, a) for t in TENANTS for a in (None, ACTION)]:
+        for tenant, f in [(t, f) for t in TENANTS for f in FILTERS]:
             r = httpx.get(
                 f"http://127.0.0.1:{node.port}{EVENTS}",
-                params={"limit": "100", **({"action": action} if action else {})},
+                params={"limit": "100", **(dict([f]) if f else {})},
                 headers={"Authorization": f"Bearer {tokens[tenant]}"},
                 timeout=10,
             )
             assert r.status_code == 200, r.text
-            served[tenant, action] = [e["event_id"] for e in r.json()["events"]]
+            served[tenant, f] = [e["event_id"] for e in r.json()["events"]]
     finally:
         reader.stop.set()
         code = node.terminate()
     assert code == 0, node.tail()
     store = LedgerStore(settings.duckdb_path)
     try:
-        for tenant, action in served:
-            rows = queries.list_events(store.cursor(), tenant, Filters(action=action), None, 100)
-            assert served[tenant, action] == [r["event_id"] for r in rows], (tenant, action)
+        for tenant, f in served:
+            rows = queries.list_events(
+                store.cursor(), tenant, Filters(**dict([f] if f else [])), None, 100
+            )
+            assert served[tenant, f] == [r["event_id"] for r in rows], (tenant, f)
         produced = store.cursor().execute(
             "SELECT count(*) FROM audit_events WHERE source <> 'velora.query_api'"
         )

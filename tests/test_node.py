@@ -150,6 +150,7 @@ def node_env(settings) -> dict[str, str]:
         VELORA_LOG_LEVEL="INFO",
         VELORA_HEAD_EVENTS=str(settings.head_events),
         VELORA_HEAD_ACTIONS=str(settings.head_actions),
+        VELORA_HEAD_IDS=str(settings.head_ids),
     )
     return env
 

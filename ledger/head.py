@@ -84,8 +84,9 @@ DEFAULT_TENANTS = 128
 DEFAULT_SCOPES = 128
 DEFAULT_IDS = 128
 SCOPES_PER_TENANT = 16
-"""Action heads one tenant may hold: past it, its own oldest is dropped, so one
-tenant cycling through filters cannot push every other tenant's action heads out."""
+"""Action heads, and id heads, one tenant may hold: past it, its own oldest of that
+kind is dropped, so one tenant cycling through filters cannot push every other
+tenant's heads out."""
 Scope = tuple[str, str]
 """What a scoped head holds: ``("=", action)``, one action, ``("^", prefix)``, the
 actions starting with ``prefix`` (never empty: that is the tenant's own head),
@@ -378,6 +379,9 @@ class TenantHeads:
                 for key in ids:  # the read-back below need not hold an id's newest rows
                     del self._ids[key]
                 ids = []
+                loaded = sorted({t for t in touched if t in self._heads}.union(by_action))
+                if not loaded:
+                    return
                 # depth + 1: a batch deeper than the head leaves a row to set the floor by,
                 # also for a head that held nothing before (a short head has no floor)
                 found = cur.execute(

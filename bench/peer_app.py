@@ -7,8 +7,9 @@ with uvicorn's defaults, Bearer keys looked up in a dict, the same route
 (``{"events": [...], "page": {"next_cursor", "limit"}}`` plus a ``Link`` header),
 so the same client drives both and :func:`bench.query.check_identical` can compare
 the events they return. It takes the parameters the benchmark's scenarios use:
-``limit``, ``until``, ``cursor``, ``action`` (exact, or a prefix ending in ``.*``)
-and ``actor_id``; anything else is a 400. It does not audit reads (the node does,
+``limit``, ``until``, ``cursor``, ``action`` (exact, or a prefix ending in ``.*``),
+``actor_id`` and ``target_id`` (``targets @> [{"id": ...}]``, through a GIN index);
+anything else is a 400. It does not audit reads (the node does,
 and waits for each read-audit record's Kafka acknowledgement before answering).
 Its cursor is unsigned (``occurred_us:event_id`` in base64): bench-only code.
 """
@@ -38,7 +39,7 @@ _COLUMNS = (
     "actor_id, actor_name, actor_email, actor_ip, actor_user_agent, targets, outcome_result, "
     "outcome_reason, request_id, source, metadata, schema_version"
 )
-_KNOWN = {"limit", "until", "cursor", "action", "actor_id"}
+_KNOWN = {"limit", "until", "cursor", "action", "actor_id", "target_id"}
 
 
 def _error(status: int, kind: str, message: str) -> JSONResponse:
@@ -113,6 +114,9 @@ def peer_app(dsn: str, tokens: dict[str, str]) -> Starlette:
             if "actor_id" in q:
                 where.append(f"actor_id = ${len(params) + 1}")
                 params.append(q["actor_id"])
+            if "target_id" in q:
+                where.append(f"targets @> ${len(params) + 1}::jsonb")
+                params.append([{"id": q["target_id"]}])  # the jsonb codec encodes it
             if "until" in q:
                 where.append(f"occurred_at < ${len(params) + 1}")
                 params.append(datetime.fromisoformat(q["until"]))

@@ -62,6 +62,7 @@ PEER_INDEXES = (
     "CREATE INDEX ae_tenant_time ON audit_events (tenant_id, occurred_at DESC, event_id DESC)",
     "CREATE INDEX ae_tenant_actor ON audit_events (tenant_id, actor_id, occurred_at DESC)",
     "CREATE INDEX ae_tenant_action ON audit_events (tenant_id, action, occurred_at DESC)",
+    "CREATE INDEX ae_targets ON audit_events USING gin (targets jsonb_path_ops)",
 )
 _EXPORT = """
 COPY (SELECT event_id, tenant_id, occurred_at, received_at, action, crud, category,

@@ -34,8 +34,11 @@ figures, the node / peer ratio of the maximum rates and the load average before 
 (limit 50): the first page of the biggest and of the smallest tenant; a deep page
 by cursor (20 days back); filtered by exact action, action prefix and one actor
 (cycling over 8 actors, so each is asked for again and served from its id head
-after its second page), and one actor with every request asking for another actor
-of the 1,900 (each asked once: DuckDB's page, as a one-off lookup gets).
+after its second page), one actor with every request asking for another actor of
+the 1,900 (each asked once: DuckDB's page, as a one-off lookup gets), and one
+target id (cycling over 8 targets of the page 20 days back; a target has a few
+events in 30 days, so a first ask scans the tenant's whole history, which
+``python -m bench.rare_filters`` times; the peer has a GIN index on ``targets``).
 Floor: at 10M events, p99 < 100 ms for the first page of 50 (open loop).
 """
 
@@ -367,7 +370,15 @@ def scenarios(url: str, token: str, small_token: str, end: datetime) -> dict[str
             token, [f"{base}?limit=50&actor_id=usr_{k:04d}" for k in range(40, 48)]),
         "filter actor_id, each asked once": (
             token, [f"{base}?limit=50&actor_id=usr_{k:04d}" for k in range(100, 2000)]),
+        "filter target_id (8 targets, asked again)": (
+            token, [f"{base}?limit=50&target_id={t}" for t in _targets(first["events"], 8)]),
     }  # fmt: skip
+
+
+def _targets(events: list[dict[str, Any]], n: int) -> list[str]:
+    """The first ``n`` distinct target ids of ``events`` (a few events each, over 30 days)."""
+    ids = dict.fromkeys(t["id"] for e in events for t in e["targets"])
+    return list(ids)[:n]
 
 
 def _get(url: str, token: str, path: str) -> dict[str, Any]:

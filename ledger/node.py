@@ -160,6 +160,8 @@ class QueryNode:
             out["webhook_attempts"] = self.attempts.status()
         if self.target_keeper is not None:
             out["target_sets"] = self.target_keeper.status()
+        if self.heads is not None:
+            out["heads"] = self.heads.status()
         if s.held:
             out["held"] = {
                 str(p): {"offset": o, "fingerprint": fp} for p, (o, fp) in sorted(s.held.items())

@@ -239,6 +239,13 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back):
         else:
             w.write(w.batch(rng.randrange(1, 25), late=rng.randrange(4)))
         answered += check_agree(store, heads, rng)
+        held = [heads.get(t, s) for t in TENANTS for s in (None, *SCOPES)]
+        assert heads.status() == {
+            "tenants": len(heads),
+            "actions": heads.scoped,
+            "ids": heads.ids,
+            "events": sum(len(h.rows) for h in held if h is not None),
+        }
     assert answered > 200  # the heads did answer pages, not only fall back
     store.close()
 

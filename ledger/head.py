@@ -62,19 +62,17 @@ not hold an id's newest rows: they load again on the next asks.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import duckdb
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ledger.head_rows import Head, HeadRow, python_rows
 from ledger.tables import EVENT_COLUMN_NAMES, EVENT_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -97,8 +95,11 @@ ID_KINDS = ("@", "#")
 ADMIT_WINDOW_S, ADMIT_KEYS = 600.0, 10_000
 """An id head is loaded when it is asked for again within 10 minutes of the last ask
 (at most 10,000 asks remembered; past it they are forgotten together)."""
-Position = tuple[int, str]
-"""``(occurred_at in epoch microseconds, event_id)``: the list's order, unique per tenant."""
+ID_HOT_S = 60.0
+"""An id head used within the last minute is not dropped to make room for another:
+when the room it would take (its tenant's 16, or the pool) is all that busy, the new
+id's page reads DuckDB instead of loading. Otherwise the least recently used goes. So
+a client cycling over more ids than fit does not pay a head's load on every page."""
 BACKOFF_FACTOR, BACKOFF_MAX_S, BACKOFF_KEYS = 100.0, 60.0, 10_000
 """A load a commit overtook costs its read (the page is cut from it, so not a second
 query), but a head whose load always takes longer than the gap between its tenant's
@@ -106,8 +107,6 @@ commits (a rare action's, while the tenant is written) would pay its read of
 ``depth + 1`` rows on every page. So its loads pause for 100 times the load's time
 (at most 60 s; at most 10,000 heads remembered): at most 1% of the time in
 overtaken loads, and the list query's own page in between."""
-INSERT_MAX = 64
-"""Late rows a merge inserts one by one into a head's ordered rows; past it, it sorts."""
 READ_BACK_PYTHON_ROWS = 2_000
 """A committed batch with at most this many rows of the tenants whose heads it touches
 is turned into head rows from its Arrow columns (:func:`python_rows`: 4.7 ms for 500
@@ -138,79 +137,6 @@ def in_scope(scope: Scope | None, row: dict[str, Any]) -> bool:
     return any(t["id"] == value for t in row["targets"] or ())
 
 
-class HeadRow:
-    """One event of a head: the row as the API reads it, and its rendering, made once."""
-
-    __slots__ = ("_text", "action", "position", "row")
-
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.row = row
-        self.position: Position = (row["occurred_us"], row["event_id"])
-        self.action: str = row["action"]
-        self._text: str | None = None
-
-    def text(self, render: Callable[[dict[str, Any]], Any]) -> str:
-        """``orjson.dumps(render(row))`` as text, computed on first use (no PHI revealed:
-        callers pass the renderer of stored values only)."""
-        text = self._text
-        if text is None:
-            text = self._text = orjson.dumps(render(self.row)).decode()
-        return text
-
-
-@dataclass(frozen=True, slots=True)
-class Head:
-    """A tenant's committed rows above :attr:`floor`, oldest first."""
-
-    rows: tuple[HeadRow, ...]
-    positions: tuple[Position, ...]
-    floor: Position | None
-    """The newest position not held; None: every row of the tenant is held."""
-
-    @classmethod
-    def of(cls, rows: Sequence[HeadRow], floor: Position | None) -> Head:
-        """A head of ``rows`` (oldest first)."""
-        return cls(tuple(rows), tuple(r.position for r in rows), floor)
-
-    def below(self, position: Position | None) -> int:
-        """How many held rows lie strictly below ``position`` (all of them for None)."""
-        if position is None:
-            return len(self.rows)
-        return bisect.bisect_left(self.positions, position)
-
-    def merged(self, new: Iterable[HeadRow], depth: int) -> Head:
-        """This head with ``new`` rows (never held before) added, cut to ``depth``.
-
-        The held rows are already in order: new rows newer than all of them (the
-        usual commit) are appended, a few late ones inserted by bisection, and only
-        many late ones sort everything again."""
-        floor = self.floor
-        fresh = sorted((r for r in new if floor is None or r.position > floor), key=_position)
-        if not fresh:
-            return self
-        rows, positions = list(self.rows), list(self.positions)
-        if not positions or fresh[0].position > positions[-1]:
-            rows += fresh
-            positions += [r.position for r in fresh]
-        elif len(fresh) <= INSERT_MAX:
-            for r in fresh:
-                at = bisect.bisect_left(positions, r.position)
-                positions.insert(at, r.position)
-                rows.insert(at, r)
-        else:
-            rows = sorted(rows + fresh, key=_position)
-            positions = [r.position for r in rows]
-        if len(rows) > depth:
-            cut = len(rows) - depth
-            floor = positions[cut - 1]
-            rows, positions = rows[cut:], positions[cut:]
-        return Head(tuple(rows), tuple(positions), floor)
-
-
-def _position(row: HeadRow) -> Position:
-    return row.position
-
-
 class TenantHeads:
     """The heads of a node's tenants (see the module docstring)."""
 
@@ -237,6 +163,8 @@ class TenantHeads:
         self._ids: dict[tuple[str, Scope], Head] = {}
         self._asked: dict[tuple[str, Scope], float] = {}
         """When each id head was last asked for (it loads on a second ask)."""
+        self._used: dict[tuple[str, Scope], float] = {}
+        """When each held id head was last used (the least recently used is dropped)."""
         self._changes: dict[str, int] = {}
         """Commits that touched each tenant (a load is installed only if unchanged)."""
         self._cleared = 0
@@ -249,7 +177,12 @@ class TenantHeads:
         are immutable)."""
         if scope is None:
             return self._heads.get(tenant_id)
-        return self._pool(scope).get((tenant_id, scope))
+        if scope[0] in ID_KINDS:
+            head = self._ids.get((tenant_id, scope))
+            if head is not None:
+                self._used[(tenant_id, scope)] = time.monotonic()
+            return head
+        return self._scoped.get((tenant_id, scope))
 
     def _pool(self, scope: Scope) -> dict[tuple[str, Scope], Head]:
         return self._ids if scope[0] in ID_KINDS else self._scoped
@@ -300,8 +233,9 @@ class TenantHeads:
         rows come from one query), so the caller may cut its page from it; the next
         read loads again. Returns None, reading nothing, when a commit holds the lock
         as the load begins, for a scope when no heads of its kind are kept, for an id
-        head on its first ask (:data:`ADMIT_WINDOW_S`), and while the head's last
-        load, overtaken by a commit, backs off (:data:`BACKOFF_FACTOR`).
+        head on its first ask (:data:`ADMIT_WINDOW_S`) or when the id heads it would
+        replace are all in use (:data:`ID_HOT_S`), and while the head's last load,
+        overtaken by a commit, backs off (:data:`BACKOFF_FACTOR`).
         """
         capacity = self._capacity(scope)
         if capacity == 0:
@@ -316,8 +250,12 @@ class TenantHeads:
             head = held.get(key)
             if head is not None:
                 return head
-            if scope is not None and scope[0] in ID_KINDS and not self._admit(key):
-                return None
+            if scope is not None and scope[0] in ID_KINDS:
+                if not self._admit(key):
+                    return None
+                victim = self._id_victim(tenant_id)
+                if victim is not None and time.monotonic() - self._used.get(victim, 0.0) < ID_HOT_S:
+                    return None
             before = self._change(tenant_id)
         finally:
             self.lock.release()
@@ -336,7 +274,11 @@ class TenantHeads:
                 return head
             if key in held:
                 return held[key]  # another read loaded it first, from the same state
-            if scope is not None:
+            if scope is not None and scope[0] in ID_KINDS:
+                while (victim := self._id_victim(tenant_id)) is not None:
+                    self._drop_id(victim)
+                self._used[key] = time.monotonic()
+            elif scope is not None:
                 own = [k for k in held if k[0] == tenant_id]
                 if len(own) >= SCOPES_PER_TENANT:
                     del held[own[0]]
@@ -349,6 +291,26 @@ class TenantHeads:
 
     def _change(self, tenant_id: str) -> tuple[int, int]:
         return self._cleared, self._changes.get(tenant_id, 0)
+
+    def _id_victim(self, tenant_id: str) -> tuple[str, Scope] | None:
+        """The id head to drop before another of ``tenant_id`` is added: the least
+        recently used of the tenant's own when it holds its 16, else of the pool when it
+        is full; None when there is room (the caller holds :attr:`lock`)."""
+        own = [k for k in self._ids if k[0] == tenant_id]
+        if len(own) >= SCOPES_PER_TENANT:
+            room = own
+        elif len(self._ids) >= self.id_capacity:
+            room = list(self._ids)
+        else:
+            return None
+        return min(room, key=lambda k: self._used.get(k, 0.0))
+
+    def _drop_id(self, key: tuple[str, Scope]) -> None:
+        del self._ids[key]
+        self._used.pop(key, None)
+        if len(self._used) > 2 * len(self._ids) + SCOPES_PER_TENANT:
+            # a read may mark a head used just as it is dropped: forget such marks
+            self._used = {k: self._used.get(k, 0.0) for k in self._ids}
 
     def _admit(self, key: tuple[str, Scope]) -> bool:
         """Whether an id head is asked for the second time within :data:`ADMIT_WINDOW_S`
@@ -388,7 +350,7 @@ class TenantHeads:
                 rows = python_rows(ours)  # all of them: merged() keeps each head's newest
             else:
                 for key in ids:  # the read-back below need not hold an id's newest rows
-                    del self._ids[key]
+                    self._drop_id(key)
                 ids = []
                 loaded = sorted({t for t in touched if t in self._heads}.union(by_action))
                 if not loaded:
@@ -438,9 +400,10 @@ class TenantHeads:
             self._changed(touched)
             for tenant_id in touched:
                 self._heads.pop(tenant_id, None)
-            for pool in (self._scoped, self._ids):
-                for key in [key for key in pool if key[0] in touched]:
-                    del pool[key]
+            for key in [key for key in self._scoped if key[0] in touched]:
+                del self._scoped[key]
+            for key in [key for key in self._ids if key[0] in touched]:
+                self._drop_id(key)
         except Exception:
             log.exception("could not drop the touched tenants' heads; dropping them all")
             self.clear()
@@ -451,29 +414,12 @@ class TenantHeads:
         self._heads.clear()
         self._scoped.clear()
         self._ids.clear()
+        self._used.clear()
 
     def _changed(self, tenants: Iterable[str]) -> None:
         changes = self._changes
         for tenant_id in tenants:
             changes[tenant_id] = changes.get(tenant_id, 0) + 1
-
-
-def python_rows(table: pa.Table) -> list[dict[str, Any]]:
-    """The rows of a batch of ``audit_events``' shape as :data:`EVENT_COLUMN_NAMES` dicts,
-    equal to what DuckDB returns for ``SELECT EVENT_COLUMNS`` over them (``tests/
-    test_head.py`` compares heads made this way with DuckDB's rows): times as epoch
-    microseconds, ``targets`` a list of dicts, ``metadata`` a dict."""
-    columns: list[list[Any]] = []
-    for name in EVENT_COLUMN_NAMES:
-        if name in ("occurred_us", "received_us"):
-            at = table.column(name.replace("_us", "_at"))
-            columns.append(at.cast(pa.int64()).to_pylist())
-        elif name == "metadata":
-            columns.append([dict(pairs) for pairs in table.column(name).to_pylist()])
-        else:
-            columns.append(table.column(name).to_pylist())
-    names = EVENT_COLUMN_NAMES
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 def _tenants(table: pa.Table) -> list[str]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger.head import Head, HeadRow, Position, Scope
+from ledger.head import Scope
+from ledger.head_rows import Head, HeadRow, Position
 from query_api.cursor import Position as CursorPosition
 from query_api.filters import Filters
 from schemas.times import micros

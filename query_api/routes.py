@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ledger.head import HeadRow, TenantHeads
+from ledger.head import TenantHeads
+from ledger.head_rows import HeadRow
 from query_api import cursor, head_pages, queries
 from query_api.auth import require_scope
 from query_api.db import LedgerReader

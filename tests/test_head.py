@@ -21,6 +21,7 @@ import pyarrow as pa
 import pytest
 
 import ledger.head
+import ledger.head_rows
 from ledger.decode import EventDecoder
 from ledger.head import SCOPES_PER_TENANT, Scope, TenantHeads
 from ledger.store import LedgerStore
@@ -194,7 +195,8 @@ def read_back(request, monkeypatch) -> str:
 @pytest.mark.parametrize(
     ("seed", "read_back"), [(1, "python"), (2, "duckdb")], indirect=["read_back"]
 )
-def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back):
+def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back, monkeypatch):
+    monkeypatch.setattr(ledger.head, "ID_HOT_S", 0.0)  # id heads churn through a pool of 3
     store = LedgerStore(tmp_path / "l.duckdb")
     heads = store.heads = TenantHeads(DEPTH, capacity=3, scoped_capacity=5, id_capacity=3)
     rng = random.Random(seed)
@@ -250,7 +252,9 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back):
     store.close()
 
 
-@pytest.mark.parametrize("late", [0, 3, ledger.head.INSERT_MAX, ledger.head.INSERT_MAX + 1, 300])
+@pytest.mark.parametrize(
+    "late", [0, 3, ledger.head_rows.INSERT_MAX, ledger.head_rows.INSERT_MAX + 1, 300]
+)
 def test_a_merge_equals_sorting_every_row_and_cutting(late):
     # merged() appends new rows, inserts a few late ones or sorts many: each way must
     # give the newest rows of everything held and added, and the floor just below them.
@@ -261,10 +265,12 @@ def test_a_merge_equals_sorting_every_row_and_cutting(late):
     older = [p for p in older if p not in held]  # late: among or below the held rows
 
     def rows(ps):
-        return [ledger.head.HeadRow({"occurred_us": p, "event_id": "e", "action": "a"}) for p in ps]
+        return [
+            ledger.head_rows.HeadRow({"occurred_us": p, "event_id": "e", "action": "a"}) for p in ps
+        ]
 
     for floor in (None, (held[0] - 1, "e")):
-        head = ledger.head.Head.of(rows(held), floor)
+        head = ledger.head_rows.Head.of(rows(held), floor)
         for depth in (150, 250, 700):
             new = rows(rng.sample(newer, 5) + older)
             got = head.merged(new, depth)
@@ -402,6 +408,37 @@ def test_an_id_head_loads_on_its_second_ask(tmp_path, monkeypatch):
     assert heads.scoped == 0  # id heads have their own pool
     assert TenantHeads(DEPTH, id_capacity=0).load("tenant-a", newest, actor) is None
     store.close()
+
+
+def test_id_heads_in_use_are_not_dropped_for_another(tmp_path, monkeypatch):
+    """A client cycling over more ids than fit would pay a head's load on every page:
+    while every id head that a new one would replace was used within ID_HOT_S, the new
+    id reads nothing (its page comes from DuckDB); after that the least recently used
+    head makes room."""
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH, id_capacity=2)
+    w = Writer(store, 14)
+    w.write(w.batch(30))
+    now = [1000.0]
+    monkeypatch.setattr(ledger.head.time, "monotonic", lambda: now[0])
+    a, b, c = ("@", "user-1"), ("@", "user-2"), ("#", HOT_TARGET)
+    for scope in (a, b):
+        assert _load(heads, store, "tenant-a", scope) is not None
+    assert heads.load("tenant-a", _unread, c) is None  # its first ask
+    now[0] += 1
+    assert heads.load("tenant-a", _unread, c) is None  # asked again, but a and b are in use
+    assert heads.ids == 2
+    now[0] += ledger.head.ID_HOT_S / 2
+    assert heads.get("tenant-a", a) is not None  # a is used again; b is not
+    now[0] += ledger.head.ID_HOT_S / 2 + 1
+    assert heads.load("tenant-a", _newest_of(store, "tenant-a", c), c) is not None
+    assert heads.get("tenant-a", b) is None  # the least recently used made room
+    assert heads.get("tenant-a", a) is not None and heads.get("tenant-a", c) is not None
+    store.close()
+
+
+def _unread(n: int) -> list[dict]:
+    raise AssertionError("this ask must read nothing")
 
 
 @pytest.mark.parametrize(

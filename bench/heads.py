@@ -3,11 +3,12 @@
 ``python -m bench.heads [--rows 500] [--batches 30]`` writes a ledger of 100,000
 events over 20 tenants in a temp folder through :class:`ledger.store.LedgerStore`
 (as the materializer does), then times ``write_batch`` of ``--rows``-row batches
-(the fast path: insert, offsets, commit, heads) in three set-ups, ``--batches`` each:
+(the fast path: insert, offsets, commit, heads) in four set-ups, ``--batches`` each:
 
 - **no heads** (a node with ``VELORA_HEAD_EVENTS=0``);
 - **20 tenants' heads**, every tenant of the batch loaded;
-- **20 tenants' heads + 80 action heads**, three actions and one prefix per tenant.
+- **20 tenants' heads + 80 action heads**, three actions and one prefix per tenant;
+- **... + 120 id heads**, six actors per tenant as well.
 
 Median and max per batch; the difference to "no heads" is what applying a commit
 to the heads costs the writer, and the median CPU time in ``TenantHeads.committed``
@@ -49,6 +50,8 @@ SCOPES: tuple[Scope, ...] = (
     ("=", "patient.searched"),
     ("^", "claim."),
 )
+ACTORS = tuple(f"user-{k}" for k in range(6))
+"""Actors with id heads, per tenant (of the factory's 500)."""
 STORED = 100_000
 TOPIC = "bench.heads"
 
@@ -74,12 +77,15 @@ class Batches:
         return EventDecoder(CODEC).decode(values, np.zeros(rows, np.int32), offsets).table
 
 
-def _heads(store: LedgerStore, scoped: bool) -> TenantHeads:
-    heads = TenantHeads(scoped_capacity=len(TENANTS) * len(SCOPES))
+def _heads(store: LedgerStore, scoped: bool, ids: bool = False) -> TenantHeads:
+    heads = TenantHeads(
+        scoped_capacity=len(TENANTS) * len(SCOPES), id_capacity=len(TENANTS) * len(ACTORS)
+    )
     cur = store.cursor()
     for tenant in TENANTS:
         heads.load(tenant, lambda n, t=tenant: queries.list_events(cur, t, Filters(), None, n))
-        for scope in SCOPES if scoped else ():
+        id_scopes: list[Scope] = [("@", actor) for actor in ACTORS] if ids else []
+        for scope in [*(SCOPES if scoped else ()), *id_scopes, *id_scopes]:  # ids: 2nd ask
             f = scope_filters(scope)
             heads.load(
                 tenant, lambda n, t=tenant, f=f: queries.list_events(cur, t, f, None, n), scope
@@ -124,15 +130,18 @@ def run(rows: int, batches: int, stored: int = STORED, directory: Path = RESULTS
                 ("no heads", None),
                 ("20 tenants' heads", lambda: _heads(store, scoped=False)),
                 ("20 tenants' heads + 80 action heads", lambda: _heads(store, scoped=True)),
+                ("... + 120 id heads", lambda: _heads(store, scoped=True, ids=True)),
             ):
                 store.heads = None if heads is None else heads()
                 results_heads = 0 if store.heads is None else store.heads.scoped
+                id_heads = 0 if store.heads is None else store.heads.ids
                 made = [source.next(rows) for _ in range(batches)]
                 took, applying = _timed(store, made, source)
                 results[label] = {
                     "p50_ms": statistics.median(took),
                     "max_ms": max(took),
                     "action_heads": results_heads,
+                    "id_heads": id_heads,
                     "committed_cpu_p50_ms": statistics.median(applying) if applying else 0.0,
                 }
         finally:

@@ -13,15 +13,18 @@ def test_the_heads_benchmark_times_each_set_up(tmp_path):
         "no heads",
         "20 tenants' heads",
         "20 tenants' heads + 80 action heads",
+        "... + 120 id heads",
     ]
     assert all(r.value > 0 for r in rows)
     saved = json.loads((tmp_path / "heads.json").read_text())["40 rows"]
-    assert {name: v["action_heads"] for name, v in saved.items()} == {
-        "no heads": 0,
-        "20 tenants' heads": 0,
-        "20 tenants' heads + 80 action heads": 80,
+    assert {name: (v["action_heads"], v["id_heads"]) for name, v in saved.items()} == {
+        "no heads": (0, 0),
+        "20 tenants' heads": (0, 0),
+        "20 tenants' heads + 80 action heads": (80, 0),
+        "... + 120 id heads": (80, 120),
     }
     # the heads' own share is timed where there are heads, and only there
     assert saved["no heads"]["committed_cpu_p50_ms"] == 0.0
     assert saved["20 tenants' heads"]["committed_cpu_p50_ms"] > 0
     assert saved["20 tenants' heads + 80 action heads"]["committed_cpu_p50_ms"] > 0
+    assert saved["... + 120 id heads"]["committed_cpu_p50_ms"] > 0

@@ -54,7 +54,10 @@ with the same invariant, kept in a pool of its own (:attr:`TenantHeads.id_capaci
 :data:`SCOPES_PER_TENANT` per tenant) so that many ids cannot push the action heads
 out. There are many ids and most are asked for once, so an id head is loaded only
 on the second ask for it within :data:`ADMIT_WINDOW_S` (a one-off page reads DuckDB
-as before rather than a head's ``depth + 1`` rows). A small batch gives its rows to
+as before rather than a head's ``depth + 1`` rows), and the least recently used id
+head makes room for it, never one used within :data:`ID_HOT_S` (then the new id's
+pages read DuckDB, so cycling over more ids than fit never reloads a head on every
+page). A small batch gives its rows to
 these heads as to the others; a big batch (a catch-up's, read back through DuckDB)
 drops the touched tenants' id heads instead, because the per-action read-back need
 not hold an id's newest rows: they load again on the next asks.
@@ -82,8 +85,9 @@ DEFAULT_TENANTS = 128
 DEFAULT_SCOPES = 128
 DEFAULT_IDS = 128
 SCOPES_PER_TENANT = 16
-"""Action heads, and id heads, one tenant may hold: past it, its own oldest of that
-kind is dropped, so one tenant cycling through filters cannot push every other
+"""Action heads, and id heads, one tenant may hold: past it, one of its own of that
+kind makes room (its oldest action head; its least recently used id head, see
+:data:`ID_HOT_S`), so one tenant cycling through filters cannot push every other
 tenant's heads out."""
 Scope = tuple[str, str]
 """What a scoped head holds: ``("=", action)``, one action, ``("^", prefix)``, the

@@ -106,10 +106,10 @@ class EventDecoder:
         if self._plan is not None and None not in values:
             try:
                 events = decode_batch(self._plan, values, self._header)  # type: ignore[arg-type]
-                return Decoded(_ledger_table(events, partitions, offsets))
+                return _canonical_ids(Decoded(_ledger_table(events, partitions, offsets)))
             except Corrupt:
                 log.info("batch of %d needs the per-record decoder", n)
-        return self._slow(values, partitions, offsets)
+        return _canonical_ids(self._slow(values, partitions, offsets))
 
     def decode_runs(self, runs: Sequence[tuple[int, RecordRun]]) -> Decoded:
         """Decode record runs (partition, run) in order, straight from the batch buffers."""
@@ -132,11 +132,11 @@ class EventDecoder:
                 events = decode_spans(
                     self._plan, buf, value_starts, np.concatenate(ends), self._header
                 )
-                return Decoded(_ledger_table(events, partitions, offsets))
+                return _canonical_ids(Decoded(_ledger_table(events, partitions, offsets)))
             except Corrupt:
                 log.info("%d records need the per-record decoder", len(offsets))
         values = [v for _, run in runs for v in run.values()]
-        return self._slow(values, partitions, offsets)
+        return _canonical_ids(self._slow(values, partitions, offsets))
 
     def _slow(
         self, values: Sequence[bytes | None], partitions: np.ndarray, offsets: np.ndarray
@@ -167,6 +167,36 @@ class EventDecoder:
         idx = np.asarray(keep, dtype=np.int64)
         out.table = _ledger_table(struct, partitions[idx], offsets[idx])
         return out
+
+
+CANONICAL_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+"""What ingest accepts as an ``event_id``: a UUID in canonical lowercase text form."""
+
+
+def _canonical_ids(out: Decoded) -> Decoded:
+    """Quarantine the rows whose ``event_id`` is not a canonical UUID (~0.1 us a row).
+
+    Ingest never writes one, but the log may hold another writer's records. The
+    ``UUID`` column would refuse most such ids, yet it also takes upper case, braces
+    and stray hyphens, storing the canonical form: the stored id would then differ
+    from the record's (and from its ledger key), so those are stopped here as well.
+    """
+    ids = out.table.column("event_id")
+    good = pc.match_substring_regex(ids, CANONICAL_UUID)
+    if pc.all(good).as_py() is not False:
+        return out
+    bad = pc.invert(good)
+    parts = out.table.column("kafka_partition").filter(bad).to_pylist()
+    offs = out.table.column("kafka_offset").filter(bad).to_pylist()
+    for partition, offset in zip(parts, offs, strict=True):
+        log.error(
+            "quarantining record at partition %d offset %d: event_id is not a canonical UUID",
+            partition,
+            offset,
+        )
+        out.quarantined.append((partition, offset, "decode: event_id is not a canonical UUID"))
+    out.table = out.table.filter(good)
+    return out
 
 
 def _avro_arrow_type(decoder: EventDecoder) -> pa.StructType:

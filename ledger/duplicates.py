@@ -88,7 +88,7 @@ def stored_copies(cur: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> dict[s
         chunk = keys[at : at + LOOKUP_CHUNK]
         marks = ", ".join("?" * len(chunk))
         rows = cur.execute(
-            "SELECT ledger_key, event_id, kafka_partition, kafka_offset, "  # noqa: S608
+            "SELECT ledger_key, event_id::VARCHAR, kafka_partition, kafka_offset, "  # noqa: S608
             f"{CONTENT_HASH} FROM audit_events WHERE ledger_key IN ({marks})",
             chunk,
         ).fetchall()
@@ -99,7 +99,7 @@ def stored_copies(cur: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> dict[s
 def batch_copies(cur: duckdb.DuckDBPyConnection, name: str) -> list[tuple[str, Copy]]:
     """``(tenant_id, copy)`` of every row of the registered batch ``name``."""
     rows = cur.execute(
-        "SELECT tenant_id, ledger_key, event_id, kafka_partition, kafka_offset, "  # noqa: S608
+        "SELECT tenant_id, ledger_key, event_id::VARCHAR, kafka_partition, kafka_offset, "  # noqa: S608
         f"{CONTENT_HASH} FROM {name}"
     ).fetchall()
     return [(r[0], Copy(r[1], r[2], int(r[3]), int(r[4]), r[5])) for r in rows]

@@ -110,7 +110,9 @@ def test_sigkill_during_load_loses_and_duplicates_nothing(settings, tmp_path):
             "SELECT count(*), count(DISTINCT event_id) FROM audit_events"
         ).fetchone()
         assert rows == distinct == len(loader.acked) == TOTAL
-        stored_ids = {r[0] for r in cur.execute("SELECT event_id FROM audit_events").fetchall()}
+        stored_ids = {
+            r[0] for r in cur.execute("SELECT event_id::VARCHAR FROM audit_events").fetchall()
+        }
         assert stored_ids == loader.acked
         end = end_offsets(settings, settings.audit_topic)
         assert sum(end.values()) == TOTAL + RESENT

@@ -36,7 +36,7 @@ def _odd(i: int) -> AuditEvent:
     """Events with every optional field set or null, several targets, metadata, micros."""
     at = BASE + timedelta(seconds=i // 2, microseconds=(i * 7919) % 1_000_000 if i % 3 else 0)
     return AuditEvent(
-        event_id=f"{i:04d}-evt",
+        event_id=f"00000000-0000-7000-8000-{i:012d}",
         tenant_id="acme",
         occurred_at=at,
         received_at=at + timedelta(microseconds=1),
@@ -364,7 +364,7 @@ def test_rows_stored_in_time_order_stream_in_one_query_and_round_trip(settings, 
         listed = _list_api(api, key.token, WINDOW)
         ndjson = api.get(EXPORT, key.token, params={**WINDOW, "format": "ndjson"})
         assert [json.loads(line) for line in ndjson.text.splitlines()] == listed
-        assert listed[0]["event_id"] == "0000-evt" and sliced == [1]
+        assert listed[0]["event_id"] == "00000000-0000-7000-8000-000000000000" and sliced == [1]
 
 
 def test_the_order_check_accepts_only_strictly_rising_stored_times(monkeypatch):

@@ -215,7 +215,7 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back, m
         assert heads.ids <= 3
         kind = step % 5
         if kind == 3:  # a resend of stored events (the dedup path) with new ones
-            stored = store.cursor().execute("SELECT event_id, tenant_id FROM audit_events")
+            stored = store.cursor().execute("SELECT event_id::VARCHAR, tenant_id FROM audit_events")
             again = rng.sample(stored.fetchall(), 3)
             records = w.batch(5)
             for event_id, tenant in again:
@@ -227,7 +227,7 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back, m
             row = (
                 store.cursor()
                 .execute(
-                    "SELECT event_id, tenant_id FROM audit_events "
+                    "SELECT event_id::VARCHAR, tenant_id FROM audit_events "
                     "WHERE kafka_partition = 1 ORDER BY occurred_at DESC LIMIT 1"
                 )
                 .fetchone()
@@ -504,7 +504,7 @@ def test_a_load_is_thrown_away_when_a_commit_touches_its_tenant_meanwhile(tmp_pa
     def newest_then_resend(n: int):  # a dedup-path batch drops the tenant's heads
         rows = read(n)
         stored = store.cursor().execute(
-            "SELECT event_id FROM audit_events WHERE tenant_id = 'tenant-c' LIMIT 1"
+            "SELECT event_id::VARCHAR FROM audit_events WHERE tenant_id = 'tenant-c' LIMIT 1"
         )
         copy = w.event("tenant-c")
         copy["event_id"] = stored.fetchone()[0]

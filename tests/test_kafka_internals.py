@@ -235,7 +235,7 @@ def test_record_runs_step_aside_and_the_ledger_is_still_right(
     finally:
         m.stop()
     rows = store.cursor().execute(
-        "SELECT event_id, kafka_partition, kafka_offset FROM audit_events"
+        "SELECT event_id::VARCHAR, kafka_partition, kafka_offset FROM audit_events"
     )
     assert {r[0]: (r[1], r[2]) for r in rows.fetchall()} == placed
     store.close()

@@ -252,6 +252,28 @@ def test_a_row_duckdb_refuses_is_quarantined_with_the_offset_advance(settings, t
         store.close()
 
 
+def test_an_event_id_that_is_not_a_canonical_uuid_is_quarantined_not_stored(settings):
+    """Ingest only writes canonical UUIDs, but the log may hold another writer's
+    records: a row whose id is not one is quarantined (an upper-case UUID too, which
+    the ``UUID`` column would take and store in lower case, changing the id), and the
+    rows around it are stored."""
+    events = [encoded("acme", seed=i) for i in range(12)]
+    events[5] = encoded("acme", "EVT-5", seed=5)
+    events[8] = encoded("acme", events[8].event_id.upper(), seed=8)
+    produce(settings, events)
+    p = partition_of("acme", settings.audit_partitions)
+    store = materialize(settings, settings.duckdb_path)
+    try:
+        why = "decode: event_id is not a canonical UUID"
+        assert _quarantine(store) == [(p, 5, "decode", why), (p, 8, "decode", why)]
+        stored = store.cursor().execute("SELECT event_id::VARCHAR FROM audit_events").fetchall()
+        kept = [e.event_id for i, e in enumerate(events) if i not in (5, 8)]
+        assert sorted(r[0] for r in stored) == sorted(kept)
+        assert store.stored_offsets(settings.audit_topic)[p] == 12
+    finally:
+        store.close()
+
+
 # -- unknown writer schemas hold their partition ---------------------------------------
 def test_an_unknown_schema_holds_its_partition_until_the_schema_is_deployed(
     settings, tmp_path, monkeypatch

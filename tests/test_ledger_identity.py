@@ -28,7 +28,9 @@ TOPIC = "t.audit.v1"
 
 
 def _ids_of(store: LedgerStore, tenant: str) -> set[str]:
-    rows = store.cursor().execute("SELECT event_id FROM audit_events WHERE tenant_id = ?", [tenant])
+    rows = store.cursor().execute(
+        "SELECT event_id::VARCHAR FROM audit_events WHERE tenant_id = ?", [tenant]
+    )
     return {r[0] for r in rows.fetchall()}
 
 

@@ -23,7 +23,10 @@ def factory():
 
 
 def _ids(store: LedgerStore) -> list[str]:
-    return [r[0] for r in store.cursor().execute("SELECT event_id FROM audit_events").fetchall()]
+    return [
+        r[0]
+        for r in store.cursor().execute("SELECT event_id::VARCHAR FROM audit_events").fetchall()
+    ]
 
 
 def test_materializes_every_acked_event_once_and_stores_next_offsets(settings, factory):
@@ -67,7 +70,7 @@ def test_restart_resumes_at_the_stored_next_offset(settings, factory):
         assert sum(read) == 300  # only records at or after the stored offsets were read
         first_new = store.cursor().execute(
             "SELECT kafka_partition, min(kafka_offset) FROM audit_events "
-            "WHERE event_id IN (SELECT unnest(?)) GROUP BY 1",
+            "WHERE event_id IN (SELECT unnest(?::UUID[])) GROUP BY 1",
             [[e.event_id for e in second]],
         )
         for partition, offset in first_new.fetchall():

@@ -116,7 +116,9 @@ def system(kafka_bootstrap, tmp_path_factory):
             demo = {
                 r[0]: r[1]
                 for r in node.cursor()
-                .execute("SELECT event_id, action FROM audit_events WHERE tenant_id = 'acme'")
+                .execute(
+                    "SELECT event_id::VARCHAR, action FROM audit_events WHERE tenant_id = 'acme'"
+                )
                 .fetchall()
             }
             yield url, issued, demo, exporter, window

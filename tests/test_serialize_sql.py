@@ -73,7 +73,7 @@ def test_every_row_shape(tmp_path):
     """Nulls, empty and several targets, empty metadata, whole and fractional seconds."""
     reader = LedgerFile(tmp_path / "shapes.duckdb")
     full = AuditEvent(
-        event_id="e-full",
+        event_id="00000000-0000-7000-8000-000000000001",
         tenant_id="t",
         occurred_at=NOW - timedelta(seconds=1, microseconds=1),
         received_at=NOW - timedelta(microseconds=999_999),
@@ -89,7 +89,7 @@ def test_every_row_shape(tmp_path):
         schema_version=2,
     )
     bare = AuditEvent(
-        event_id="e-bare",
+        event_id="00000000-0000-7000-8000-000000000002",
         tenant_id="t",
         occurred_at=datetime(1970, 1, 1, tzinfo=UTC),
         received_at=NOW - timedelta(hours=1),
@@ -104,7 +104,9 @@ def test_every_row_shape(tmp_path):
         metadata={},
     )
     far = replace(
-        bare, event_id="e-far", occurred_at=datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+        bare,
+        event_id="00000000-0000-7000-8000-000000000003",
+        occurred_at=datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
     )
     insert_events(reader, [full, bare, far])
     sql, reference = _both(reader, "t", 10)

@@ -47,7 +47,10 @@ def test_write_batch_inserts_rows_and_next_offsets(tmp_path, factory):
     store.write_batch(table, TOPIC, {0: 50})
     assert store.count() == 50
     assert store.stored_offsets(TOPIC) == {0: 50}
-    ids = {r[0] for r in store.cursor().execute("SELECT event_id FROM audit_events").fetchall()}
+    ids = {
+        r[0]
+        for r in store.cursor().execute("SELECT event_id::VARCHAR FROM audit_events").fetchall()
+    }
     assert ids == {e.event_id for e in events}
     store.close()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -48,7 +49,7 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
 
 def _event(r: asyncpg.Record) -> dict[str, Any]:
     return {
-        "event_id": r["event_id"],
+        "event_id": str(r["event_id"]),
         "tenant_id": r["tenant_id"],
         "occurred_at": r["occurred_at"].isoformat(),
         "received_at": r["received_at"].isoformat(),
@@ -124,7 +125,7 @@ def peer_app(dsn: str, tokens: dict[str, str]) -> Starlette:
                 us, event_id = base64.urlsafe_b64decode(q["cursor"]).decode().split(":", 1)
                 n = len(params)
                 where.append(f"(occurred_at, event_id) < (${n + 1}, ${n + 2})")
-                params += [from_micros(int(us)), event_id]
+                params += [from_micros(int(us)), uuid.UUID(event_id)]
         except ValueError:
             return _error(400, "validation_error", "bad query parameter")
         if not 1 <= limit <= 1000:

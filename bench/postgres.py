@@ -9,10 +9,11 @@ Durability is switched off (``fsync``, ``synchronous_commit``): the data is
 generated, read-only while measured, and thrown away.
 
 :func:`load_from_duckdb` copies ``audit_events`` of a ledger file into it (CSV
-through ``COPY``, timestamps in UTC, ``targets`` and ``metadata`` as ``jsonb``)
-and builds the indexes a typical team would build for the list API:
-``(tenant_id, occurred_at DESC, event_id DESC)``, ``(tenant_id, actor_id,
-occurred_at DESC)`` and ``(tenant_id, action, occurred_at DESC)``.
+through ``COPY``, timestamps in UTC, ``event_id`` as ``uuid`` as the ledger
+stores it, ``targets`` and ``metadata`` as ``jsonb``) and builds the indexes a
+typical team would build for the list API: ``(tenant_id, occurred_at DESC,
+event_id DESC)``, ``(tenant_id, actor_id, occurred_at DESC)`` and ``(tenant_id,
+action, occurred_at DESC)``.
 Nothing in the product imports this module.
 """
 
@@ -36,7 +37,7 @@ from velora.errors import BrokerError
 
 PEER_DDL = """
 CREATE TABLE audit_events (
-    event_id          text NOT NULL,
+    event_id          uuid NOT NULL,
     tenant_id         text NOT NULL,
     occurred_at       timestamptz NOT NULL,
     received_at       timestamptz NOT NULL,

@@ -4,7 +4,9 @@
 ``range(n)``), not through Kafka: the real ``audit_events`` layout from
 :mod:`ledger.tables` (primary key included), rows in log order with
 ``occurred_at`` rising over the last 30 days up to now, 20 tenants with a Zipf
-skew (the biggest holds ~30%), 8 actions, 2000 actors. Kafka ingest and the
+skew (the biggest holds ~30%), 8 actions, 2000 actors; event ids shaped like
+ingest's UUIDv7s (the time in milliseconds, then 74 pseudo-random bits, so that
+they compress as real ones do). Kafka ingest and the
 materializer have their own benchmarks; this one measures reads.
 
 **Server.** A child process serves ``create_app(settings, LedgerFile(file))``
@@ -111,8 +113,9 @@ def generate(path: Path, n: int, end: datetime, shares: list[float] | None = Non
            EXCLUDE (event_id, tenant)
     FROM (
     SELECT
-      printf('%08x-%04x-7%03x-8%03x-%012x', (ts // 65536000) % 4294967296, (ts // 1000) % 65536,
-             i % 4096, (i // 4096) % 4096, i) AS event_id,
+      printf('%08x-%04x-7%03x-%04x-%012x', (ts // 65536000) % 4294967296, (ts // 1000) % 65536,
+             hash(i, 1) % 4096, 32768 + hash(i, 2) % 16384, (hash(i, 2) // 16384) % 281474976710656)
+        AS event_id,
       {tenant} AS tenant, make_timestamptz(ts), make_timestamptz(ts + 5000),
       {actions}[1 + (h % 8)::INT], 'read', 'claims',
       CASE WHEN h % 5 = 0 THEN 'service' ELSE 'user' END,

@@ -182,8 +182,8 @@ def _canonical_ids(out: Decoded) -> Decoded:
     from the record's (and from its ledger key), so those are stopped here as well.
     """
     ids = out.table.column("event_id")
-    good = pc.match_substring_regex(ids, CANONICAL_UUID)
-    if pc.all(good).as_py() is not False:
+    good = pc.fill_null(pc.match_substring_regex(ids, CANONICAL_UUID), False)
+    if not out.table.num_rows or pc.all(good).as_py():
         return out
     bad = pc.invert(good)
     parts = out.table.column("kafka_partition").filter(bad).to_pylist()

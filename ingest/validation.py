@@ -65,11 +65,11 @@ from schemas.limits import (
     MAX_METADATA_VALUE_LEN,
     MAX_TARGETS,
 )
-from schemas.rules import TENANT_RULE, TEXT_FORBIDDEN, clip, valid_tenant
+from schemas.rules import EVENT_ID_PATTERN, TENANT_RULE, TEXT_FORBIDDEN, clip, valid_tenant
 from velora.errors import ErrorDetail
 
 ACTION_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+UUID_RE = re.compile(EVENT_ID_PATTERN)
 METADATA_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,39}")
 RESERVED_ACTION_PREFIX = "audit_log."
 RESERVED_SOURCE_PREFIX = "velora."

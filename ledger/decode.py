@@ -36,6 +36,7 @@ from ledger.record_runs import RecordRun
 from ledger.tables import AUDIT_COLUMNS
 from schemas.codec import MAGIC, AvroCodec, SchemaVersion
 from schemas.events import AUDIT_EVENT
+from schemas.rules import EVENT_ID_PATTERN
 from velora.errors import DecodeError, SchemaError, UnknownSchema
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,8 @@ class EventDecoder:
         return out
 
 
-CANONICAL_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
-"""What ingest accepts as an ``event_id``: a UUID in canonical lowercase text form."""
+CANONICAL_UUID = f"^{EVENT_ID_PATTERN}$"
+"""What ingest accepts as an ``event_id`` (:data:`schemas.rules.EVENT_ID_PATTERN`), whole."""
 
 
 def _canonical_ids(out: Decoded) -> Decoded:

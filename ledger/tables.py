@@ -35,9 +35,9 @@ with identical content.
 canonical lowercase UUIDs, which a ``UUID`` holds exactly in 16 bytes and orders as
 their text. The column is 35-45% smaller than the text was (407 blocks against 734
 for 10M UUIDv7-shaped ids), which every scan of it reads (an export reads the whole
-column of a tenant spread over the log); reads
-that hand it to Python cast it back to text (:data:`EVENT_COLUMNS`). The decoder
-quarantines a record whose id is not a canonical UUID (:mod:`ledger.decode`).
+column of a tenant spread over the log); reads that hand it to Python cast it back
+to text (:data:`EVENT_COLUMNS`). The decoder quarantines a record whose id is not a
+canonical UUID (:mod:`ledger.decode`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
   / :func:`check_tenant`, so an id one of them accepts, all of them accept.
 - **API-key names** are 1-128 printable characters (no control, format or
   separator characters but the space), not blank: :func:`check_key_name`.
+- **Event ids** are UUIDs in canonical lowercase text form (:data:`EVENT_ID_PATTERN`):
+  ingest refuses any other, and the ledger quarantines any other it finds in the log.
 - **Free text** may hold any Unicode except C0/C1 control characters and lone
   surrogates (:data:`TEXT_FORBIDDEN`).
 - **Identifiers** must be :meth:`str.isprintable` (no control, format, separator
@@ -24,6 +26,8 @@ CONTROL_CLASS = r"\x00-\x1f\x7f-\x9f"
 """C0 and C1 control characters, as the body of a regex character class (also OpenAPI's)."""
 TEXT_FORBIDDEN = re.compile(rf"[{CONTROL_CLASS}\ud800-\udfff]")
 """Control characters and lone surrogates: never allowed in any text."""
+EVENT_ID_PATTERN = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+"""A UUID in canonical lowercase text form (to match whole, not searched for)."""
 TENANT_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MAX_TENANT_ID - 1}}}")
 TENANT_RULE = f"1-{MAX_TENANT_ID} characters of [A-Za-z0-9_.:-], starting with a letter or digit"
 

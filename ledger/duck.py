@@ -24,7 +24,9 @@ from typing import TypeVar
 
 import duckdb
 
+from ledger import sorted_copies
 from ledger.head import TenantHeads
+from ledger.sorted_copies import CopyMarks
 from ledger.tables import ALL_DDL
 from velora.errors import Unavailable
 
@@ -142,7 +144,8 @@ class LedgerFile(SharedConnection):
 
     With ``heads``, the API answers first pages from them as a node does; nothing
     updates them, so only for a file that is not written once it is read (a
-    benchmark's).
+    benchmark's). Its sorted copies (:mod:`ledger.sorted_copies`) are read as far as
+    they reached when it was opened.
     """
 
     def __init__(
@@ -160,6 +163,9 @@ class LedgerFile(SharedConnection):
             if create:
                 for ddl in ALL_DDL:
                     con.execute(ddl)
+            self.copies = CopyMarks(
+                sorted_copies.mark_of(sorted_copies.runs(con)), sorted_copies.last_seq(con)
+            )
         super().__init__(con)
         self.heads = heads
 

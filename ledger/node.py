@@ -18,10 +18,12 @@ from typing import TypeVar
 import duckdb
 
 from ledger.attempts import AttemptLog
+from ledger.copy_keeper import CopyKeeper
 from ledger.decode import EventDecoder
 from ledger.head import TenantHeads
 from ledger.layout import LedgerState, prepare_ledger
 from ledger.materializer import BatchCallback, Materializer, Status
+from ledger.sorted_copies import CopyMarks
 from ledger.store import LedgerStore
 from ledger.target_keeper import BUSY_LAG, TargetSetKeeper
 from velora.errors import Unavailable
@@ -55,6 +57,8 @@ class QueryNode:
         """The webhook attempt log's loop (``webhook_attempts``), beside the materializer."""
         self.target_keeper: TargetSetKeeper | None = None
         """Adds new rows to the target sets (:mod:`ledger.target_keeper`), behind the writer."""
+        self.copy_keeper: CopyKeeper | None = None
+        """Sorts new rows into the sorted copies (:mod:`ledger.copy_keeper`), behind the writer."""
         self.state: LedgerState | None = None
         """What the node found at start: a fresh, current or outdated (rebuilt) ledger."""
         self._lock = threading.Lock()
@@ -94,10 +98,12 @@ class QueryNode:
                 self.store, self.settings.audit_topic, busy=self._replaying_backlog
             )
             self.target_keeper.start()
+            self.copy_keeper = CopyKeeper(self.store, busy=self._replaying_backlog)
+            self.copy_keeper.start()
         log.info("query node ledger open at %s (%s)", self.settings.duckdb_path, self.state.value)
 
     def _replaying_backlog(self) -> bool:
-        """Whether the materializer is far behind the log (the keeper waits meanwhile)."""
+        """Whether the materializer is far behind the log (the keepers wait meanwhile)."""
         materializer = self.materializer
         return materializer is not None and materializer.status().lag > BUSY_LAG
 
@@ -111,6 +117,7 @@ class QueryNode:
         with self._lock:
             materializer, store, attempts = self.materializer, self.store, self.attempts
             keeper, self.target_keeper = self.target_keeper, None
+            copy_keeper, self.copy_keeper = self.copy_keeper, None
             self.materializer = self.store = self.attempts = None
         if attempts is not None:
             attempts.stop()
@@ -118,6 +125,8 @@ class QueryNode:
             materializer.stop()
         if keeper is not None:
             keeper.stop()
+        if copy_keeper is not None:
+            copy_keeper.stop()
         if store is not None:
             try:
                 store.checkpoint()
@@ -160,6 +169,8 @@ class QueryNode:
             out["webhook_attempts"] = self.attempts.status()
         if self.target_keeper is not None:
             out["target_sets"] = self.target_keeper.status()
+        if self.copy_keeper is not None:
+            out["sorted_copies"] = self.copy_keeper.status()
         if self.heads is not None:
             out["heads"] = self.heads.status()
         if s.held:
@@ -184,6 +195,12 @@ class QueryNode:
         return materializer is not None and materializer.wait_for_offset(partition, offset, timeout)
 
     # -- reads --------------------------------------------------------------------
+    @property
+    def copies(self) -> CopyMarks | None:
+        """How far the sorted copies reach (:mod:`ledger.sorted_copies`); None: not open."""
+        store = self.store
+        return None if store is None else store.copies
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor of the shared connection for the calling thread."""
         return self._store().cursor()

@@ -39,16 +39,17 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ledger import duplicates, rollups, target_sets
+from ledger import duplicates, rollups, sorted_copies, target_sets
 from ledger.duck import SharedConnection, duckdb_errors
 from ledger.head import TenantHeads
 from ledger.layout import LAYOUT_KEY, stored_layout
-from ledger.tables import ALL_DDL, AUDIT_COLUMNS, LAYOUT_VERSION
+from ledger.sorted_copies import CopyMarks
+from ledger.tables import ALL_DDL, LAYOUT_VERSION, SEQ_COLUMN, STORED_COLUMNS
 from velora.errors import LedgerMismatch
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ", ".join(AUDIT_COLUMNS)
+_COLUMNS = ", ".join(STORED_COLUMNS)  # a batch carries its seq (LedgerStore._numbered)
 # One round trip for the whole transaction body: every DuckDB call re-takes the GIL,
 # and the materializer's reader thread holds it most of the time.
 _UPSERT_OFFSETS = (
@@ -156,6 +157,17 @@ class LedgerStore:
         """Held by a transaction that writes the target sets (:mod:`ledger.target_sets`):
         a step of the keeper, or a dedup-path batch (replaced rows recompute their cells),
         so the two never write the same cells at once."""
+        self.copies_lock = threading.Lock()
+        """Held by a transaction that may change which rows the sorted copies hold (a
+        keeper step, a dedup-path batch: :mod:`ledger.sorted_copies`)."""
+        with duckdb_errors("read marks"):
+            cur = self.cursor()
+            marks = CopyMarks(
+                sorted_copies.mark_of(sorted_copies.runs(cur)), sorted_copies.last_seq(cur)
+            )
+        self.copies = marks
+        """How far the sorted copies reach, and the newest ``seq`` committed."""
+        self._next_seq = max(marks.mark, marks.last) + 1
         self.quarantined = self._count("ledger_quarantine")
         self.conflicts = self._count("ledger_conflicts")
 
@@ -235,7 +247,7 @@ class LedgerStore:
         failure nothing is written and :class:`Unavailable` is raised.
         """
         cur = self._writer
-        winners, losers = duplicates.first_copies(table)
+        winners, losers = duplicates.first_copies(self._numbered(table))
         quarantine = [(p, o, "decode", why) for p, o, why in quarantine]
         with duckdb_errors("write batch"):
             try:
@@ -258,6 +270,15 @@ class LedgerStore:
                 keep = np.ones(winners.num_rows, dtype=bool)
                 keep[poison] = False
                 self._write(cur, winners.filter(pa.array(keep)), losers, topic, offsets, quarantine)
+        self.copies.last = self._next_seq - 1
+
+    def _numbered(self, table: pa.Table) -> pa.Table:
+        """``table`` with the next ``seq`` numbers (:data:`ledger.tables.SEQ_COLUMN`);
+        numbers of a write that fails are not used again."""
+        first = self._next_seq
+        self._next_seq += table.num_rows
+        seq = pa.array(np.arange(first, self._next_seq, dtype=np.int64))
+        return table.append_column(SEQ_COLUMN, seq)
 
     def _write(
         self,
@@ -322,7 +343,9 @@ class LedgerStore:
 
         Returns whether conflicts were recorded.
         """
-        with self.target_lock:  # replaced rows recompute target sets: no keeper step meanwhile
+        # replaced rows recompute target sets and leave the sorted copies: no keeper step
+        # of either meanwhile
+        with self.target_lock, self.copies_lock:
             cur.execute("BEGIN TRANSACTION")
             try:
                 inserted = {r[0] for r in cur.execute(INSERT_DEDUP).fetchall()}
@@ -369,6 +392,7 @@ class LedgerStore:
             cur.register("_replace", pa.table({"ledger_key": sorted(outcome.replace)}))
             cells = target_sets.touched(cur, _REPLACED)  # before the rows go
             cur.execute(rollups.subtract_sql(_REPLACED))
+            sorted_copies.forget_keys(cur, "_replace")
             cur.execute(
                 "DELETE FROM audit_events WHERE ledger_key IN (SELECT ledger_key FROM _replace)"
             )

@@ -30,6 +30,9 @@ with identical content.
   and target id of the events naming the target; both in the same transaction.
   Layout v3 added the first two and ``webhook_attempts``; v4 the day rollup; v5 the
   actor table; v6 the actor table's failures and the target table.
+- ``audit_by_actor``, ``audit_by_target``, ``audit_sorted_runs``: the rows again,
+  sorted for the rare filters, kept behind the writer (:mod:`ledger.sorted_copies`);
+  layout v9 added them and ``audit_events.seq`` (:data:`SEQ_COLUMN`).
 
 ``event_id`` is stored as a ``UUID`` (layout v8; text before): ingest accepts only
 canonical lowercase UUIDs, which a ``UUID`` holds exactly in 16 bytes and orders as
@@ -43,9 +46,10 @@ canonical UUID (:mod:`ledger.decode`).
 from __future__ import annotations
 
 from ledger.rollups import ROLLUP_DDL
+from ledger.sorted_copies import DDL as SORTED_COPIES_DDL
 from ledger.target_sets import DDL as TARGET_SETS_DDL
 
-LAYOUT_VERSION = 8
+LAYOUT_VERSION = 9
 """Bumped whenever a table changes; a node finding an older file rebuilds it from the log."""
 
 AUDIT_EVENTS_DDL = """
@@ -72,7 +76,8 @@ CREATE TABLE IF NOT EXISTS audit_events (
     metadata          MAP(VARCHAR, VARCHAR) NOT NULL,
     schema_version    INTEGER NOT NULL,
     kafka_partition   INTEGER NOT NULL,
-    kafka_offset      BIGINT NOT NULL
+    kafka_offset      BIGINT NOT NULL,
+    seq               BIGINT NOT NULL
 )
 """
 
@@ -186,6 +191,16 @@ AUDIT_COLUMNS: tuple[str, ...] = (
     "kafka_offset",
 )
 
+SEQ_COLUMN = "seq"
+"""The column of ``audit_events`` after :data:`AUDIT_COLUMNS`: the order in which this
+file committed its rows (1, 2, ...; gaps where a write failed), assigned by the
+writer, never reused. It rises with the physical order, so DuckDB's zone maps find
+the rows committed after a point; the sorted copies (:mod:`ledger.sorted_copies`)
+mark how far they reach with it. It is the file's own, not the log's: a rebuild
+numbers the same rows afresh (the log order is ``(kafka_partition, kafka_offset)``)."""
+STORED_COLUMNS: tuple[str, ...] = (*AUDIT_COLUMNS, SEQ_COLUMN)
+"""Every column of ``audit_events``, in table order."""
+
 CONTENT_COLUMNS: tuple[str, ...] = tuple(
     c
     for c in AUDIT_COLUMNS
@@ -209,6 +224,7 @@ ALL_DDL: tuple[str, ...] = (
     META_DDL,
     *ROLLUP_DDL,
     *TARGET_SETS_DDL,
+    *SORTED_COPIES_DDL,
 )
 
 

@@ -30,7 +30,7 @@ BASE = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 INSERT = """
 INSERT INTO audit_events VALUES (
     ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-    map(?::VARCHAR[], ?::VARCHAR[]), ?, ?, ?
+    map(?::VARCHAR[], ?::VARCHAR[]), ?, ?, ?, ?
 )
 """
 
@@ -67,7 +67,8 @@ def make_event(
 
 
 def insert_events(reader: LedgerFile, events: Iterable[AuditEvent], start_offset: int = 0) -> None:
-    """Insert events as the materializer would (one row each, log order, rollups counted)."""
+    """Insert events as the materializer would (one row each, log order, ``seq`` numbered,
+    rollups counted)."""
     rows = []
     for n, e in enumerate(events):
         a = e.actor
@@ -78,15 +79,19 @@ def insert_events(reader: LedgerFile, events: Iterable[AuditEvent], start_offset
             [{"type": t.type, "id": t.id, "name": t.name} for t in e.targets],
             e.outcome.result, e.outcome.reason, e.request_id, e.source,
             list(e.metadata), list(e.metadata.values()), e.schema_version, 0, start_offset + n,
+            n,
         ])  # fmt: skip
     cur = reader.connection.cursor()
     try:
         cur.execute("CREATE TEMP TABLE _new AS SELECT * FROM audit_events LIMIT 0")
         cur.executemany(INSERT.replace("audit_events", "_new"), rows)
+        # seq goes on from the stored rows', as the writer numbers them
         cur.execute(
-            "BEGIN TRANSACTION; INSERT INTO audit_events SELECT * FROM _new; "
+            "BEGIN TRANSACTION; INSERT INTO audit_events SELECT * REPLACE ("
+            "(SELECT coalesce(max(seq), 0) FROM audit_events) + seq + 1 AS seq) FROM _new; "
             f"{add_sql('SELECT * FROM _new')}; COMMIT; DROP TABLE _new"
         )
+        reader.copies.last = cur.execute("SELECT max(seq) FROM audit_events").fetchall()[0][0]
     finally:
         cur.close()
 

@@ -37,7 +37,9 @@ from typing import Any
 
 import duckdb
 
+from ledger.sorted_copies import ReadMark
 from ledger.tables import EVENT_COLUMN_NAMES, EVENT_COLUMNS, ledger_key
+from query_api import sorted_pages
 from query_api.cursor import Position
 from query_api.filters import MAX_LIMIT, Filters
 from query_api.serialize import EVENT_JSON_SQL
@@ -162,12 +164,15 @@ def list_events(
     limit: int,
     now: datetime | None = None,
     hints: WindowHints | None = None,
+    copies: ReadMark | None = None,
 ) -> list[Row]:
     """Up to ``limit`` events of one tenant, newest first, strictly after ``after``.
 
     With ``hints``, probing starts at the window that last answered a query of
-    the same tenant and filter shape (see :class:`WindowHints`)."""
-    found = _probe(cur, COLUMNS, tenant_id, filters, after, limit, now, hints)
+    the same tenant and filter shape (see :class:`WindowHints`). With ``copies``, how
+    far the sorted copies reach (:mod:`ledger.sorted_copies`), a page of one actor or
+    one target id is read from them instead (:mod:`query_api.sorted_pages`)."""
+    found = _probe(cur, COLUMNS, tenant_id, filters, after, limit, now, hints, copies)
     return [dict(zip(COLUMN_NAMES, r, strict=True)) for r in found]
 
 
@@ -179,6 +184,7 @@ def list_events_json(
     limit: int,
     now: datetime | None = None,
     hints: WindowHints | None = None,
+    copies: ReadMark | None = None,
 ) -> list[JsonRow]:
     """The rows of :func:`list_events`, each rendered by DuckDB as its public JSON.
 
@@ -187,7 +193,9 @@ def list_events_json(
     revealed), the rest for the next cursor. The probing, and so the rows and
     their order, are :func:`list_events`' own.
     """
-    return _probe(cur, JSON_COLUMNS, tenant_id, filters, after, limit, now, hints, late=True)
+    return _probe(
+        cur, JSON_COLUMNS, tenant_id, filters, after, limit, now, hints, copies, late=True
+    )
 
 
 def _probe(
@@ -199,10 +207,19 @@ def _probe(
     limit: int,
     now: datetime | None,
     hints: WindowHints | None,
+    copies: ReadMark | None,
     late: bool = False,
 ) -> list[tuple[Any, ...]]:
     """The probing of :func:`list_events`, selecting ``select``; with ``late``, ``select``
-    is computed on the page's rows only (after the ``LIMIT``)."""
+    is computed on the page's rows only (after the ``LIMIT``). A page of one actor or
+    target id with ``copies`` reads the sorted copies instead, in one query."""
+    copy = None if copies is None else sorted_pages.copy_for(filters)
+    if copy is not None and copies is not None:
+        where, params, _ = _conditions(tenant_id, filters, after, now)
+        sql, values = sorted_pages.page_sql(
+            select, tenant_id, copy, " AND ".join(where), params, limit, copies
+        )
+        return _fetch(cur, sql, values)
     if not _scattered(filters):
         return _probe_windows(cur, select, tenant_id, filters, after, limit, now, hints, late)
     cur.execute(LATE_ROWS_SQL, [])
@@ -229,16 +246,7 @@ def _probe_windows(
     hints: WindowHints | None,
     late: bool,
 ) -> list[tuple[Any, ...]]:
-    where, params = filter_sql(tenant_id, filters)
-    if after is not None:
-        at = from_micros(after.occurred_us)
-        where.append("occurred_at <= ? AND (occurred_at < ? OR event_id < ?)")
-        params.extend([at, at, after.event_id])
-        anchor = at
-    elif filters.until is not None:
-        anchor = filters.until
-    else:
-        anchor = now or datetime.now(UTC)
+    where, params, anchor = _conditions(tenant_id, filters, after, now)
     # Only constant clauses are joined here; every value is a bound parameter. A late
     # select list is computed after the LIMIT (a JSON rendering of every row of a
     # window, before the top-N, would cost many times the page); the plain columns
@@ -273,6 +281,22 @@ def _probe_windows(
         window *= _growth(len(rows), limit)
         first = False
     return _fetch(cur, page_sql(f"{ORDER} LIMIT ?"), [*params, limit])
+
+
+def _conditions(
+    tenant_id: str, filters: Filters, after: Position | None, now: datetime | None
+) -> tuple[list[str], list[Any], datetime]:
+    """``(conditions, params, anchor)``: the rows of the page (tenant, filters, strictly
+    after the cursor), and the time its windows reach back from."""
+    where, params = filter_sql(tenant_id, filters)
+    if after is not None:
+        at = from_micros(after.occurred_us)
+        where.append("occurred_at <= ? AND (occurred_at < ? OR event_id < ?)")
+        params.extend([at, at, after.event_id])
+        return where, params, at
+    if filters.until is not None:
+        return where, params, filters.until
+    return where, params, now or datetime.now(UTC)
 
 
 def _oldest(cur: duckdb.DuckDBPyConnection) -> datetime | None:

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from ledger.head import TenantHeads
 from ledger.head_rows import HeadRow
+from ledger.sorted_copies import CopyMarks, ReadMark
 from query_api import cursor, head_pages, queries
 from query_api.auth import require_scope
 from query_api.db import LedgerReader
@@ -72,12 +73,16 @@ async def list_audit_events(request: Request) -> Response:
         positions = [r.position for r in held]
     elif not in_sql:  # a small page, or a server-mode tenant's (revealed by the Revealer)
         rows = await reader.read(
-            lambda cur: queries.list_events(cur, tenant, filters, after, limit, hints=hints)
+            lambda cur: queries.list_events(
+                cur, tenant, filters, after, limit, hints=hints, copies=copies_mark(reader)
+            )
         )
         positions = [(r["occurred_us"], r["event_id"]) for r in rows]
     else:  # a large page of stored values as they are shown: DuckDB renders the JSON
         rendered = await reader.read(
-            lambda cur: queries.list_events_json(cur, tenant, filters, after, limit, hints=hints)
+            lambda cur: queries.list_events_json(
+                cur, tenant, filters, after, limit, hints=hints, copies=copies_mark(reader)
+            )
         )
         positions = [(r[1], r[2]) for r in rendered]
     more = len(positions) > query.limit
@@ -138,7 +143,9 @@ async def _from_head(
             of_scope = head_pages.scope_filters(s)
             head = heads.get(tenant, s) or heads.load(
                 tenant,
-                lambda n, f=of_scope: queries.list_events(cur, tenant, f, None, n, hints=hints),
+                lambda n, f=of_scope: queries.list_events(
+                    cur, tenant, f, None, n, hints=hints, copies=copies_mark(reader)
+                ),
                 s,
             )
             if head is None:
@@ -149,6 +156,14 @@ async def _from_head(
         return None
 
     return await reader.read(load)
+
+
+def copies_mark(reader: LedgerReader) -> ReadMark | None:
+    """How far a page may read the reader's sorted copies (:mod:`ledger.sorted_copies`);
+    None: not at all. Read when the query runs: a mark published later only moves
+    rows from one part of the page's query to the other."""
+    marks: CopyMarks | None = getattr(reader, "copies", None)
+    return None if marks is None else marks.for_reads()
 
 
 async def get_audit_event(request: Request) -> JsonResponse:

@@ -35,6 +35,7 @@ from bench.query import (
     _drive,
     _start_server,
     _stop,
+    build_copies,
     check_identical,
     generate,
     scenarios,
@@ -72,6 +73,7 @@ def compare(
     commit = export_tree(rev, work / "before")
     end = datetime.now(UTC)
     generate(work / "before.duckdb", events, end)
+    build_copies(work / "before.duckdb")  # an older revision's node ignores them
     shutil.copy(work / "before.duckdb", work / "after.duckdb")
     load0 = os.getloadavg()
     before, before_url = _start_server(settings, work / "before.duckdb", work / "before")

@@ -5,8 +5,10 @@ produced first, quickly: :class:`~tests.factory.EventFactory` encodes a few
 thousand varied templates with the codec and stamps a new UUIDv7 into a copy for
 each event; a batching :class:`~kafka.KafkaProducer` sends them. Only the catch-up
 is timed: from starting a :class:`~ledger.materializer.Materializer` on an empty
-DuckDB (with the :class:`~ledger.target_keeper.TargetSetKeeper` beside it, as in a
-query node) until it has committed the end offsets it saw at start. Several runs, each
+DuckDB (with the :class:`~ledger.target_keeper.TargetSetKeeper` and the
+:class:`~ledger.copy_keeper.CopyKeeper` beside it, as in a query node, both waiting
+while the backlog is replayed) until it has committed the end offsets it saw at
+start; then how long each keeper takes to catch up after it. Several runs, each
 on a new DuckDB file; the median is reported, with this process's CPU use.
 
 **Freshness** (section ``freshness``). A materializer follows a new, empty topic.
@@ -39,6 +41,7 @@ from kafka import KafkaProducer
 from bench.report import Row, measure_cpu, percentile, write_results
 from cli.commands.node import quiet_kafka_selector
 from ledger import target_sets
+from ledger.copy_keeper import CopyKeeper
 from ledger.materializer import Materializer
 from ledger.store import LedgerStore
 from ledger.target_keeper import BUSY_LAG, TargetSetKeeper
@@ -100,27 +103,34 @@ def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
         bench = _bench_settings(settings, "catchup", Path(tmp) / "catchup.duckdb")
         produced = load(bench, events)
         total = sum(end_offsets(bench, bench.audit_topic).values())
-        rates, cpus, sets_s = [], [], []
+        rates, cpus, sets_s, copies_s = [], [], [], []
         for i in range(runs):
             path = Path(tmp) / f"run{i}.duckdb"
             store = LedgerStore(path)
             materializer = Materializer(bench, store)
             keeper = TargetSetKeeper(store, bench.audit_topic, busy=_busy(materializer))
+            copier = CopyKeeper(store, busy=_busy(materializer))
             with measure_cpu() as cpu:
                 keeper.start()
+                copier.start()
                 materializer.start()
                 done = materializer.wait_caught_up(timeout=600)
             materializer.stop()
-            sets_started = time.perf_counter()  # the keeper waited; now it has the backlog
+            sets_started = time.perf_counter()  # the keepers waited; now they have the backlog
             sets_done = _wait_for_sets(store, total, timeout=600)
             sets_s.append(time.perf_counter() - sets_started)
+            copies_done = _wait_for_copies(store, timeout=600)
+            copies_s.append(time.perf_counter() - sets_started)
             keeper.stop()
+            copier.stop()
             rows = store.count()
             store.close()
             if not done or rows != total:
                 raise VeloraError(f"catch-up run {i} ended at {rows} of {total} rows")
             if not sets_done:
                 raise VeloraError(f"catch-up run {i}: the target sets did not catch up")
+            if not copies_done:
+                raise VeloraError(f"catch-up run {i}: the sorted copies did not catch up")
             rates.append(total / cpu.wall_s)
             cpus.append(cpu.cpu_percent)
             log.info("catch-up run %d: %.0f events/s, %.0f%% CPU", i, rates[-1], cpus[-1])
@@ -137,6 +147,8 @@ def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
         "max_batch": settings.materializer_max_batch,
         "target_sets_after_s_median": statistics.median(sets_s),
         "target_sets_after_s_runs": sets_s,
+        "sorted_copies_after_s_median": statistics.median(copies_s),
+        "sorted_copies_after_s_runs": copies_s,
     }
     write_results("ingest", "materializer", result)
     return [
@@ -148,7 +160,18 @@ def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
             {"cpu_percent": result["cpu_percent_median"]},
         ),
         Row("target sets caught up after it", result["target_sets_after_s_median"], "s", ""),
+        Row("sorted copies caught up after it", result["sorted_copies_after_s_median"], "s", ""),
     ]
+
+
+def _wait_for_copies(store: LedgerStore, timeout: float) -> bool:
+    """Wait until the sorted copies' mark covers every committed row."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if store.copies.mark >= store.copies.last:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _wait_for_sets(store: LedgerStore, total: int, timeout: float) -> bool:
@@ -238,7 +261,9 @@ def freshness(settings: Settings, *, seconds: float, runs: int) -> list[Row]:
             store = LedgerStore(bench.duckdb_path)
             materializer = Materializer(bench, store, on_batch=commits.on_batch)
             keeper = TargetSetKeeper(store, bench.audit_topic, busy=_busy(materializer))
+            copier = CopyKeeper(store, busy=_busy(materializer))
             keeper.start()
+            copier.start()
             materializer.start()
             try:
                 materializer.wait_caught_up(timeout=60)
@@ -250,6 +275,7 @@ def freshness(settings: Settings, *, seconds: float, runs: int) -> list[Row]:
             finally:
                 materializer.stop()
                 keeper.stop()
+                copier.stop()
                 store.close()
             latencies = []
             for p, o, acked in acks:

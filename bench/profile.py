@@ -28,7 +28,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.query import _drive, _start_server, _stop, generate
+from bench.query import _drive, _start_server, _stop, build_copies, generate
 from bench.report import process_cpu_s
 from cli.keys import create_key
 from velora.broker import BrokerConfig, LocalBroker
@@ -81,6 +81,7 @@ def profile(settings: Settings, events: int, seconds: float, raw: Path | None) -
     token = create_key(settings, "tenant-00", ("audit:read",), name="profile").token
     db = settings.state_dir / "profile.duckdb"
     generate(db, events, datetime.now(UTC))
+    build_copies(db)
     proc, url = _start_server(settings, db)
     out = Path(tempfile.mkdtemp(prefix="velora-spy-")) / "stacks.txt"
     try:

@@ -63,6 +63,7 @@ import httpx
 from bench.postgres import LocalPostgres, load_from_duckdb
 from bench.report import Row, percentile, write_results
 from cli.keys import create_key
+from ledger import sorted_copies
 from ledger.tables import ALL_DDL
 from velora.errors import BrokerError, LedgerMismatch
 from velora.settings import Settings
@@ -123,7 +124,7 @@ def generate(path: Path, n: int, end: datetime, shares: list[float] | None = Non
       [{{'type': 'claim', 'id': 'CLA-' || ((h // 16000) % 1000000)::VARCHAR, 'name': NULL}}],
       CASE WHEN h % 50 = 0 THEN 'failure' WHEN h % 33 = 0 THEN 'denied' ELSE 'success' END,
       NULL, NULL, {sources}[1 + ((h // 64) % 4)::INT], MAP {{'portal_version': '4.2'}}, 1,
-      0, i
+      0, i, i + 1
     FROM (SELECT i, hash(i) AS h, (hash(i * 7919) % 1000000) / 1000000.0 AS u,
                  {start_us} + i * {step_us} AS ts
           FROM range({n}) t(i)))
@@ -138,6 +139,24 @@ def generate(path: Path, n: int, end: datetime, shares: list[float] | None = Non
     finally:
         con.close()
     return time.perf_counter() - t0
+
+
+def build_copies(path: Path) -> dict[str, float]:
+    """Sort a generated file's rows into its sorted copies (:mod:`ledger.sorted_copies`),
+    as a node's keeper does behind its writer; seconds taken and the file's growth."""
+    before = path.stat().st_size
+    t0 = time.perf_counter()
+    con = duckdb.connect(str(path))
+    try:
+        sorted_copies.catch_up(con)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return {
+        "build_s": time.perf_counter() - t0,
+        "file_mb_before": before / 1e6,
+        "file_mb_after": path.stat().st_size / 1e6,
+    }
 
 
 def _serve_main() -> None:
@@ -455,13 +474,17 @@ def _run_size(
     db = settings.state_dir / f"query-{label}.duckdb"
     end = datetime.now(UTC)
     gen_s = generate(db, n, end)
+    copies = build_copies(db)
     load_s = load_from_duckdb(pg, db)
-    print(f"bench query: {n:,} events generated in {gen_s:.1f}s, loaded into PostgreSQL "
+    print(f"bench query: {n:,} events generated in {gen_s:.1f}s, sorted copies built in "
+          f"{copies['build_s']:.1f}s (file {copies['file_mb_before']:,.0f} -> "
+          f"{copies['file_mb_after']:,.0f} MB), loaded into PostgreSQL "
           f"in {load_s:.1f}s", file=sys.stderr)  # fmt: skip
     proc, url = _start_server(settings, db)
     section: dict[str, Any] = {
         "events": n,
         "generation_s": gen_s,
+        "sorted_copies": copies,
         "peer_load_s": load_s,
         "concurrency": CONCURRENCY,
         "loadavg_at_start": _loadavg(),  # other work on the machine skews p99

@@ -5,16 +5,18 @@
 alone (no HTTP, one thread calling; median and p90 over the eight actors
 ``usr_0040``..``usr_0047`` of the biggest tenant, three rounds):
 
-- **node's query**: :func:`query_api.queries.list_events` as the node runs it (window
-  hints on, all 20 columns of 51 rows);
+- **node's query, log order**: :func:`query_api.queries.list_events` as the node ran it
+  before the sorted copies (window hints on, all 20 columns of 51 rows);
 - **same window, all columns**: one query over the smallest window that holds the 51
   rows (the best any window probe can do);
 - **same window, order columns only**: what finding the 51 rows costs;
 - **51 rows by rowid** and **by primary key**: fetching the found rows back;
-- **sorted copy, all columns**: the page read from a copy of the table sorted by
-  ``(tenant_id, actor_id, occurred_at)`` (built here; its disk is a second ledger);
-- **one target id**: the node's query for a target id (a scan of the tenant's
-  ``targets`` lists).
+- **node's query, sorted copies**: the same page read through the sorted copies
+  (:mod:`ledger.sorted_copies`, built here as a node's keeper builds them; the time
+  taken is ``built_s``);
+- **one target id**: the node's query for a target id, without the copies (a scan of
+  the tenant's ``targets`` lists) and with them (eight targets of the tenant's newest
+  events).
 
 Writes ``bench/results/rare_filters.json``. What the figures say is in
 ``docs/ledger.md`` ("The floor, and what would remove it").
@@ -35,6 +37,7 @@ import duckdb
 
 from bench.query import generate
 from bench.report import Row, print_table, write_results
+from ledger import sorted_copies
 from query_api.filters import Filters
 from query_api.queries import COLUMNS, ORDER, WindowHints, list_events
 from schemas.times import from_micros
@@ -90,35 +93,39 @@ def measure(con: duckdb.DuckDBPyConnection, end: datetime) -> dict[str, dict[str
         return list_events(con.cursor(), TENANT, Filters(actor_id=a), None, 51, end, hints)
 
     results = {
-        "node's query": _timed(node),
+        "node's query, log order": _timed(node),
         "same window, all columns": _timed(window(COLUMNS)),
         "same window, order columns only": _timed(window("occurred_at, event_id")),
         "51 rows by rowid": _timed(by("rowid", 0)),
         "51 rows by primary key": _timed(by("ledger_key", 1)),
     }
     t0 = time.perf_counter()
-    con.execute(
-        "CREATE TABLE by_actor AS SELECT * FROM audit_events "
-        "ORDER BY tenant_id, actor_id, occurred_at, event_id"
-    )
+    sorted_copies.catch_up(con)
     con.execute("CHECKPOINT")
     built_s = time.perf_counter() - t0
-    sorted_sql = (
-        f"SELECT {COLUMNS} FROM by_actor WHERE tenant_id = ? AND actor_id = ? {ORDER} LIMIT 51"
-    )
-    results["sorted copy, all columns"] = _timed(
-        lambda a: con.cursor().execute(sorted_sql, [TENANT, a]).fetchall()
-    )
-    results["sorted copy, all columns"]["built_s"] = built_s
-    target = con.execute(
-        "SELECT targets[1].id FROM audit_events WHERE tenant_id = ? ORDER BY rowid DESC LIMIT 1",
-        [TENANT],
-    ).fetchone()
-    assert target is not None
-    results["one target id, node's query"] = _timed(
+    mark = sorted_copies.ReadMark(sorted_copies.mark_of(sorted_copies.runs(con)), newer=False)
+
+    def copies(f: Filters) -> Any:
+        return list_events(con.cursor(), TENANT, f, None, 51, end, hints, copies=mark)
+
+    results["node's query, sorted copies"] = _timed(lambda a: copies(Filters(actor_id=a)))
+    results["node's query, sorted copies"]["built_s"] = built_s
+    targets = [
+        r[0]
+        for r in con.execute(
+            "SELECT targets[1].id FROM audit_events WHERE tenant_id = ? "
+            "ORDER BY rowid DESC LIMIT ?",
+            [TENANT, len(ACTORS)],
+        ).fetchall()
+    ]
+    by_target = dict(zip(ACTORS, targets, strict=True))  # _timed goes over ACTORS
+    results["one target id, node's query, log order"] = _timed(
         lambda a: list_events(
-            con.cursor(), TENANT, Filters(target_id=target[0]), None, 51, end, hints
+            con.cursor(), TENANT, Filters(target_id=by_target[a]), None, 51, end, hints
         )
+    )
+    results["one target id, node's query, sorted copies"] = _timed(
+        lambda a: copies(Filters(target_id=by_target[a]))
     )
     return results
 

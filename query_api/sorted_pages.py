@@ -24,35 +24,49 @@ _STORED = ", ".join(STORED_COLUMNS)
 ORDER = "ORDER BY occurred_at DESC, event_id DESC"
 
 
-def copy_for(f: Filters) -> tuple[str, str, str] | None:
-    """``(copy table, its id condition, the id)`` for a filter of one actor or one
-    target id (the actor's when both); None for any other filter."""
-    if f.actor_id is not None and not f.actor_ids:
-        return BY_ACTOR, "actor_id = ?", f.actor_id
-    if f.target_id is not None and not f.target_ids:
-        return BY_TARGET, "target_id = ?", f.target_id
+def copy_for(f: Filters) -> tuple[str, tuple[str, ...]] | None:
+    """``(copy table, ids)`` for a filter of actor ids (one, or a PHI mode's several) or
+    of one target id (actors first when both); None for any other filter.
+
+    Several target ids take none: an event naming two of them has a row for each in
+    the target copy, and would come twice."""
+    actors = f.actor_ids or (() if f.actor_id is None else (f.actor_id,))
+    if actors:
+        return BY_ACTOR, tuple(actors)
+    targets = f.target_ids or (() if f.target_id is None else (f.target_id,))
+    if len(targets) == 1:
+        return BY_TARGET, tuple(targets)
     return None
 
 
 def page_sql(
     select: str,
     tenant_id: str,
-    copy: tuple[str, str, str],
+    copy: tuple[str, tuple[str, ...]],
     conditions: str,
     params: list[Any],
     limit: int,
     copies: ReadMark,
 ) -> tuple[str, list[Any]]:
     """The page's SQL and parameters; ``conditions``/``params``: the list query's (tenant,
-    filters, cursor). ``select`` is computed on the page's rows only."""
-    table, same_id, value = copy
+    filters, cursor), which select the ids themselves. ``select`` is computed on the
+    page's rows only."""
+    table, ids = copy
+    keys = [key_text(tenant_id, i) for i in ids]
+    if len(keys) == 1:
+        key = "k = md5_number(?)"
+    else:
+        key = f"k IN ({', '.join(['md5_number(?)'] * len(keys))})"
+    values: list[Any] = [*keys]
+    if table == BY_TARGET:  # the row of the copy for that id, not for another target
+        key += " AND target_id = ?"
+        values.append(ids[0])
     sorted_part = (
-        f"SELECT {_STORED} FROM {table} WHERE k = md5_number(?) AND {same_id} "  # noqa: S608
-        f"AND seq <= ? AND {conditions} {ORDER} LIMIT ?"
+        f"SELECT {_STORED} FROM {table} WHERE {key} AND seq <= ? AND {conditions} "  # noqa: S608
+        f"{ORDER} LIMIT ?"
     )
-    key = key_text(tenant_id, value)
     mark = copies.mark
-    values = [key, value, mark, *params, limit]
+    values += [mark, *params, limit]
     rows = f"({sorted_part})"
     if copies.newer:
         newer_part = (

@@ -65,6 +65,15 @@ def test_readyz_is_503_until_caught_up_and_reports_lag(settings, factory):
         assert sum(p["stored"] for p in body["partitions"].values()) == 1000
         keeper = body["target_sets"]  # reported, never a reason to be unready
         assert keeper["error"] is None and keeper["rows"] <= 1000
+        # the copy keeper sorts the 1,000 rows within its interval (5 s)
+        wait_for(
+            lambda: node.readiness()["sorted_copies"]["rows_behind"] == 0,
+            timeout=30,
+            what="sorted copies caught up",
+        )
+        copies = node.readiness()["sorted_copies"]
+        assert copies["error"] is None and copies["runs"] == 1 and copies["steps"] >= 1
+        assert node.copies is not None and node.copies.mark == node.copies.last >= 1000
     finally:
         GatedStore.gate.set()
         node.stop()

@@ -20,7 +20,10 @@ from ledger.sorted_copies import BY_ACTOR, BY_TARGET, ReadMark, key_text
 from ledger.tables import STORED_COLUMNS
 from query_api.filters import Filters
 
-_STORED = ", ".join(STORED_COLUMNS)
+_BOOKKEEPING = {"ledger_key", "kafka_partition", "kafka_offset", "seq"}
+_FIELDS = ", ".join(c for c in STORED_COLUMNS if c not in _BOOKKEEPING)
+"""The stored columns a page's select list reads (not the key, offsets or seq: every
+column read costs a vector of each run that holds a row of the page)."""
 ORDER = "ORDER BY occurred_at DESC, event_id DESC"
 
 
@@ -62,19 +65,18 @@ def page_sql(
         key += " AND target_id = ?"
         values.append(ids[0])
     sorted_part = (
-        f"SELECT {_STORED} FROM {table} WHERE {key} AND seq <= ? AND {conditions} "  # noqa: S608
+        f"SELECT {_FIELDS} FROM {table} WHERE {key} AND seq <= ? AND {conditions} "  # noqa: S608
         f"{ORDER} LIMIT ?"
     )
     mark = copies.mark
     values += [mark, *params, limit]
-    rows = f"({sorted_part})"
-    if copies.newer:
-        newer_part = (
-            f"SELECT {_STORED} FROM audit_events WHERE seq > ? AND {conditions} "  # noqa: S608
-            f"{ORDER} LIMIT ?"
-        )
-        rows = f"{rows} UNION ALL ({newer_part})"
-        values += [mark, *params, limit]
+    if not copies.newer:
+        return f"SELECT {select} FROM ({sorted_part}) {ORDER}", values  # noqa: S608
+    newer_part = (
+        f"SELECT {_FIELDS} FROM audit_events WHERE seq > ? AND {conditions} "  # noqa: S608
+        f"{ORDER} LIMIT ?"
+    )
+    rows = f"({sorted_part}) UNION ALL ({newer_part})"
+    values += [mark, *params, limit, limit]
     sql = f"SELECT {select} FROM (SELECT * FROM ({rows}) {ORDER} LIMIT ?) {ORDER}"  # noqa: S608
-    values.append(limit)
     return sql, values

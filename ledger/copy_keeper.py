@@ -25,7 +25,8 @@ from ledger.store import LedgerStore
 log = logging.getLogger(__name__)
 
 INTERVAL_S = 5.0
-"""How often the keeper looks for new rows: a run per interval under a steady ingest."""
+"""How often the keeper looks for new rows (a run once a row group's worth, or
+``FLUSH_S``, has come in)."""
 NICE = 10
 """The keeper thread's scheduling niceness (Linux): the writer and the API come first."""
 RETRY_S = 5.0
@@ -52,6 +53,8 @@ class CopyKeeper:
         self.error: str | None = None
         self._last_step: float | None = None
         self._runs = 0
+        self._waiting: float | None = None
+        """Since when rows past the mark wait for a run's worth (None: none wait)."""
 
     def start(self) -> None:
         """Start the thread."""
@@ -66,15 +69,17 @@ class CopyKeeper:
             self._thread.join(60)
             self._thread = None
 
-    def step(self, upto: int | None = None) -> bool:
+    def step(self, upto: int | None = None, flush: bool = True) -> bool:
         """One step, in one transaction, taking new rows up to ``seq`` ``upto`` (None:
-        all committed); False when there was nothing to do."""
+        all committed), fewer than a run's worth only with ``flush``
+        (:func:`~ledger.sorted_copies.next_step`); False when there was nothing to do."""
         cur = self.store.db.new_cursor()
         try:
             with self.store.copies_lock:
                 stored = sorted_copies.runs(cur)
                 last = sorted_copies.last_seq(cur)
-                step = sorted_copies.next_step(stored, last if upto is None else min(last, upto))
+                last = last if upto is None else min(last, upto)
+                step = sorted_copies.next_step(stored, last, flush)
                 if step is None:
                     self._runs = len(stored)
                     return False
@@ -97,12 +102,21 @@ class CopyKeeper:
 
     def _round(self) -> None:
         """Every step there is for the rows committed when the round began (a backlog
-        in runs of TOP_ROWS, then the merges). Rows committed meanwhile wait for the
-        next round: under a steady ingest every step would find some, and the keeper
-        would never pause beside the writer."""
-        upto = self.store.copies.last
-        while not self._stop.is_set() and not self._busy() and self.step(upto):
-            pass
+        in runs of BACKLOG_ROWS, then the merges). Rows committed meanwhile wait for
+        the next round: under a steady ingest every step would find some, and the
+        keeper would never pause beside the writer. Fewer rows than a run's worth wait
+        for more, up to FLUSH_S."""
+        marks = self.store.copies
+        upto = marks.last
+        now = time.monotonic()
+        if upto <= marks.mark:
+            self._waiting = None
+        elif self._waiting is None:
+            self._waiting = now
+        flush = self._waiting is not None and now - self._waiting >= sorted_copies.FLUSH_S
+        while not self._stop.is_set() and not self._busy() and self.step(upto, flush):
+            if self.store.copies.mark >= upto:
+                self._waiting = None
 
     def status(self) -> dict[str, object]:
         """What ``/readyz`` shows: the rows committed past the mark (not sorted yet),

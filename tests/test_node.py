@@ -15,6 +15,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from ledger import sorted_copies
 from ledger.node import QueryNode
 from ledger.store import LedgerStore
 from query_api.health import health_routes
@@ -42,7 +43,8 @@ def _client(node):
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node")
 
 
-def test_readyz_is_503_until_caught_up_and_reports_lag(settings, factory):
+def test_readyz_is_503_until_caught_up_and_reports_lag(settings, factory, monkeypatch):
+    monkeypatch.setattr(sorted_copies, "FLUSH_S", 0.0)  # 1,000 rows need not wait for more
     produce(settings, [factory.make() for _ in range(1000)])
     GatedStore.gate = threading.Event()
     node = QueryNode(settings, store_factory=GatedStore)
@@ -65,7 +67,7 @@ def test_readyz_is_503_until_caught_up_and_reports_lag(settings, factory):
         assert sum(p["stored"] for p in body["partitions"].values()) == 1000
         keeper = body["target_sets"]  # reported, never a reason to be unready
         assert keeper["error"] is None and keeper["rows"] <= 1000
-        # the copy keeper sorts the 1,000 rows within its interval (5 s)
+        # the copy keeper sorts the 1,000 rows within its interval (5 s): a run
         wait_for(
             lambda: node.readiness()["sorted_copies"]["rows_behind"] == 0,
             timeout=30,

@@ -33,11 +33,16 @@ def test_size_classes_and_the_next_step(monkeypatch):
     monkeypatch.setattr(sc, "RUN_ROWS", 10)
     monkeypatch.setattr(sc, "FANIN", 4)
     monkeypatch.setattr(sc, "TOP_ROWS", 160)
+    monkeypatch.setattr(sc, "BACKLOG_ROWS", 160)
     assert [size_class(n) for n in (1, 39, 40, 159, 160, 639, 640)] == [0, 0, 1, 1, 2, 2, 3]
     # a backlog is cut into top runs, new rows first
     assert next_step([], 0) is None
     assert next_step([], 400) == (Run(1, 160), [])
     assert next_step([Run(1, 160), Run(161, 320)], 400) == (Run(321, 400), [])
+    # fewer new rows than RUN_ROWS wait, unless they have waited long enough
+    assert next_step([Run(1, 160)], 169, flush=False) is None
+    assert next_step([Run(1, 160)], 170, flush=False) == (Run(161, 170), [])
+    assert next_step([Run(1, 160)], 165) == (Run(161, 165), [])
     # the newest FANIN runs of one class are merged, whatever came before them
     small = [Run(161 + 5 * k, 165 + 5 * k) for k in range(4)]
     assert next_step([Run(1, 160), *small], 180) == (Run(161, 180), small)
@@ -105,6 +110,7 @@ def test_copies_agree_with_the_ledger_through_every_kind_of_write(tmp_path, monk
     monkeypatch.setattr(sc, "RUN_ROWS", 4)
     monkeypatch.setattr(sc, "FANIN", 3)
     monkeypatch.setattr(sc, "TOP_ROWS", 4 * 3 * 3)
+    monkeypatch.setattr(sc, "BACKLOG_ROWS", 4 * 3 * 3)
     store = LedgerStore(tmp_path / "l.duckdb")
     keeper = CopyKeeper(store)
     rng = random.Random(7)

@@ -141,9 +141,9 @@ class Run:
 
 
 class CopyMarks:
-    """How far the copies reach (``mark``) and the newest ``seq`` committed (``last``),
-    as a node publishes them: the keeper moves ``mark`` after each commit, the writer
-    ``last`` after each batch."""
+    """How far the copies reach (``mark``) and the newest ``seq`` written (``last``, at
+    or past the newest committed), as a node publishes them: the keeper moves ``mark``
+    after each commit, the writer ``last`` before each."""
 
     def __init__(self, mark: int, last: int) -> None:
         self.mark = mark
@@ -158,8 +158,8 @@ class CopyMarks:
 @dataclass(frozen=True)
 class ReadMark:
     """A page reads the copies up to ``mark``, and ``audit_events`` past it when
-    ``newer``: rows may lie there (``last`` is published after the commit, before the
-    offsets that say the rows are committed, so no committed row is skipped)."""
+    ``newer``: rows may lie there (the writer publishes ``last`` before its commit, so
+    no committed row is skipped)."""
 
     mark: int
     newer: bool = True

@@ -163,9 +163,7 @@ class LedgerFile(SharedConnection):
             if create:
                 for ddl in ALL_DDL:
                     con.execute(ddl)
-            self.copies = CopyMarks(
-                sorted_copies.mark_of(sorted_copies.runs(con)), sorted_copies.last_seq(con)
-            )
+            self.copies: CopyMarks = sorted_copies.marks(con)
         super().__init__(con)
         self.heads = heads
 

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from ledger.transaction import transaction
+
 RUNS_TABLE = "audit_sorted_runs"
 BY_ACTOR = "audit_by_actor"
 BY_TARGET = "audit_by_target"
@@ -191,6 +193,11 @@ def mark_of(stored: list[Run]) -> int:
     return stored[-1].hi if stored else 0
 
 
+def marks(cur: duckdb.DuckDBPyConnection) -> CopyMarks:
+    """The file's marks as stored: how far its copies reach, and its newest ``seq``."""
+    return CopyMarks(mark_of(runs(cur)), last_seq(cur))
+
+
 def next_step(stored: list[Run], last: int, flush: bool = True) -> tuple[Run, list[Run]] | None:
     """The next range to rebuild, and the runs it replaces; None when there is nothing to do.
 
@@ -235,6 +242,23 @@ def forget_keys(cur: duckdb.DuckDBPyConnection, relation: str) -> None:
         )
 
 
+def step(
+    cur: duckdb.DuckDBPyConnection, upto: int | None = None, flush: bool = True
+) -> list[Run] | None:
+    """One step (:func:`next_step`) in its own transaction on ``cur``, taking new rows up
+    to ``seq`` ``upto`` (None: all committed); the runs after it, or None when there
+    was nothing to do. The caller holds the copies' lock if others write the file."""
+    stored = runs(cur)
+    last = last_seq(cur)
+    found = next_step(stored, last if upto is None else min(last, upto), flush)
+    if found is None:
+        return None
+    run, replaces = found
+    with transaction(cur):
+        rebuild(cur, run, replaces)
+    return [r for r in stored if r not in replaces] + [run]
+
+
 def catch_up(cur: duckdb.DuckDBPyConnection) -> int:
     """Run every step there is (each committed on its own); the steps taken.
 
@@ -242,14 +266,7 @@ def catch_up(cur: duckdb.DuckDBPyConnection) -> int:
     behind its writer instead.
     """
     steps = 0
-    while (step := next_step(runs(cur), last_seq(cur))) is not None:
-        cur.execute("BEGIN TRANSACTION")
-        try:
-            rebuild(cur, *step)
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+    while step(cur) is not None:
         steps += 1
     return steps
 

@@ -161,11 +161,8 @@ class LedgerStore:
         """Held by a transaction that may change which rows the sorted copies hold (a
         keeper step, a dedup-path batch: :mod:`ledger.sorted_copies`)."""
         with duckdb_errors("read marks"):
-            cur = self.cursor()
-            marks = CopyMarks(
-                sorted_copies.mark_of(sorted_copies.runs(cur)), sorted_copies.last_seq(cur)
-            )
-        self.copies = marks
+            marks = sorted_copies.marks(self.cursor())
+        self.copies: CopyMarks = marks
         """How far the sorted copies reach, and the newest ``seq`` committed."""
         self._next_seq = max(marks.mark, marks.last) + 1
         self.quarantined = self._count("ledger_quarantine")

@@ -60,10 +60,10 @@ def page_sql(
         key = "k = md5_number(?)"
     else:
         key = f"k IN ({', '.join(['md5_number(?)'] * len(keys))})"
+    # The key alone: the id itself is in the list query's conditions (the actor, or the
+    # event's targets list). A filter on an id column of the copy is evaluated over
+    # every row of the pruned row groups (see ledger.sorted_copies).
     values: list[Any] = [*keys]
-    if table == BY_TARGET:  # the row of the copy for that id, not for another target
-        key += " AND target_id = ?"
-        values.append(ids[0])
     sorted_part = (
         f"SELECT {_FIELDS} FROM {table} WHERE {key} AND seq <= ? AND {conditions} "  # noqa: S608
         f"{ORDER} LIMIT ?"

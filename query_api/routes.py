@@ -9,7 +9,8 @@ is a next page (its base from :mod:`query_api.links`: configured, or a validated
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 from urllib.parse import urlencode
 
 import duckdb
@@ -34,6 +35,7 @@ from velora.errors import ErrorDetail, NotFound, Unavailable, ValidationError
 from velora.settings import Settings
 
 READ_SCOPE = "audit:read"
+T = TypeVar("T")
 
 
 def ledger_reader(request: Request) -> LedgerReader:
@@ -65,26 +67,33 @@ async def list_audit_events(request: Request) -> Response:
     reveal = phi.revealer()
     tenant, limit = principal.tenant_id, query.limit + 1
     reader = ledger_reader(request)
-    rows: list[queries.Row] = []
-    rendered: list[queries.JsonRow] = []
-    held = await _from_head(reader, tenant, filters, after, limit, hints)
-    in_sql = held is None and not reveal.active and query.limit >= SQL_PAGE_MIN
+
+    def json_page(cur: duckdb.DuckDBPyConnection) -> list[queries.JsonRow]:
+        return queries.list_events_json(
+            cur, tenant, filters, after, limit, hints=hints, copies=copies_mark(reader)
+        )
+
+    def row_page(cur: duckdb.DuckDBPyConnection) -> list[queries.Row]:
+        return queries.list_events(
+            cur, tenant, filters, after, limit, hints=hints, copies=copies_mark(reader)
+        )
+
+    rows: list[queries.Row] | None = None
+    rendered: list[queries.JsonRow] | None = None
+    # When no head can cut the page: a large page of stored values as they are shown
+    # is rendered by DuckDB; a small page, or a server-mode tenant's (revealed by the
+    # Revealer), comes as rows.
+    if not reveal.active and query.limit >= SQL_PAGE_MIN:
+        held, rendered = await _read_page(reader, tenant, filters, after, limit, hints, json_page)
+    else:
+        held, rows = await _read_page(reader, tenant, filters, after, limit, hints, row_page)
     if held is not None:  # first pages and shallow cursors: the tenant's head, no DuckDB
         positions = [r.position for r in held]
-    elif not in_sql:  # a small page, or a server-mode tenant's (revealed by the Revealer)
-        rows = await reader.read(
-            lambda cur: queries.list_events(
-                cur, tenant, filters, after, limit, hints=hints, copies=copies_mark(reader)
-            )
-        )
-        positions = [(r["occurred_us"], r["event_id"]) for r in rows]
-    else:  # a large page of stored values as they are shown: DuckDB renders the JSON
-        rendered = await reader.read(
-            lambda cur: queries.list_events_json(
-                cur, tenant, filters, after, limit, hints=hints, copies=copies_mark(reader)
-            )
-        )
+    elif rendered is not None:
         positions = [(r[1], r[2]) for r in rendered]
+    else:
+        rows = rows or []
+        positions = [(r["occurred_us"], r["event_id"]) for r in rows]
     more = len(positions) > query.limit
     next_cursor = None
     headers: dict[str, str] = {}
@@ -104,27 +113,31 @@ async def list_audit_events(request: Request) -> Response:
         return JsonBytesResponse(body, headers=headers)
     if held is not None:
         rows = [r.row for r in held]
-    if in_sql:
+    elif rendered is not None:
         body = page_json([r[0] for r in rendered[: query.limit]], page)
         return JsonBytesResponse(body, headers=headers)
-    events = [event_json(r, reveal) for r in rows[: query.limit]]
+    events = [event_json(r, reveal) for r in (rows or [])[: query.limit]]
     return JsonResponse({"events": events, "page": page}, headers=headers)
 
 
-async def _from_head(
+async def _read_page(
     reader: LedgerReader,
     tenant: str,
     filters: Filters,
     after: cursor.Position | None,
     limit: int,
     hints: queries.WindowHints | None,
-) -> list[HeadRow] | None:
-    """The page's rows from the tenant's head or, for a filter it cannot cut, from the
-    tenant's head scoped to the filter's actor, target or action (:func:`head_pages.scope`);
-    each loaded on first use (an id head on its second ask). None: read DuckDB."""
+    from_sql: Callable[[duckdb.DuckDBPyConnection], T],
+) -> tuple[list[HeadRow], None] | tuple[None, T]:
+    """The page's rows from a head, or ``from_sql``'s answer when no head can cut it.
+
+    A head is the tenant's, or the tenant's scoped to the filter's actor, target or
+    action (:func:`head_pages.scope`); each is loaded on first use (an id head on its
+    second ask). A page of a loaded head is cut in the event loop; otherwise the loads
+    and, when they give no page, ``from_sql`` run in one job on a reader thread."""
     heads: TenantHeads | None = getattr(reader, "heads", None)
     if heads is None:
-        return None
+        return None, await reader.read(from_sql)
     scope = head_pages.scope(filters)
     scopes = (None,) if scope is None else (None, scope)
     for i, s in enumerate(scopes):
@@ -134,11 +147,11 @@ async def _from_head(
             break
         rows = head_pages.page(head, filters, after, limit)
         if rows is not None:
-            return rows
+            return rows, None
     else:
-        return None
+        return None, await reader.read(from_sql)
 
-    def load(cur: duckdb.DuckDBPyConnection) -> list[HeadRow] | None:
+    def load(cur: duckdb.DuckDBPyConnection) -> tuple[list[HeadRow], None] | tuple[None, T]:
         for s in scopes:
             of_scope = head_pages.scope_filters(s)
             head = heads.get(tenant, s) or heads.load(
@@ -152,8 +165,8 @@ async def _from_head(
                 continue  # not loaded now (a commit holds the lock, or its load backs off)
             rows = head_pages.page(head, filters, after, limit)
             if rows is not None:
-                return rows
-        return None
+                return rows, None
+        return None, from_sql(cur)
 
     return await reader.read(load)
 

@@ -23,8 +23,8 @@ sharing a key (an MD5 collision) would only cost pruning. An event has one row p
 distinct *key* in the target copy, not per id, so that no event can come twice
 even then, and the page needs no filter on the id's own column: DuckDB evaluated
 ``target_id = ?`` over every row of the pruned row groups, which cost more than
-the rest of the page (target pages at 10M events, DuckDB alone, p50/p90: 8.8/13.1
-ms with it, 5.4/6.3 without; layout v10).
+the rest of the page (a target's page from the copy at 10M events, DuckDB alone,
+p50/p90: 8.8/13.1 ms with it, 5.4/6.3 without; layout v10).
 
 Both hold exactly the rows of ``audit_events`` whose ``seq`` (the order in which
 this file committed them, :data:`ledger.tables.SEQ_COLUMN`) is at or below the

@@ -46,13 +46,12 @@ class CopyKeeper(Keeper):
         cur = self.store.db.new_cursor()
         try:
             with self.store.copies_lock:
-                after = sorted_copies.step(cur, upto, flush)
-                if after is None:
-                    self._runs = len(sorted_copies.runs(cur))
+                after, stepped = sorted_copies.step(cur, upto, flush)
+                self._runs = len(after)
+                if not stepped:
                     return False
                 marks = self.store.copies
                 marks.mark = max(marks.mark, sorted_copies.mark_of(after))
-                self._runs = len(after)
         finally:
             cur.close()
         self._stepped()

@@ -248,19 +248,19 @@ def forget_keys(cur: duckdb.DuckDBPyConnection, relation: str) -> None:
 
 def step(
     cur: duckdb.DuckDBPyConnection, upto: int | None = None, flush: bool = True
-) -> list[Run] | None:
+) -> tuple[list[Run], bool]:
     """One step (:func:`next_step`) in its own transaction on ``cur``, taking new rows up
-    to ``seq`` ``upto`` (None: all committed); the runs after it, or None when there
-    was nothing to do. The caller holds the copies' lock if others write the file."""
+    to ``seq`` ``upto`` (None: all committed): the runs after it, and whether there was
+    a step to take. The caller holds the copies' lock if others write the file."""
     stored = runs(cur)
     last = last_seq(cur)
     found = next_step(stored, last if upto is None else min(last, upto), flush)
     if found is None:
-        return None
+        return stored, False
     run, replaces = found
     with transaction(cur):
         rebuild(cur, run, replaces)
-    return [r for r in stored if r not in replaces] + [run]
+    return [r for r in stored if r not in replaces] + [run], True
 
 
 def catch_up(cur: duckdb.DuckDBPyConnection) -> int:
@@ -270,7 +270,7 @@ def catch_up(cur: duckdb.DuckDBPyConnection) -> int:
     behind its writer instead.
     """
     steps = 0
-    while step(cur) is not None:
+    while step(cur)[1]:
         steps += 1
     return steps
 

@@ -34,6 +34,7 @@ from ledger.duck import duckdb_errors
 from ledger.log_reader import check_offsets
 from ledger.store import LedgerStore
 from ledger.tables import ATTEMPT_COLUMNS
+from ledger.transaction import transaction
 from schemas.codec import AvroCodec
 from velora.errors import DecodeError, LedgerMismatch, Unavailable, VeloraError
 from velora.kafka_clients import close_quietly, map_kafka_errors, new_consumer
@@ -234,14 +235,9 @@ class AttemptLog:
             cursor.register("_attempts", table)
             cursor.register("_attempt_offsets", offsets)
             try:
-                cursor.execute("BEGIN TRANSACTION")
-                try:
+                with transaction(cursor):
                     cursor.execute(_WRITE)
                     cursor.execute(_OFFSETS)
-                    cursor.execute("COMMIT")
-                except BaseException:
-                    cursor.execute("ROLLBACK")
-                    raise
             finally:
                 cursor.unregister("_attempts")
                 cursor.unregister("_attempt_offsets")

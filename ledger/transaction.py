@@ -1,4 +1,4 @@
-"""One DuckDB transaction around a block, for the writers that run beside the materializer."""
+"""One DuckDB transaction around a block: a write that commits, or a read's snapshot."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import duckdb
 @contextlib.contextmanager
 def transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """The block in one transaction on ``cur``: committed when it ends, rolled back when
-    it raises."""
+    it raises (the block's error is the one raised, never the rollback's)."""
     cur.execute("BEGIN TRANSACTION")
     try:
         yield
@@ -20,3 +20,14 @@ def transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
         with contextlib.suppress(duckdb.Error):  # a failed COMMIT ended it already
             cur.execute("ROLLBACK")
         raise
+
+
+@contextlib.contextmanager
+def snapshot(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The block's reads on ``cur`` in one transaction, so they see one snapshot of the
+    file whatever commits meanwhile; rolled back when the block ends (it writes nothing)."""
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    finally:
+        cur.execute("ROLLBACK")

@@ -53,6 +53,7 @@ from ledger.rollups import (
     TARGET_UNIT,
     utc_trunc,
 )
+from ledger.transaction import snapshot
 from phi.fields import id_domains
 from phi.policy import Revealer
 from query_api.filters import Filters
@@ -310,11 +311,8 @@ def total(cur: duckdb.DuckDBPyConnection, tenant_id: str, f: Filters, rollups: b
 
 def in_snapshot(cur: duckdb.DuckDBPyConnection, fn: Callable[[], T]) -> T:
     """Run ``fn`` inside one read transaction of ``cur`` (one snapshot of the ledger)."""
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with snapshot(cur):
         return fn()
-    finally:
-        cur.execute("ROLLBACK")
 
 
 # -- the three answers ---------------------------------------------------------------

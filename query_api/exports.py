@@ -52,6 +52,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ledger.duck import duckdb_errors
+from ledger.transaction import snapshot
 from phi.policy import Revealer
 from query_api.filters import Filters
 from query_api.phi_sql import ColumnSql, PhiColumns, plain_column
@@ -395,13 +396,10 @@ def export_chunks(
         cur.execute("SET TimeZone = 'UTC'")  # Arrow times carry the session's zone
         phi = PhiColumns(cur, reveal) if reveal is not None and reveal.active else None
         try:
-            cur.execute("BEGIN TRANSACTION")
-            try:
+            with snapshot(cur):
                 col = plain_column if phi is None else phi.column
                 yield b""  # the snapshot is taken: the answer may start (before the scans)
                 yield from _encode(cur, tenant_id, filters, fmt, progress, stop, col)
-            finally:
-                cur.execute("ROLLBACK")
         finally:
             if phi is not None:
                 phi.close()

@@ -25,9 +25,13 @@ def transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
 @contextlib.contextmanager
 def snapshot(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """The block's reads on ``cur`` in one transaction, so they see one snapshot of the
-    file whatever commits meanwhile; rolled back when the block ends (it writes nothing)."""
+    file whatever commits meanwhile; rolled back when the block ends (it writes nothing).
+    When the block raises, its error is the one raised, never the rollback's."""
     cur.execute("BEGIN TRANSACTION")
     try:
         yield
-    finally:
-        cur.execute("ROLLBACK")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):  # the block may have ended it
+            cur.execute("ROLLBACK")
+        raise
+    cur.execute("ROLLBACK")

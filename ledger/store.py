@@ -45,6 +45,7 @@ from ledger.head import TenantHeads
 from ledger.layout import LAYOUT_KEY, stored_layout
 from ledger.sorted_copies import CopyMarks
 from ledger.tables import ALL_DDL, LAYOUT_VERSION, SEQ_COLUMN, STORED_COLUMNS
+from ledger.transaction import rollback
 from velora.errors import LedgerMismatch
 
 log = logging.getLogger(__name__)
@@ -322,11 +323,11 @@ class LedgerStore:
                     self._commit(cur)
                     heads.committed(cur, "_batch", table)
         except duckdb.ConstraintException:
-            _rollback(cur)
+            rollback(cur)
             self._dedup_left = DEDUP_BATCHES
             return False
         except BaseException:
-            _rollback(cur)
+            rollback(cur)
             raise
         return True
 
@@ -364,7 +365,7 @@ class LedgerStore:
                         self._commit(cur)
                         heads.forget((table, losers))
             except BaseException:
-                _rollback(cur)
+                rollback(cur)
                 raise
             return conflicts
 
@@ -454,7 +455,7 @@ class LedgerStore:
             except DATA_ERRORS:
                 ok = False
             finally:
-                _rollback(cur)
+                rollback(cur)
                 cur.unregister("_probe")
             if ok:
                 return []
@@ -502,10 +503,3 @@ def _quarantine_table(topic: str, rows: list[tuple[int, int, str, str]]) -> pa.T
         ],
         schema=QUARANTINE_SCHEMA,
     )
-
-
-def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
-    try:
-        cur.execute("ROLLBACK")
-    except duckdb.Error:
-        pass  # the failed statement may already have ended the transaction

@@ -17,8 +17,7 @@ def transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
         cur.execute("COMMIT")
     except BaseException:
-        with contextlib.suppress(duckdb.Error):  # a failed COMMIT ended it already
-            cur.execute("ROLLBACK")
+        rollback(cur)  # a failed COMMIT ended it already
         raise
 
 
@@ -31,7 +30,13 @@ def snapshot(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        with contextlib.suppress(duckdb.Error):  # the block may have ended it
-            cur.execute("ROLLBACK")
+        rollback(cur)  # the block may have ended it
         raise
     cur.execute("ROLLBACK")
+
+
+def rollback(cur: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction on ``cur``, if any: a failed statement or COMMIT
+    may already have ended it, and the error that did so is the one to report."""
+    with contextlib.suppress(duckdb.Error):
+        cur.execute("ROLLBACK")

@@ -39,6 +39,7 @@ def test_a_failed_commit_raises_its_own_error_not_the_rollbacks(con):
         with transaction(con):
             con.execute("INSERT INTO t VALUES (5)")
             other.execute("INSERT INTO t VALUES (5)")  # commits first: ours conflicts
+    assert "Failed to commit" in str(caught.value)
     assert "no transaction is active" not in str(caught.value)
     assert _count(other) == 2
 

@@ -29,29 +29,50 @@ from tests.api_support import insert_events, make_event, running_api
 from tests.test_head import TENANTS, Writer
 
 
+def _settle(stored: list[Run], last: int, flush: bool = True) -> list[Run]:
+    """The runs after every step there is (as ``sorted_copies.step`` keeps them)."""
+    while (found := next_step(stored, last, flush)) is not None:
+        run, replaces = found
+        stored = [r for r in stored if r not in replaces] + [run]
+    return stored
+
+
 def test_size_classes_and_the_next_step(monkeypatch):
     monkeypatch.setattr(sc, "RUN_ROWS", 10)
     monkeypatch.setattr(sc, "FANIN", 4)
     monkeypatch.setattr(sc, "TOP_ROWS", 160)
-    monkeypatch.setattr(sc, "BACKLOG_ROWS", 160)
+    monkeypatch.setattr(sc, "BACKLOG_ROWS", 40)
     assert [size_class(n) for n in (1, 39, 40, 159, 160, 639, 640)] == [0, 0, 1, 1, 2, 2, 3]
-    # a backlog is cut into top runs, new rows first
+    # a backlog is cut into runs of BACKLOG_ROWS
     assert next_step([], 0) is None
-    assert next_step([], 400) == (Run(1, 160), [])
-    assert next_step([Run(1, 160), Run(161, 320)], 400) == (Run(321, 400), [])
+    assert next_step([], 400) == (Run(1, 40), [])
+    assert next_step([Run(1, 40), Run(41, 80)], 400) == (Run(81, 120), [])
     # fewer new rows than RUN_ROWS wait, unless they have waited long enough
     assert next_step([Run(1, 160)], 169, flush=False) is None
     assert next_step([Run(1, 160)], 170, flush=False) == (Run(161, 170), [])
     assert next_step([Run(1, 160)], 165) == (Run(161, 165), [])
-    # the newest FANIN runs of one class are merged, whatever came before them
+    # the newest FANIN runs of one class are merged, whatever came before them, and
+    # before any new rows are taken
+    four = [Run(1 + 40 * k, 40 * (k + 1)) for k in range(4)]
+    assert next_step(four, 400) == (Run(1, 160), four)
     small = [Run(161 + 5 * k, 165 + 5 * k) for k in range(4)]
     assert next_step([Run(1, 160), *small], 180) == (Run(161, 180), small)
+    assert next_step([Run(1, 160), *small], 400) == (Run(161, 180), small)
     assert next_step([Run(1, 160), *small[:3]], 175) is None
     mixed = [Run(141, 180), *small[1:]]  # 40 rows are of class 1, the others of class 0
     assert next_step([Run(1, 140), *mixed], 180) is None
     # top runs are never merged again
     top = [Run(1 + 160 * k, 160 * (k + 1)) for k in range(4)]
     assert next_step(top, 640) is None
+    # a backlog ends in top runs (merged as it goes, not only its newest runs) ...
+    tops = [Run(1 + 160 * k, 160 * (k + 1)) for k in range(6)]
+    assert _settle([], 1000) == [*tops, Run(961, 1000)]
+    # ... and so does a steady ingest, in two levels of merges
+    stored: list[Run] = []
+    for last in range(10, 641, 10):
+        stored = _settle(stored, last, flush=False)
+        assert len(stored) <= 3 * (sc.FANIN - 1) + 1
+    assert stored == top
 
 
 def _pages(store_or_file, tenant: str, filters: Filters, mark: int | None, n: int = 3):
@@ -112,12 +133,12 @@ def test_copies_agree_with_the_ledger_through_every_kind_of_write(tmp_path, monk
     monkeypatch.setattr(sc, "RUN_ROWS", 4)
     monkeypatch.setattr(sc, "FANIN", 3)
     monkeypatch.setattr(sc, "TOP_ROWS", 4 * 3 * 3)
-    monkeypatch.setattr(sc, "BACKLOG_ROWS", 4 * 3 * 3)
+    monkeypatch.setattr(sc, "BACKLOG_ROWS", 4 * 3)  # the second class, as at full size
     store = LedgerStore(tmp_path / "l.duckdb")
     keeper = CopyKeeper(store)
     rng = random.Random(7)
     w = Writer(store, 7)
-    w.write(w.batch(90))  # a backlog: two top runs and a smaller one
+    w.write(w.batch(90))  # a backlog: two top runs (each of three merged) and two smaller
     compared, merges, seen_runs = 0, 0, set()
     for step in range(24):
         kind = step % 6

@@ -49,7 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"which suites to run: {', '.join(SUITES)} (default: all)",
     )
     p.add_argument("--bootstrap", help="use this Kafka instead of starting a fresh one")
+    p.add_argument(
+        "--query-events",
+        type=_sizes,
+        metavar="N[,N...]",
+        help="the query suite's ledger sizes (default: 1000000,10000000)",
+    )
     return p
+
+
+def _sizes(raw: str) -> tuple[int, ...]:
+    """``--query-events``: one or more positive event counts, comma-separated."""
+    try:
+        sizes = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of event counts: {raw!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"event counts must be 1 or more: {raw!r}")
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +122,8 @@ def run_suites(args: argparse.Namespace, settings: Settings) -> int:
             )
             (workdir / suite).mkdir(parents=True, exist_ok=True)
             ensure_topics(run_settings)
-            rows: list[Row] = importlib.import_module(module).run(run_settings)
+            options = {"sizes": args.query_events} if suite == "query" and args.query_events else {}
+            rows: list[Row] = importlib.import_module(module).run(run_settings, **options)
             print_table(title, rows)
         print("\nresults written under bench/results/", file=sys.stderr)
     finally:

@@ -231,6 +231,11 @@ def next_step(stored: list[Run], last: int, flush: bool = True) -> tuple[Run, li
     return None
 
 
+def after_step(stored: list[Run], run: Run, replaces: list[Run]) -> list[Run]:
+    """The runs once ``run`` has been rebuilt in place of ``replaces`` (:func:`next_step`)."""
+    return [r for r in stored if r not in replaces] + [run]
+
+
 def rebuild(cur: duckdb.DuckDBPyConnection, run: Run, replaces: list[Run]) -> None:
     """Rebuild the ``seq`` range of ``run`` in both copies, sorted, and record it in
     place of ``replaces``; inside the caller's transaction."""
@@ -270,7 +275,7 @@ def step(
     run, replaces = found
     with transaction(cur):
         rebuild(cur, run, replaces)
-    return [r for r in stored if r not in replaces] + [run], True
+    return after_step(stored, run, replaces), True
 
 
 def catch_up(cur: duckdb.DuckDBPyConnection) -> int:

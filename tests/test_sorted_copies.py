@@ -32,8 +32,7 @@ from tests.test_head import TENANTS, Writer
 def _settle(stored: list[Run], last: int, flush: bool = True) -> list[Run]:
     """The runs after every step there is (as ``sorted_copies.step`` keeps them)."""
     while (found := next_step(stored, last, flush)) is not None:
-        run, replaces = found
-        stored = [r for r in stored if r not in replaces] + [run]
+        stored = sc.after_step(stored, *found)
     return stored
 
 

@@ -217,7 +217,7 @@ def _probe(
     if copy is not None and copies is not None:
         where, params, _ = _conditions(tenant_id, filters, after, now)
         sql, values = sorted_pages.page_sql(
-            select, tenant_id, copy, " AND ".join(where), params, limit, copies
+            select, tenant_id, copy, " AND ".join(where), params, limit, copies, late
         )
         return _fetch(cur, sql, values)
     if not _scattered(filters):

@@ -57,10 +57,15 @@ for each step, so a step never puts back a row a replacement took out.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import duckdb
+import pyarrow as pa
 
+from ledger import tail_keys
+from ledger.tail_keys import TailKeys
 from ledger.transaction import transaction
 
 RUNS_TABLE = "audit_sorted_runs"
@@ -159,16 +164,53 @@ class Run:
 class CopyMarks:
     """How far the copies reach (``mark``) and the newest ``seq`` written (``last``, at
     or past the newest committed), as a node publishes them: the keeper moves ``mark``
-    after each commit, the writer ``last`` before each."""
+    after each commit, the writer ``last`` before each (:meth:`publish`, with the keys
+    of its rows: :mod:`ledger.tail_keys`)."""
 
     def __init__(self, mark: int, last: int) -> None:
         self.mark = mark
-        self.last = last
+        self._last = last
+        self._lock = threading.Lock()
+        self._tail = TailKeys(unknown_upto=last)  # the rows past the mark now: not noted
 
-    def for_reads(self) -> ReadMark | None:
-        """How a page may read the copies now, or None (too many rows past the mark)."""
-        mark, last = self.mark, self.last
-        return ReadMark(mark, last > mark) if last - mark <= TAIL_READ_MAX else None
+    @property
+    def last(self) -> int:
+        """The newest ``seq`` written."""
+        return self._last
+
+    @last.setter
+    def last(self, value: int) -> None:
+        """A ``seq`` published without the keys of its rows (pages then read past the
+        mark whatever their keys, until the mark reaches it)."""
+        with self._lock:
+            self._last = value
+            self._tail.unknown(value)
+
+    def publish(self, lo: int, hi: int, table: pa.Table) -> None:
+        """The writer's rows ``table``, numbered ``lo..hi``, are about to be committed."""
+        if hi < lo:
+            return
+        with self._lock:
+            mark = self.mark
+        # the keys are computed outside the lock, and not at all for a backlog
+        keys = tail_keys.batch_keys(table) if hi - mark <= tail_keys.MAX_NOTED_ROWS else None
+        with self._lock:
+            if keys is None:
+                self._tail.unknown(hi)
+            else:
+                self._tail.note(lo, hi, keys, self.mark)
+            self._last = hi
+
+    def for_reads(self, keys: Iterable[str] | None = None) -> ReadMark | None:
+        """How a page may read the copies now, or None (too many rows past the mark).
+        With ``keys`` (:func:`ledger.tail_keys.key`), the page's rows past the mark are
+        read only when a row of one of them may lie there."""
+        with self._lock:
+            mark, last = self.mark, self._last
+            if last - mark > TAIL_READ_MAX:
+                return None
+            newer = last > mark if keys is None else self._tail.newer(keys, mark, last)
+        return ReadMark(mark, newer)
 
 
 @dataclass(frozen=True)

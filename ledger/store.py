@@ -272,11 +272,11 @@ class LedgerStore:
     def _numbered(self, table: pa.Table) -> pa.Table:
         """``table`` with the next ``seq`` numbers (:data:`ledger.tables.SEQ_COLUMN`);
         numbers of a write that fails are not used again. They are published as the
-        newest (``copies.last``) before the write commits, so no page that starts after
-        the commit skips the rows past the sorted copies' mark."""
+        newest (``copies.last``), with the keys of the rows, before the write commits, so
+        no page that starts after the commit skips the rows past the sorted copies' mark."""
         first = self._next_seq
         self._next_seq += table.num_rows
-        self.copies.last = self._next_seq - 1
+        self.copies.publish(first, self._next_seq - 1, table)
         seq = pa.array(np.arange(first, self._next_seq, dtype=np.int64))
         return table.append_column(SEQ_COLUMN, seq)
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from ledger.head import TenantHeads
 from ledger.head_rows import HeadRow
 from ledger.sorted_copies import CopyMarks, ReadMark
-from query_api import cursor, head_pages, queries
+from query_api import cursor, head_pages, queries, sorted_pages
 from query_api.auth import require_scope
 from query_api.db import LedgerReader
 from query_api.filters import Filters, as_mapping, parse_list_query, query_items, with_phi
@@ -70,12 +70,24 @@ async def list_audit_events(request: Request) -> Response:
 
     def json_page(cur: duckdb.DuckDBPyConnection) -> list[queries.JsonRow]:
         return queries.list_events_json(
-            cur, tenant, filters, after, limit, hints=hints, copies=copies_mark(reader)
+            cur,
+            tenant,
+            filters,
+            after,
+            limit,
+            hints=hints,
+            copies=copies_mark(reader, tenant, filters),
         )
 
     def row_page(cur: duckdb.DuckDBPyConnection) -> list[queries.Row]:
         return queries.list_events(
-            cur, tenant, filters, after, limit, hints=hints, copies=copies_mark(reader)
+            cur,
+            tenant,
+            filters,
+            after,
+            limit,
+            hints=hints,
+            copies=copies_mark(reader, tenant, filters),
         )
 
     rows: list[queries.Row] | None = None
@@ -157,7 +169,7 @@ async def _read_page(
             head = heads.get(tenant, s) or heads.load(
                 tenant,
                 lambda n, f=of_scope: queries.list_events(
-                    cur, tenant, f, None, n, hints=hints, copies=copies_mark(reader)
+                    cur, tenant, f, None, n, hints=hints, copies=copies_mark(reader, tenant, f)
                 ),
                 s,
             )
@@ -171,12 +183,14 @@ async def _read_page(
     return await reader.read(load)
 
 
-def copies_mark(reader: LedgerReader) -> ReadMark | None:
-    """How far a page may read the reader's sorted copies (:mod:`ledger.sorted_copies`);
-    None: not at all. Read when the query runs: a mark published later only moves
-    rows from one part of the page's query to the other."""
+def copies_mark(reader: LedgerReader, tenant: str, filters: Filters) -> ReadMark | None:
+    """How far a page of ``filters`` may read the reader's sorted copies
+    (:mod:`ledger.sorted_copies`); None: not at all. Read when the query runs: a mark
+    published later only moves rows from one part of the page's query to the other."""
     marks: CopyMarks | None = getattr(reader, "copies", None)
-    return None if marks is None else marks.for_reads()
+    if marks is None:
+        return None
+    return marks.for_reads(sorted_pages.noted_keys(tenant, filters))
 
 
 async def get_audit_event(request: Request) -> JsonResponse:

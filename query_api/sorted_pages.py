@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledger import tail_keys
 from ledger.sorted_copies import BY_ACTOR, BY_TARGET, ReadMark, key_text
 from ledger.tables import STORED_COLUMNS
 from query_api.filters import Filters
@@ -47,6 +48,17 @@ def copy_for(f: Filters) -> tuple[str, tuple[str, ...]] | None:
     if len(targets) == 1:
         return BY_TARGET, tuple(targets)
     return None
+
+
+def noted_keys(tenant_id: str, f: Filters) -> tuple[str, ...] | None:
+    """The noted keys (:mod:`ledger.tail_keys`) of the ids a page of ``f`` reads from the
+    copies, or None when it reads none."""
+    copy = copy_for(f)
+    if copy is None:
+        return None
+    table, ids = copy
+    kind = tail_keys.ACTOR if table == BY_ACTOR else tail_keys.TARGET
+    return tuple(tail_keys.key(kind, tenant_id, i) for i in ids)
 
 
 def page_sql(

@@ -190,10 +190,8 @@ class CopyMarks:
         """The writer's rows ``table``, numbered ``lo..hi``, are about to be committed."""
         if hi < lo:
             return
-        with self._lock:
-            mark = self.mark
         # the keys are computed outside the lock, and not at all for a backlog
-        keys = tail_keys.batch_keys(table) if hi - mark <= tail_keys.MAX_NOTED_ROWS else None
+        keys = tail_keys.batch_keys(table) if TailKeys.takes(hi, self.mark) else None
         with self._lock:
             if keys is None:
                 self._tail.unknown(hi)

@@ -80,10 +80,16 @@ class TailKeys:
         self._unknown_upto = unknown_upto
         """Rows up to this ``seq`` past the mark have keys that were not noted."""
 
+    @staticmethod
+    def takes(hi: int, mark: int) -> bool:
+        """Whether rows up to ``seq`` ``hi`` are noted at all with the mark at ``mark``
+        (not a backlog: :data:`MAX_NOTED_ROWS`)."""
+        return hi - mark <= MAX_NOTED_ROWS
+
     def note(self, lo: int, hi: int, keys: frozenset[str], mark: int) -> None:
         """The rows of ``seq`` ``lo..hi`` (numbered, not committed yet) have ``keys``."""
         self.forget(mark)
-        if hi - mark > MAX_NOTED_ROWS:
+        if not self.takes(hi, mark):
             self._noted.clear()
             self._unknown_upto = hi
             return

@@ -68,27 +68,16 @@ async def list_audit_events(request: Request) -> Response:
     tenant, limit = principal.tenant_id, query.limit + 1
     reader = ledger_reader(request)
 
+    def mark() -> ReadMark | None:  # when the query runs
+        return copies_mark(reader, tenant, filters)
+
     def json_page(cur: duckdb.DuckDBPyConnection) -> list[queries.JsonRow]:
         return queries.list_events_json(
-            cur,
-            tenant,
-            filters,
-            after,
-            limit,
-            hints=hints,
-            copies=copies_mark(reader, tenant, filters),
+            cur, tenant, filters, after, limit, hints=hints, copies=mark()
         )
 
     def row_page(cur: duckdb.DuckDBPyConnection) -> list[queries.Row]:
-        return queries.list_events(
-            cur,
-            tenant,
-            filters,
-            after,
-            limit,
-            hints=hints,
-            copies=copies_mark(reader, tenant, filters),
-        )
+        return queries.list_events(cur, tenant, filters, after, limit, hints=hints, copies=mark())
 
     rows: list[queries.Row] | None = None
     rendered: list[queries.JsonRow] | None = None

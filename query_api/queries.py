@@ -37,12 +37,12 @@ from typing import Any
 
 import duckdb
 
+from ledger.event_json import EVENT_JSON_SQL
 from ledger.sorted_copies import ReadMark
 from ledger.tables import EVENT_COLUMN_NAMES, EVENT_COLUMNS, ledger_key
 from query_api import sorted_pages
 from query_api.cursor import Position
 from query_api.filters import MAX_LIMIT, Filters
-from query_api.serialize import EVENT_JSON_SQL
 from schemas.times import from_micros
 
 FIRST_WINDOW = timedelta(minutes=15)
@@ -189,7 +189,7 @@ def list_events_json(
     """The rows of :func:`list_events`, each rendered by DuckDB as its public JSON.
 
     ``(json, occurred_us, event_id)`` per row: the JSON as
-    :data:`query_api.serialize.EVENT_JSON_SQL` renders it (stored values, nothing
+    :data:`ledger.event_json.EVENT_JSON_SQL` renders it (stored values, nothing
     revealed), the rest for the next cursor. The probing, and so the rows and
     their order, are :func:`list_events`' own.
     """

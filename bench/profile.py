@@ -28,7 +28,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.query import _drive, _start_server, _stop, build_copies, generate
+from bench.query import _drive, _start_server, _stop, build_copies, generate, remove_ledger
 from bench.report import process_cpu_s
 from cli.keys import create_key
 from velora.broker import BrokerConfig, LocalBroker
@@ -100,7 +100,7 @@ def profile(settings: Settings, events: int, seconds: float, raw: Path | None) -
         spy.wait(timeout=seconds + 60)
     finally:
         _stop(proc)
-        db.unlink(missing_ok=True)
+        remove_ledger(db)
     counts: Counter[str] = Counter()
     for line in out.read_text().splitlines():
         stack, _, n = line.rpartition(" ")

@@ -71,7 +71,8 @@ import httpx
 from bench.postgres import LocalPostgres, load_from_duckdb
 from bench.report import Row, percentile, write_results
 from cli.keys import create_key
-from ledger import sorted_copies
+from ledger import page_bodies, sorted_copies
+from ledger.duck import LedgerFile
 from ledger.tables import ALL_DDL
 from velora.errors import BrokerError, LedgerMismatch
 from velora.settings import Settings
@@ -152,8 +153,9 @@ def generate(path: Path, n: int, end: datetime, shares: list[float] | None = Non
 
 
 def build_copies(path: Path) -> dict[str, float]:
-    """Sort a generated file's rows into its sorted copies (:mod:`ledger.sorted_copies`),
-    as a node's keeper does behind its writer; seconds taken and the file's growth."""
+    """Sort a generated file's rows into its sorted copies (:mod:`ledger.sorted_copies`)
+    and append their page bodies (:mod:`ledger.page_bodies`), as a node's keepers do
+    behind its writer; seconds taken, the file's growth and the bodies' size."""
     before = path.stat().st_size
     t0 = time.perf_counter()
     con = duckdb.connect(str(path))
@@ -162,11 +164,28 @@ def build_copies(path: Path) -> dict[str, float]:
         con.execute("CHECKPOINT")
     finally:
         con.close()
+    built = time.perf_counter()
+    ledger = LedgerFile(path, create=False, bodies=True)
+    try:
+        ledger.build_bodies()
+        bodies_mb = ledger.bodies.size_bytes() / 1e6 if ledger.bodies else 0.0
+    finally:
+        ledger.close()
     return {
-        "build_s": time.perf_counter() - t0,
+        "build_s": built - t0,
         "file_mb_before": before / 1e6,
         "file_mb_after": path.stat().st_size / 1e6,
+        "bodies_s": time.perf_counter() - built,
+        "bodies_mb": bodies_mb,
     }
+
+
+def remove_ledger(path: Path) -> None:
+    """Remove a benchmark's ledger file and its page bodies."""
+    path.unlink(missing_ok=True)
+    for extra in (".wal", page_bodies.SUFFIX, f"{page_bodies.SUFFIX}-wal",
+                  f"{page_bodies.SUFFIX}-shm"):  # fmt: skip
+        Path(f"{path}{extra}").unlink(missing_ok=True)
 
 
 def _serve_main() -> None:
@@ -185,7 +204,11 @@ def _serve_main() -> None:
         )
     limit = settings.duckdb_memory_limit_mb  # as velora node applies it
     ledger = LedgerFile(
-        sys.argv[1], create=False, heads=heads, memory_limit=f"{limit}MB" if limit else None
+        sys.argv[1],
+        create=False,
+        heads=heads,
+        memory_limit=f"{limit}MB" if limit else None,
+        bodies=settings.page_bodies,
     )
     app = create_app(settings, ledger)
     sock = listen("127.0.0.1", 0, settings.http_backlog)
@@ -500,7 +523,8 @@ def _run_size(
     load_s = load_from_duckdb(pg, db)
     print(f"bench query: {n:,} events generated in {gen_s:.1f}s, sorted copies built in "
           f"{copies['build_s']:.1f}s (file {copies['file_mb_before']:,.0f} -> "
-          f"{copies['file_mb_after']:,.0f} MB), loaded into PostgreSQL "
+          f"{copies['file_mb_after']:,.0f} MB), page bodies in {copies['bodies_s']:.1f}s "
+          f"({copies['bodies_mb']:,.0f} MB), loaded into PostgreSQL "
           f"in {load_s:.1f}s", file=sys.stderr)  # fmt: skip
     proc, url = _start_server(settings, db)
     section: dict[str, Any] = {
@@ -527,7 +551,7 @@ def _run_size(
             _stop(peer_proc)
     finally:
         _stop(proc)
-        db.unlink(missing_ok=True)
+        remove_ledger(db)
     section["loadavg_at_end"] = _loadavg()
     write_results("query", label, section)
     return rows

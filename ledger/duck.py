@@ -24,8 +24,9 @@ from typing import TypeVar
 
 import duckdb
 
-from ledger import sorted_copies
+from ledger import page_bodies, sorted_copies
 from ledger.head import TenantHeads
+from ledger.page_bodies import PageBodies
 from ledger.sorted_copies import CopyMarks
 from ledger.tables import ALL_DDL
 from velora.errors import Unavailable
@@ -145,7 +146,8 @@ class LedgerFile(SharedConnection):
     With ``heads``, the API answers first pages from them as a node does; nothing
     updates them, so only for a file that is not written once it is read (a
     benchmark's). Its sorted copies (:mod:`ledger.sorted_copies`) are read as far as
-    they reached when it was opened.
+    they reached when it was opened; with ``bodies``, its page bodies
+    (:mod:`ledger.page_bodies`) as far as they were built (:meth:`build_bodies`).
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class LedgerFile(SharedConnection):
         create: bool = True,
         heads: TenantHeads | None = None,
         memory_limit: str | None = None,
+        bodies: bool = False,
     ) -> None:
         with duckdb_errors(f"open {Path(path).name}"):
             con = duckdb.connect(str(path))
@@ -164,8 +167,28 @@ class LedgerFile(SharedConnection):
                 for ddl in ALL_DDL:
                     con.execute(ddl)
             self.copies: CopyMarks = sorted_copies.marks(con)
+            self.bodies: PageBodies | None = None
+            if bodies:
+                self.bodies = page_bodies.open_store(page_bodies.path_for(path), con.cursor())
         super().__init__(con)
         self.heads = heads
+
+    def build_bodies(self) -> int:
+        """Bring the page bodies up to every row of the file; how many were added."""
+        if self.bodies is None:
+            return 0
+        added, before = 0, -1
+        cur = self.new_cursor()
+        while self.bodies.high != before:
+            before = self.bodies.high
+            added += self.bodies.step(cur)
+        return added
+
+    def close(self) -> None:
+        """Close the page bodies, then the connection (idempotent)."""
+        if self.bodies is not None:
+            self.bodies.close()
+        super().close()
 
     def readiness(self) -> dict[str, object]:
         """Always ready: the file is loaded before the reader is made."""

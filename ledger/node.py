@@ -17,12 +17,15 @@ from typing import TypeVar
 
 import duckdb
 
+from ledger import page_bodies
 from ledger.attempts import AttemptLog
+from ledger.body_keeper import BodyKeeper
 from ledger.copy_keeper import CopyKeeper
 from ledger.decode import EventDecoder
 from ledger.head import TenantHeads
 from ledger.layout import LedgerState, prepare_ledger
 from ledger.materializer import BatchCallback, Materializer, Status
+from ledger.page_bodies import PageBodies
 from ledger.sorted_copies import CopyMarks
 from ledger.store import LedgerStore
 from ledger.target_keeper import BUSY_LAG, TargetSetKeeper
@@ -59,6 +62,9 @@ class QueryNode:
         """Adds new rows to the target sets (:mod:`ledger.target_keeper`), behind the writer."""
         self.copy_keeper: CopyKeeper | None = None
         """Sorts new rows into the sorted copies (:mod:`ledger.copy_keeper`), behind the writer."""
+        self.bodies: PageBodies | None = None
+        """Each row's public JSON by ``seq`` (:mod:`ledger.page_bodies`); None: not kept."""
+        self.body_keeper: BodyKeeper | None = None
         self.state: LedgerState | None = None
         """What the node found at start: a fresh, current or outdated (rebuilt) ledger."""
         self._lock = threading.Lock()
@@ -100,6 +106,12 @@ class QueryNode:
             self.target_keeper.start()
             self.copy_keeper = CopyKeeper(self.store, busy=self._replaying_backlog)
             self.copy_keeper.start()
+            if self.settings.page_bodies:
+                path = page_bodies.path_for(self.settings.duckdb_path)
+                self.bodies = page_bodies.open_store(path, self.store.cursor())
+            if self.bodies is not None:
+                self.body_keeper = BodyKeeper(self.store, self.bodies, busy=self._replaying_backlog)
+                self.body_keeper.start()
         log.info("query node ledger open at %s (%s)", self.settings.duckdb_path, self.state.value)
 
     def _replaying_backlog(self) -> bool:
@@ -118,6 +130,8 @@ class QueryNode:
             materializer, store, attempts = self.materializer, self.store, self.attempts
             keeper, self.target_keeper = self.target_keeper, None
             copy_keeper, self.copy_keeper = self.copy_keeper, None
+            body_keeper, self.body_keeper = self.body_keeper, None
+            bodies, self.bodies = self.bodies, None
             self.materializer = self.store = self.attempts = None
         if attempts is not None:
             attempts.stop()
@@ -127,6 +141,10 @@ class QueryNode:
             keeper.stop()
         if copy_keeper is not None:
             copy_keeper.stop()
+        if body_keeper is not None:
+            body_keeper.stop()
+        if bodies is not None:
+            bodies.close()
         if store is not None:
             try:
                 store.checkpoint()
@@ -171,6 +189,8 @@ class QueryNode:
             out["target_sets"] = self.target_keeper.status()
         if self.copy_keeper is not None:
             out["sorted_copies"] = self.copy_keeper.status()
+        if self.body_keeper is not None:
+            out["page_bodies"] = self.body_keeper.status()
         if self.heads is not None:
             out["heads"] = self.heads.status()
         if s.held:

@@ -56,8 +56,11 @@ JSON_COLUMNS = (
     f"{EVENT_JSON_SQL}, epoch_us(occurred_at) AS occurred_us, event_id::VARCHAR AS event_id"
 )
 
+SEQ_COLUMNS = "seq, epoch_us(occurred_at) AS occurred_us, event_id::VARCHAR AS event_id"
+
 Row = dict[str, Any]
 JsonRow = tuple[str, int, str]
+SeqRow = tuple[int, int, str]
 """``(public JSON of the event, occurred_us, event_id)``."""
 LATE_ROWS_SQL = f"SET late_materialization_max_rows = {MAX_LIMIT + 1}"
 """For the scattered filters (:func:`_scattered`), on the query's own cursor and reset
@@ -198,6 +201,24 @@ def list_events_json(
     )
 
 
+def list_event_seqs(
+    cur: duckdb.DuckDBPyConnection,
+    tenant_id: str,
+    filters: Filters,
+    after: Position | None,
+    limit: int,
+    now: datetime | None = None,
+    hints: WindowHints | None = None,
+    copies: ReadMark | None = None,
+) -> list[SeqRow]:
+    """Which rows :func:`list_events` gives, as ``(seq, occurred_us, event_id)``, with
+    the same probing: a page whose bodies come from :mod:`ledger.page_bodies`. DuckDB
+    reads three columns of the page's rows instead of twenty."""
+    return _probe(
+        cur, SEQ_COLUMNS, tenant_id, filters, after, limit, now, hints, copies, narrow=True
+    )
+
+
 def _probe(
     cur: duckdb.DuckDBPyConnection,
     select: str,
@@ -209,15 +230,17 @@ def _probe(
     hints: WindowHints | None,
     copies: ReadMark | None,
     late: bool = False,
+    narrow: bool = False,
 ) -> list[tuple[Any, ...]]:
     """The probing of :func:`list_events`, selecting ``select``; with ``late``, ``select``
-    is computed on the page's rows only (after the ``LIMIT``). A page of one actor or
+    is computed on the page's rows only (after the ``LIMIT``); ``narrow``: ``select``
+    reads only :data:`~query_api.sorted_pages.SEQ_FIELDS`. A page of one actor or
     target id with ``copies`` reads the sorted copies instead, in one query."""
     copy = None if copies is None else sorted_pages.copy_for(filters)
     if copy is not None and copies is not None:
         where, params, _ = _conditions(tenant_id, filters, after, now)
         sql, values = sorted_pages.page_sql(
-            select, tenant_id, copy, " AND ".join(where), params, limit, copies, late
+            select, tenant_id, copy, " AND ".join(where), params, limit, copies, late, narrow
         )
         return _fetch(cur, sql, values)
     if not _scattered(filters):

@@ -20,8 +20,9 @@ from starlette.routing import Route
 
 from ledger.head import TenantHeads
 from ledger.head_rows import HeadRow
+from ledger.page_bodies import PageBodies
 from ledger.sorted_copies import CopyMarks, ReadMark
-from query_api import cursor, head_pages, queries, sorted_pages
+from query_api import body_pages, cursor, head_pages, queries, sorted_pages
 from query_api.auth import require_scope
 from query_api.db import LedgerReader
 from query_api.filters import Filters, as_mapping, parse_list_query, query_items, with_phi
@@ -79,12 +80,24 @@ async def list_audit_events(request: Request) -> Response:
     def row_page(cur: duckdb.DuckDBPyConnection) -> list[queries.Row]:
         return queries.list_events(cur, tenant, filters, after, limit, hints=hints, copies=mark())
 
+    bodies: PageBodies | None = getattr(reader, "bodies", None)
+
+    def body_page(cur: duckdb.DuckDBPyConnection) -> list[queries.JsonRow]:
+        found = queries.list_event_seqs(
+            cur, tenant, filters, after, limit, hints=hints, copies=mark()
+        )
+        assert bodies is not None
+        return body_pages.body_page(cur, bodies, found, json_page)
+
     rows: list[queries.Row] | None = None
     rendered: list[queries.JsonRow] | None = None
-    # When no head can cut the page: a large page of stored values as they are shown
-    # is rendered by DuckDB; a small page, or a server-mode tenant's (revealed by the
-    # Revealer), comes as rows.
-    if not reveal.active and query.limit >= SQL_PAGE_MIN:
+    # When no head can cut the page: a page of stored values as they are shown takes
+    # its rows' bodies from the page bodies, or is rendered by DuckDB when large; a
+    # small page without bodies, or a server-mode tenant's (revealed by the Revealer),
+    # comes as rows.
+    if not reveal.active and bodies is not None:
+        held, rendered = await _read_page(reader, tenant, filters, after, limit, hints, body_page)
+    elif not reveal.active and query.limit >= SQL_PAGE_MIN:
         held, rendered = await _read_page(reader, tenant, filters, after, limit, hints, json_page)
     else:
         held, rows = await _read_page(reader, tenant, filters, after, limit, hints, row_page)

@@ -33,6 +33,9 @@ _FIELDS = ", ".join(c for c in STORED_COLUMNS if c not in _BOOKKEEPING)
 """The stored columns a page's select list reads (not the key, offsets or seq: every
 column read costs a vector of each run that holds a row of the page)."""
 ORDER = "ORDER BY occurred_at DESC, event_id DESC"
+SEQ_FIELDS = "seq, occurred_at, event_id"
+"""What a page that only says which rows it holds reads (their bodies come from
+:mod:`ledger.page_bodies`)."""
 
 
 def copy_for(f: Filters) -> tuple[str, tuple[str, ...]] | None:
@@ -70,11 +73,13 @@ def page_sql(
     limit: int,
     copies: ReadMark,
     late: bool = False,
+    narrow: bool = False,
 ) -> tuple[str, list[Any]]:
     """The page's SQL and parameters; ``conditions``/``params``: the list query's (tenant,
     filters, cursor), which select the ids themselves. With ``late``, ``select`` is
     computed on the page's rows only (a JSON rendering); otherwise by the query itself,
-    with as few levels as it takes (see the module's docstring)."""
+    with as few levels as it takes (see the module's docstring). With ``narrow``,
+    ``select`` reads only :data:`SEQ_FIELDS`, and so do the parts of a union."""
     table, ids = copy
     keys = [key_text(tenant_id, i) for i in ids]
     if len(keys) == 1:
@@ -84,7 +89,8 @@ def page_sql(
     # The key alone: the id itself is in the list query's conditions (the actor, or the
     # event's targets list). A filter on an id column of the copy is evaluated over
     # every row of the pruned row groups (see ledger.sorted_copies).
-    fields = _FIELDS if late or copies.newer else select
+    part = SEQ_FIELDS if narrow else _FIELDS  # what a part of a union, or a late page, reads
+    fields = part if late or copies.newer else select
     sorted_part = (
         f"SELECT {fields} FROM {table} WHERE {key} AND seq <= ? AND {conditions} "  # noqa: S608
         f"{ORDER} LIMIT ?"
@@ -95,7 +101,7 @@ def page_sql(
             return sorted_part, values
         return f"SELECT {select} FROM ({sorted_part}) {ORDER}", values  # noqa: S608
     newer_part = (
-        f"SELECT {_FIELDS} FROM audit_events WHERE seq > ? AND {conditions} "  # noqa: S608
+        f"SELECT {part} FROM audit_events WHERE seq > ? AND {conditions} "  # noqa: S608
         f"{ORDER} LIMIT ?"
     )
     rows = f"({sorted_part}) UNION ALL ({newer_part})"

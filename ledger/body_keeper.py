@@ -35,12 +35,8 @@ class BodyKeeper(Keeper):
 
     def step(self) -> bool:
         """One step (:meth:`PageBodies.step`); False when there was nothing to do."""
-        cur = self.store.db.new_cursor()
-        try:
-            before = self.bodies.high
-            self.bodies.step(cur)
-        finally:
-            cur.close()
+        before = self.bodies.high
+        self.bodies.step(self.store.db.cursor())  # the keeper thread's own cursor
         if self.bodies.high == before:
             return False
         self._stepped()

@@ -104,6 +104,8 @@ class PageBodies:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        """Held by a step's transaction, and by :meth:`close`."""
+        self._readers_lock = threading.Lock()
         self._closed = False
         self.errors = 0
         """Lookups that failed (the page was read from DuckDB instead)."""
@@ -162,7 +164,7 @@ class PageBodies:
     def _reader(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
         if con is None:
-            with self._lock:
+            with self._readers_lock:
                 if self._closed:
                     raise sqlite3.ProgrammingError("the page bodies are closed")
                 con = sqlite3.connect(self.path, check_same_thread=False)
@@ -177,7 +179,7 @@ class PageBodies:
 
     def close(self) -> None:
         """Close every connection (readers fail from then on)."""
-        with self._lock:
+        with self._lock, self._readers_lock:
             self._closed = True
             for con in self._readers:
                 con.close()

@@ -36,6 +36,8 @@ class BodyKeeper(Keeper):
     def step(self) -> bool:
         """One step (:meth:`PageBodies.step`); False when there was nothing to do."""
         before = self.bodies.high
+        if self.store.copies.last <= before:  # the writer numbered nothing new
+            return False
         self.bodies.step(self.store.db.cursor())  # the keeper thread's own cursor
         if self.bodies.high == before:
             return False

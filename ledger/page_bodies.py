@@ -71,9 +71,10 @@ def file_id(cur: duckdb.DuckDBPyConnection) -> str:
         "INSERT INTO ledger_meta VALUES (?, ?) ON CONFLICT DO NOTHING",
         [FILE_ID_KEY, uuid.uuid4().hex],
     )
-    row = cur.execute("SELECT value FROM ledger_meta WHERE key = ?", [FILE_ID_KEY]).fetchone()
-    assert row is not None
-    return str(row[0])
+    # fetchall: a DuckDB result left unfetched keeps its transaction open, and a
+    # checkpoint waits for it
+    rows = cur.execute("SELECT value FROM ledger_meta WHERE key = ?", [FILE_ID_KEY]).fetchall()
+    return str(rows[0][0])
 
 
 class PageBodies:
@@ -84,7 +85,7 @@ class PageBodies:
         of another ledger file is removed first (see the module's docstring)."""
         self.path = path
         ledger_id = file_id(cur)
-        newest = cur.execute("SELECT coalesce(max(seq), 0) FROM audit_events").fetchone()
+        newest = cur.execute("SELECT coalesce(max(seq), 0) FROM audit_events").fetchall()[0]
         self._write = self._open_writer()
         found = self._write.execute("SELECT value FROM meta WHERE key = ?", [FILE_ID_KEY])
         row = found.fetchone()
@@ -126,8 +127,8 @@ class PageBodies:
         The writer commits its rows in ``seq`` order, so once a row is committed every
         row before it that will ever be is too: the range up to the newest committed
         ``seq`` is complete, whatever gaps replaced rows left in it."""
-        newest = cur.execute(_NEWEST, [self.high]).fetchone()
-        if newest is None or newest[0] is None:
+        newest = cur.execute(_NEWEST, [self.high]).fetchall()[0]  # all: see file_id
+        if newest[0] is None:
             return 0
         upto = min(int(newest[0]), self.high + STEP_ROWS)
         rows = cur.execute(_RENDER, [self.high, upto]).fetchall()

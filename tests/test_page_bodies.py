@@ -123,7 +123,7 @@ def test_pages_with_bodies_are_the_pages_without(settings, monkeypatch):
         return found
 
     monkeypatch.setattr(PageBodies, "get", counting_get)
-    with running_api(settings) as api:
+    with running_api(settings.with_overrides(rate_limit_burst=100_000)) as api:  # many pages
         events = [
             make_event("acme", i, actor_id=f"user-{i % 4}", target=Target("claim", f"C{i % 7}"))
             for i in range(60)
@@ -140,7 +140,9 @@ def test_pages_with_bodies_are_the_pages_without(settings, monkeypatch):
             got, cursor = [], None
             while True:
                 query = {**params, "limit": limit, **({"cursor": cursor} if cursor else {})}
-                body = api.get("/api/v2/public/audit/events", token, params=query).json()
+                response = api.get("/api/v2/public/audit/events", token, params=query)
+                assert response.status_code == 200, response.text
+                body = response.json()
                 got += body["events"]
                 cursor = body["page"]["next_cursor"]
                 if cursor is None:

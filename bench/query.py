@@ -183,9 +183,8 @@ def build_copies(path: Path) -> dict[str, float]:
 def remove_ledger(path: Path) -> None:
     """Remove a benchmark's ledger file and its page bodies."""
     path.unlink(missing_ok=True)
-    for extra in (".wal", page_bodies.SUFFIX, f"{page_bodies.SUFFIX}-wal",
-                  f"{page_bodies.SUFFIX}-shm"):  # fmt: skip
-        Path(f"{path}{extra}").unlink(missing_ok=True)
+    Path(f"{path}.wal").unlink(missing_ok=True)
+    page_bodies.remove(page_bodies.path_for(path))
 
 
 def _serve_main() -> None:

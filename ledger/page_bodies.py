@@ -91,13 +91,13 @@ class PageBodies:
         row = found.fetchone()
         if row is not None and row[0] != ledger_id:
             self._write.close()
-            _remove(path)
+            remove(path)
             self._write = self._open_writer()
         with self._write:
             self._write.execute(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)", [FILE_ID_KEY, ledger_id]
             )
-            self._write.execute("DELETE FROM bodies WHERE seq > ?", [int(newest[0] or 0)])
+            self._write.execute("DELETE FROM bodies WHERE seq > ?", [int(newest[0])])
         self.high = int(
             self._write.execute("SELECT coalesce(max(seq), 0) FROM bodies").fetchone()[0]
         )
@@ -110,7 +110,6 @@ class PageBodies:
         self._closed = False
         self.errors = 0
         """Lookups that failed (the page was read from DuckDB instead)."""
-        self.last_error: str | None = None
 
     def _open_writer(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -157,9 +156,8 @@ class PageBodies:
         sql = f"SELECT seq, body FROM bodies WHERE seq IN ({marks})"  # noqa: S608
         try:
             return dict(self._reader().execute(sql, wanted).fetchall())
-        except sqlite3.Error as exc:  # closed, or the disk failed: DuckDB answers instead
+        except sqlite3.Error:  # closed, or the disk failed: DuckDB answers instead
             self.errors += 1
-            self.last_error = type(exc).__name__
             return {}
 
     def _reader(self) -> sqlite3.Connection:
@@ -198,7 +196,7 @@ def open_store(path: Path, cur: duckdb.DuckDBPyConnection) -> PageBodies | None:
             then = "pages come from DuckDB alone" if fresh else "making them again"
             log.warning("page bodies %s unusable (%s); %s", path.name, type(exc).__name__, then)
             if not fresh:
-                _remove(path)
+                remove(path)
     return None
 
 
@@ -206,6 +204,7 @@ def _files(path: Path) -> tuple[Path, ...]:
     return (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Remove the store at ``path`` (its file, write-ahead log and shared memory)."""
     for p in _files(path):
         p.unlink(missing_ok=True)

@@ -60,8 +60,9 @@ SEQ_COLUMNS = "seq, epoch_us(occurred_at) AS occurred_us, event_id::VARCHAR AS e
 
 Row = dict[str, Any]
 JsonRow = tuple[str, int, str]
-SeqRow = tuple[int, int, str]
 """``(public JSON of the event, occurred_us, event_id)``."""
+SeqRow = tuple[int, int, str]
+"""``(seq, occurred_us, event_id)``: which row a page holds (:func:`list_event_seqs`)."""
 LATE_ROWS_SQL = f"SET late_materialization_max_rows = {MAX_LIMIT + 1}"
 """For the scattered filters (:func:`_scattered`), on the query's own cursor and reset
 after it: DuckDB then finds the page's rows by their order columns first and reads

@@ -46,8 +46,11 @@ GIN index on ``targets``). The "each asked once" runs stop before they would ask
 for a path again (the closed loop takes at most half the paths, the paced run at
 most the rest), so none of their pages comes from an id head, and so that the id
 heads they would load do not crowd out those of the scenarios asked again, which
-run first. The generated file gets its sorted copies
-(:func:`build_copies`) before the node serves it, as a node's keeper builds them.
+run first. The generated file gets its sorted copies (and page bodies, with
+``VELORA_PAGE_BODIES``) (:func:`build_copies`) before the node serves it, as a
+node's keepers build them, and the node reads the copies into DuckDB's buffer pool
+before it serves (``VELORA_WARM_COPIES``), as a node's copy warmer does in its first
+round.
 Floor: at 10M events, p99 < 100 ms for the first page of 50 (open loop).
 """
 
@@ -152,10 +155,11 @@ def generate(path: Path, n: int, end: datetime, shares: list[float] | None = Non
     return time.perf_counter() - t0
 
 
-def build_copies(path: Path) -> dict[str, float]:
+def build_copies(path: Path, bodies: bool = False) -> dict[str, float]:
     """Sort a generated file's rows into its sorted copies (:mod:`ledger.sorted_copies`)
-    and append their page bodies (:mod:`ledger.page_bodies`), as a node's keepers do
-    behind its writer; seconds taken, the file's growth and the bodies' size."""
+    and, with ``bodies``, append their page bodies (:mod:`ledger.page_bodies`), as a
+    node's keepers do behind its writer; seconds taken, the file's growth and the
+    bodies' size."""
     before = path.stat().st_size
     t0 = time.perf_counter()
     con = duckdb.connect(str(path))
@@ -165,19 +169,20 @@ def build_copies(path: Path) -> dict[str, float]:
     finally:
         con.close()
     built = time.perf_counter()
+    out = {
+        "build_s": built - t0,
+        "file_mb_before": before / 1e6,
+        "file_mb_after": path.stat().st_size / 1e6,
+    }
+    if not bodies:
+        return out
     ledger = LedgerFile(path, create=False, bodies=True)
     try:
         ledger.build_bodies()
         bodies_mb = ledger.bodies.size_bytes() / 1e6 if ledger.bodies else 0.0
     finally:
         ledger.close()
-    return {
-        "build_s": built - t0,
-        "file_mb_before": before / 1e6,
-        "file_mb_after": path.stat().st_size / 1e6,
-        "bodies_s": time.perf_counter() - built,
-        "bodies_mb": bodies_mb,
-    }
+    return {**out, "bodies_s": time.perf_counter() - built, "bodies_mb": bodies_mb}
 
 
 def remove_ledger(path: Path) -> None:
@@ -189,6 +194,7 @@ def remove_ledger(path: Path) -> None:
 
 def _serve_main() -> None:
     """Child process: serve the app over the DuckDB file in argv[1]; print the port."""
+    from ledger.copy_warmer import Warmth
     from ledger.duck import LedgerFile
     from ledger.head import TenantHeads
     from query_api.app import create_app
@@ -209,6 +215,8 @@ def _serve_main() -> None:
         memory_limit=f"{limit}MB" if limit else None,
         bodies=settings.page_bodies,
     )
+    if settings.warm_copies:  # a node's copy warmer does this in its first round
+        Warmth().round(ledger.cursor())
     app = create_app(settings, ledger)
     sock = listen("127.0.0.1", 0, settings.http_backlog)
     server = make_server(app, settings)
@@ -226,6 +234,8 @@ def _child_env(settings: Settings) -> dict[str, str]:
         "VELORA_KEY_PEPPER": settings.key_pepper.reveal(),
         "VELORA_CURSOR_SECRET": settings.cursor_secret.reveal(),
         "VELORA_DUCKDB_MEMORY_LIMIT_MB": str(settings.duckdb_memory_limit_mb),
+        "VELORA_PAGE_BODIES": str(settings.page_bodies).lower(),
+        "VELORA_WARM_COPIES": str(settings.warm_copies).lower(),
         "VELORA_RATE_LIMIT_BURST": "1000000",
         "VELORA_RATE_LIMIT_PER_SECOND": "1000000",
         "VELORA_LOG_LEVEL": "WARNING",
@@ -518,12 +528,16 @@ def _run_size(
     db = settings.state_dir / f"query-{label}.duckdb"
     end = datetime.now(UTC)
     gen_s = generate(db, n, end)
-    copies = build_copies(db)
+    copies = build_copies(db, bodies=settings.page_bodies)
     load_s = load_from_duckdb(pg, db)
+    bodies = (
+        f", page bodies in {copies['bodies_s']:.1f}s ({copies['bodies_mb']:,.0f} MB)"
+        if "bodies_s" in copies
+        else ""
+    )
     print(f"bench query: {n:,} events generated in {gen_s:.1f}s, sorted copies built in "
           f"{copies['build_s']:.1f}s (file {copies['file_mb_before']:,.0f} -> "
-          f"{copies['file_mb_after']:,.0f} MB), page bodies in {copies['bodies_s']:.1f}s "
-          f"({copies['bodies_mb']:,.0f} MB), loaded into PostgreSQL "
+          f"{copies['file_mb_after']:,.0f} MB){bodies}, loaded into PostgreSQL "
           f"in {load_s:.1f}s", file=sys.stderr)  # fmt: skip
     proc, url = _start_server(settings, db)
     section: dict[str, Any] = {

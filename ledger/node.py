@@ -21,6 +21,7 @@ from ledger import page_bodies
 from ledger.attempts import AttemptLog
 from ledger.body_keeper import BodyKeeper
 from ledger.copy_keeper import CopyKeeper
+from ledger.copy_warmer import CopyWarmer
 from ledger.decode import EventDecoder
 from ledger.head import TenantHeads
 from ledger.layout import LedgerState, prepare_ledger
@@ -65,6 +66,8 @@ class QueryNode:
         self.bodies: PageBodies | None = None
         """Each row's public JSON by ``seq`` (:mod:`ledger.page_bodies`); None: not kept."""
         self.body_keeper: BodyKeeper | None = None
+        self.copy_warmer: CopyWarmer | None = None
+        """Keeps the copies' page columns in DuckDB's buffer pool (:mod:`ledger.copy_warmer`)."""
         self.state: LedgerState | None = None
         """What the node found at start: a fresh, current or outdated (rebuilt) ledger."""
         self._lock = threading.Lock()
@@ -106,6 +109,9 @@ class QueryNode:
             self.target_keeper.start()
             self.copy_keeper = CopyKeeper(self.store, busy=self._replaying_backlog)
             self.copy_keeper.start()
+            if self.settings.warm_copies:
+                self.copy_warmer = CopyWarmer(self.store, busy=self._replaying_backlog)
+                self.copy_warmer.start()
             if self.settings.page_bodies:
                 path = page_bodies.path_for(self.settings.duckdb_path)
                 self.bodies = page_bodies.open_store(path, self.store.cursor())
@@ -130,6 +136,7 @@ class QueryNode:
             materializer, store, attempts = self.materializer, self.store, self.attempts
             keeper, self.target_keeper = self.target_keeper, None
             copy_keeper, self.copy_keeper = self.copy_keeper, None
+            warmer, self.copy_warmer = self.copy_warmer, None
             body_keeper, self.body_keeper = self.body_keeper, None
             bodies, self.bodies = self.bodies, None
             self.materializer = self.store = self.attempts = None
@@ -141,6 +148,8 @@ class QueryNode:
             keeper.stop()
         if copy_keeper is not None:
             copy_keeper.stop()
+        if warmer is not None:
+            warmer.stop()
         if body_keeper is not None:
             body_keeper.stop()
         if bodies is not None:
@@ -189,6 +198,8 @@ class QueryNode:
             out["target_sets"] = self.target_keeper.status()
         if self.copy_keeper is not None:
             out["sorted_copies"] = self.copy_keeper.status()
+        if self.copy_warmer is not None:
+            out["copy_warmer"] = self.copy_warmer.status()
         if self.body_keeper is not None:
             out["page_bodies"] = self.body_keeper.status()
         if self.heads is not None:

@@ -186,7 +186,7 @@ def test_a_node_keeps_the_bodies_of_what_it_commits(settings):
     from tests.helpers import wait_for
 
     factory = EventFactory(templates=20)
-    node = QueryNode(settings)
+    node = QueryNode(settings.with_overrides(page_bodies=True))
     node.start()
     try:
         wait_for(lambda: node.readiness()["ready"], timeout=60)

@@ -292,7 +292,8 @@ class Settings:
     head_tenants: int = 128
     head_actions: int = 128
     head_ids: int = 128
-    page_bodies: bool = True
+    page_bodies: bool = False
+    warm_copies: bool = True
     cache_dir: Path = Path(".cache")
     kafka_version: str = "4.0.2"
     broker_port: int = 9092
@@ -532,6 +533,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VELORA_HEAD_ACTIONS": ("head_actions", _int(0, 100_000)),
     "VELORA_HEAD_IDS": ("head_ids", _int(0, 100_000)),
     "VELORA_PAGE_BODIES": ("page_bodies", _bool),
+    "VELORA_WARM_COPIES": ("warm_copies", _bool),
     "VELORA_CACHE_DIR": ("cache_dir", _path),
     "VELORA_KAFKA_VERSION": ("kafka_version", _version),
     "VELORA_BROKER_PORT": ("broker_port", _int(0, 65535)),

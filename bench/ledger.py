@@ -5,8 +5,9 @@ produced first, quickly: :class:`~tests.factory.EventFactory` encodes a few
 thousand varied templates with the codec and stamps a new UUIDv7 into a copy for
 each event; a batching :class:`~kafka.KafkaProducer` sends them. Only the catch-up
 is timed: from starting a :class:`~ledger.materializer.Materializer` on an empty
-DuckDB (with the :class:`~ledger.target_keeper.TargetSetKeeper` and the
-:class:`~ledger.copy_keeper.CopyKeeper` beside it, as in a query node, both waiting
+DuckDB (with the :class:`~ledger.target_keeper.TargetSetKeeper`, the
+:class:`~ledger.copy_keeper.CopyKeeper` and, unless ``VELORA_WARM_COPIES=false``, the
+:class:`~ledger.copy_warmer.CopyWarmer` beside it, as in a query node, all waiting
 while the backlog is replayed) until it has committed the end offsets it saw at
 start; then how long each keeper takes to catch up after it. Several runs, each
 on a new DuckDB file; the median is reported, with this process's CPU use.
@@ -42,6 +43,7 @@ from bench.report import Row, measure_cpu, percentile, write_results
 from cli.commands.node import quiet_kafka_selector
 from ledger import target_sets
 from ledger.copy_keeper import CopyKeeper
+from ledger.copy_warmer import CopyWarmer
 from ledger.materializer import Materializer
 from ledger.store import LedgerStore
 from ledger.target_keeper import BUSY_LAG, TargetSetKeeper
@@ -110,9 +112,12 @@ def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
             materializer = Materializer(bench, store)
             keeper = TargetSetKeeper(store, bench.audit_topic, busy=_busy(materializer))
             copier = CopyKeeper(store, busy=_busy(materializer))
+            warmer = CopyWarmer(store, busy=_busy(materializer)) if bench.warm_copies else None
             with measure_cpu() as cpu:
                 keeper.start()
                 copier.start()
+                if warmer is not None:
+                    warmer.start()
                 materializer.start()
                 done = materializer.wait_caught_up(timeout=600)
             materializer.stop()
@@ -123,6 +128,8 @@ def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
             copies_s.append(time.perf_counter() - sets_started)
             keeper.stop()
             copier.stop()
+            if warmer is not None:
+                warmer.stop()
             rows = store.count()
             store.close()
             if not done or rows != total:
@@ -262,8 +269,11 @@ def freshness(settings: Settings, *, seconds: float, runs: int) -> list[Row]:
             materializer = Materializer(bench, store, on_batch=commits.on_batch)
             keeper = TargetSetKeeper(store, bench.audit_topic, busy=_busy(materializer))
             copier = CopyKeeper(store, busy=_busy(materializer))
+            warmer = CopyWarmer(store, busy=_busy(materializer)) if bench.warm_copies else None
             keeper.start()
             copier.start()
+            if warmer is not None:
+                warmer.start()
             materializer.start()
             try:
                 materializer.wait_caught_up(timeout=60)
@@ -276,6 +286,8 @@ def freshness(settings: Settings, *, seconds: float, runs: int) -> list[Row]:
                 materializer.stop()
                 keeper.stop()
                 copier.stop()
+                if warmer is not None:
+                    warmer.stop()
                 store.close()
             latencies = []
             for p, o, acked in acks:

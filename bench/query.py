@@ -225,7 +225,9 @@ def _serve_main() -> None:
     server.run(sockets=[sock])
 
 
-def _child_env(settings: Settings) -> dict[str, str]:
+def _child_env(settings: Settings, tree: Path | None = None) -> dict[str, str]:
+    """The bench node's environment. For another revision's ``tree`` (``bench.ab``), the
+    settings that tree does not know are left out: its node would refuse them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VELORA_")}
     env.update({
         "VELORA_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -234,12 +236,16 @@ def _child_env(settings: Settings) -> dict[str, str]:
         "VELORA_KEY_PEPPER": settings.key_pepper.reveal(),
         "VELORA_CURSOR_SECRET": settings.cursor_secret.reveal(),
         "VELORA_DUCKDB_MEMORY_LIMIT_MB": str(settings.duckdb_memory_limit_mb),
-        "VELORA_PAGE_BODIES": str(settings.page_bodies).lower(),
-        "VELORA_WARM_COPIES": str(settings.warm_copies).lower(),
         "VELORA_RATE_LIMIT_BURST": "1000000",
         "VELORA_RATE_LIMIT_PER_SECOND": "1000000",
         "VELORA_LOG_LEVEL": "WARNING",
     })  # fmt: skip
+    newer = {
+        "VELORA_PAGE_BODIES": str(settings.page_bodies).lower(),
+        "VELORA_WARM_COPIES": str(settings.warm_copies).lower(),
+    }
+    known = None if tree is None else (tree / "velora" / "settings.py").read_text()
+    env.update({k: v for k, v in newer.items() if known is None or f'"{k}"' in known})
     return env
 
 
@@ -288,7 +294,7 @@ def _start_server(
     settings: Settings, db: Path, tree: Path | None = None
 ) -> tuple[subprocess.Popen[str], str]:
     code = "from bench.query import _serve_main; _serve_main()"
-    return _start_child(code, [str(db)], _child_env(settings), cwd=tree)
+    return _start_child(code, [str(db)], _child_env(settings, tree), cwd=tree)
 
 
 def start_peer(dsn: str, tokens: dict[str, str]) -> tuple[subprocess.Popen[str], str]:

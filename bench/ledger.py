@@ -44,6 +44,7 @@ from cli.commands.node import quiet_kafka_selector
 from ledger import target_sets
 from ledger.copy_keeper import CopyKeeper
 from ledger.copy_warmer import CopyWarmer
+from ledger.keeper import Keeper
 from ledger.materializer import Materializer
 from ledger.store import LedgerStore
 from ledger.target_keeper import BUSY_LAG, TargetSetKeeper
@@ -99,6 +100,18 @@ def _busy(materializer: Materializer) -> Callable[[], bool]:
     return lambda: materializer.status().lag > BUSY_LAG
 
 
+def _keepers(bench: Settings, store: LedgerStore, materializer: Materializer) -> list[Keeper]:
+    """The keepers a query node runs beside its materializer (not started)."""
+    busy = _busy(materializer)
+    keepers: list[Keeper] = [
+        TargetSetKeeper(store, bench.audit_topic, busy=busy),
+        CopyKeeper(store, busy=busy),
+    ]
+    if bench.warm_copies:
+        keepers.append(CopyWarmer(store, busy=busy))
+    return keepers
+
+
 def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
     """Materializer catch-up from an empty DuckDB to the end offsets, ``runs`` times."""
     with tempfile.TemporaryDirectory(prefix="velora-bench-") as tmp:
@@ -110,14 +123,10 @@ def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
             path = Path(tmp) / f"run{i}.duckdb"
             store = LedgerStore(path)
             materializer = Materializer(bench, store)
-            keeper = TargetSetKeeper(store, bench.audit_topic, busy=_busy(materializer))
-            copier = CopyKeeper(store, busy=_busy(materializer))
-            warmer = CopyWarmer(store, busy=_busy(materializer)) if bench.warm_copies else None
+            keepers = _keepers(bench, store, materializer)
             with measure_cpu() as cpu:
-                keeper.start()
-                copier.start()
-                if warmer is not None:
-                    warmer.start()
+                for k in keepers:
+                    k.start()
                 materializer.start()
                 done = materializer.wait_caught_up(timeout=600)
             materializer.stop()
@@ -126,10 +135,8 @@ def catch_up(settings: Settings, *, events: int, runs: int) -> list[Row]:
             sets_s.append(time.perf_counter() - sets_started)
             copies_done = _wait_for_copies(store, timeout=600)
             copies_s.append(time.perf_counter() - sets_started)
-            keeper.stop()
-            copier.stop()
-            if warmer is not None:
-                warmer.stop()
+            for k in keepers:
+                k.stop()
             rows = store.count()
             store.close()
             if not done or rows != total:
@@ -267,13 +274,9 @@ def freshness(settings: Settings, *, seconds: float, runs: int) -> list[Row]:
             commits = _Commits()
             store = LedgerStore(bench.duckdb_path)
             materializer = Materializer(bench, store, on_batch=commits.on_batch)
-            keeper = TargetSetKeeper(store, bench.audit_topic, busy=_busy(materializer))
-            copier = CopyKeeper(store, busy=_busy(materializer))
-            warmer = CopyWarmer(store, busy=_busy(materializer)) if bench.warm_copies else None
-            keeper.start()
-            copier.start()
-            if warmer is not None:
-                warmer.start()
+            keepers = _keepers(bench, store, materializer)
+            for k in keepers:
+                k.start()
             materializer.start()
             try:
                 materializer.wait_caught_up(timeout=60)
@@ -284,10 +287,8 @@ def freshness(settings: Settings, *, seconds: float, runs: int) -> list[Row]:
                     materializer.wait_for_offset(p, o, timeout=60)
             finally:
                 materializer.stop()
-                keeper.stop()
-                copier.stop()
-                if warmer is not None:
-                    warmer.stop()
+                for k in keepers:
+                    k.stop()
                 store.close()
             latencies = []
             for p, o, acked in acks:

@@ -67,7 +67,7 @@ class QueryNode:
         """Each row's public JSON by ``seq`` (:mod:`ledger.page_bodies`); None: not kept."""
         self.body_keeper: BodyKeeper | None = None
         self.copy_warmer: CopyWarmer | None = None
-        """Keeps the copies' page columns in DuckDB's buffer pool (:mod:`ledger.copy_warmer`)."""
+        """Keeps the sorted copies in DuckDB's buffer pool (:mod:`ledger.copy_warmer`)."""
         self.state: LedgerState | None = None
         """What the node found at start: a fresh, current or outdated (rebuilt) ledger."""
         self._lock = threading.Lock()

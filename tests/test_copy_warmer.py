@@ -1,4 +1,4 @@
-"""The copy warmer (ledger/copy_warmer.py): the copies' page columns in DuckDB's buffer pool."""
+"""The copy warmer (ledger/copy_warmer.py): the sorted copies in DuckDB's buffer pool."""
 
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ with identical content.
 - ``audit_by_actor``, ``audit_by_target``, ``audit_sorted_runs``: the rows again,
   sorted for the rare filters, kept behind the writer (:mod:`ledger.sorted_copies`);
   layout v9 added them and ``audit_events.seq`` (:data:`SEQ_COLUMN`); v10 keys the
-  target copy's rows by the key of a target id alone, without the id's column.
+  target copy's rows by the key of a target id alone, without the id's column; v11
+  adds each row's public JSON (``body``).
 
 ``event_id`` is stored as a ``UUID`` (layout v8; text before): ingest accepts only
 canonical lowercase UUIDs, which a ``UUID`` holds exactly in 16 bytes and orders as
@@ -50,7 +51,7 @@ from ledger.rollups import ROLLUP_DDL
 from ledger.sorted_copies import DDL as SORTED_COPIES_DDL
 from ledger.target_sets import DDL as TARGET_SETS_DDL
 
-LAYOUT_VERSION = 10
+LAYOUT_VERSION = 11
 """Bumped whenever a table changes; a node finding an older file rebuilds it from the log."""
 
 AUDIT_EVENTS_DDL = """

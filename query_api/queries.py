@@ -236,7 +236,8 @@ def _probe(
     """The probing of :func:`list_events`, selecting ``select``; with ``late``, ``select``
     is computed on the page's rows only (after the ``LIMIT``); ``narrow``: ``select``
     reads only :data:`~query_api.sorted_pages.SEQ_FIELDS`. A page of one actor or
-    target id with ``copies`` reads the sorted copies instead, in one query."""
+    target id with ``copies`` reads the sorted copies instead, in one query (with
+    ``late``, ``select`` is :data:`JSON_COLUMNS`: the copies' stored bodies)."""
     copy = None if copies is None else sorted_pages.copy_for(filters)
     if copy is not None and copies is not None:
         where, params, _ = _conditions(tenant_id, filters, after, now)

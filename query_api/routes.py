@@ -92,12 +92,13 @@ async def list_audit_events(request: Request) -> Response:
     rows: list[queries.Row] | None = None
     rendered: list[queries.JsonRow] | None = None
     # When no head can cut the page: a page of stored values as they are shown takes
-    # its rows' bodies from the page bodies, or is rendered by DuckDB when large; a
-    # small page without bodies, or a server-mode tenant's (revealed by the Revealer),
-    # comes as rows.
-    if not reveal.active and bodies is not None:
+    # its bodies from the sorted copies (one actor or target id), else from the page
+    # bodies, or is rendered by DuckDB when large; a small page without bodies, or a
+    # server-mode tenant's (revealed by the Revealer), comes as rows.
+    copy_page = sorted_pages.copy_for(filters) is not None
+    if not reveal.active and bodies is not None and not copy_page:
         held, rendered = await _read_page(reader, tenant, filters, after, limit, hints, body_page)
-    elif not reveal.active and query.limit >= SQL_PAGE_MIN:
+    elif not reveal.active and (copy_page or query.limit >= SQL_PAGE_MIN):
         held, rendered = await _read_page(reader, tenant, filters, after, limit, hints, json_page)
     else:
         held, rows = await _read_page(reader, tenant, filters, after, limit, hints, row_page)

@@ -15,8 +15,12 @@ A page's query has as few levels as it can: DuckDB binds and optimizes every lev
 each with its 20 columns, and at 10M events that planning was a third of the page
 (one target's page, DuckDB alone: binding 1.7 ms, optimizing 2.9 ms, the scan 4.5 ms).
 Rows come from the copy alone in one ``SELECT``; with rows past the mark, the two
-parts' union takes one more level to order and cut them; only a JSON rendering
-(``late``) takes one more still, to render the page's rows alone.
+parts' union takes one more level to order and cut them.
+
+A page of JSON (``rendered``) reads each row's stored ``body`` from the copy: DuckDB
+then reads four columns of the page's rows rather than the twenty they are rendered
+from (see :mod:`ledger.sorted_copies`). Rows past the mark are rendered as a copy
+stores them, in a level of their own, once cut to the page.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from __future__ import annotations
 from typing import Any
 
 from ledger import tail_keys
-from ledger.sorted_copies import BY_ACTOR, BY_TARGET, ReadMark, key_text
+from ledger.event_json import EVENT_JSON_SQL
+from ledger.sorted_copies import BODY, BY_ACTOR, BY_TARGET, ReadMark, key_text
 from ledger.tables import STORED_COLUMNS
 from query_api.filters import Filters
 
@@ -36,6 +41,13 @@ ORDER = "ORDER BY occurred_at DESC, event_id DESC"
 SEQ_FIELDS = "seq, occurred_at, event_id"
 """What a page that only says which rows it holds reads (their bodies come from
 :mod:`ledger.page_bodies`)."""
+BODY_FIELDS = f"{BODY}, occurred_at, event_id"
+"""What a part of a page of JSON reads from a copy."""
+NEWER_BODY_FIELDS = f"{EVENT_JSON_SQL} AS {BODY}, occurred_at, event_id"
+"""... and from ``audit_events`` past the mark (each row rendered as a copy stores it)."""
+RENDERED = f"{BODY}, epoch_us(occurred_at) AS occurred_us, event_id::VARCHAR AS event_id"
+"""A page of JSON: ``(public JSON, occurred_us, event_id)`` per row, as
+:data:`query_api.queries.JSON_COLUMNS` renders it."""
 
 
 def copy_for(f: Filters) -> tuple[str, tuple[str, ...]] | None:
@@ -72,13 +84,14 @@ def page_sql(
     params: list[Any],
     limit: int,
     copies: ReadMark,
-    late: bool = False,
+    rendered: bool = False,
     narrow: bool = False,
 ) -> tuple[str, list[Any]]:
     """The page's SQL and parameters; ``conditions``/``params``: the list query's (tenant,
-    filters, cursor), which select the ids themselves. With ``late``, ``select`` is
-    computed on the page's rows only (a JSON rendering); otherwise by the query itself,
-    with as few levels as it takes (see the module's docstring). With ``narrow``,
+    filters, cursor), which select the ids themselves. ``select`` is computed by the
+    query itself, with as few levels as it takes (see the module's docstring). With
+    ``rendered``, the page is :data:`RENDERED` instead (``select`` is not used): the
+    copy's stored ``body``, and rows past the mark rendered once cut. With ``narrow``,
     ``select`` reads only :data:`SEQ_FIELDS`, and so do the parts of a union."""
     table, ids = copy
     keys = [key_text(tenant_id, i) for i in ids]
@@ -89,24 +102,23 @@ def page_sql(
     # The key alone: the id itself is in the list query's conditions (the actor, or the
     # event's targets list). A filter on an id column of the copy is evaluated over
     # every row of the pruned row groups (see ledger.sorted_copies).
-    part = SEQ_FIELDS if narrow else _FIELDS  # what a part of a union, or a late page, reads
-    fields = part if late or copies.newer else select
+    if rendered:
+        select, part = RENDERED, BODY_FIELDS
+    else:
+        part = SEQ_FIELDS if narrow else _FIELDS  # what a part of a union reads
+    fields = part if copies.newer else select
     sorted_part = (
         f"SELECT {fields} FROM {table} WHERE {key} AND seq <= ? AND {conditions} "  # noqa: S608
         f"{ORDER} LIMIT ?"
     )
     values: list[Any] = [*keys, copies.mark, *params, limit]
     if not copies.newer:
-        if not late:
-            return sorted_part, values
-        return f"SELECT {select} FROM ({sorted_part}) {ORDER}", values  # noqa: S608
-    newer_part = (
-        f"SELECT {part} FROM audit_events WHERE seq > ? AND {conditions} "  # noqa: S608
-        f"{ORDER} LIMIT ?"
-    )
+        return sorted_part, values
+    newer_rows = f"FROM audit_events WHERE seq > ? AND {conditions} {ORDER} LIMIT ?"
+    if rendered:  # rendered once cut: DuckDB would render every matching row first
+        newer_part = f"SELECT {NEWER_BODY_FIELDS} FROM (SELECT {_FIELDS} {newer_rows})"  # noqa: S608
+    else:
+        newer_part = f"SELECT {part} {newer_rows}"
     rows = f"({sorted_part}) UNION ALL ({newer_part})"
     values += [copies.mark, *params, limit, limit]
-    if not late:
-        return f"SELECT {select} FROM ({rows}) {ORDER} LIMIT ?", values  # noqa: S608
-    sql = f"SELECT {select} FROM (SELECT * FROM ({rows}) {ORDER} LIMIT ?) {ORDER}"  # noqa: S608
-    return sql, values
+    return f"SELECT {select} FROM ({rows}) {ORDER} LIMIT ?", values  # noqa: S608

@@ -22,7 +22,11 @@ and reference page) :class:`PublicApiMiddleware`:
 5. audits the call as ``audit_log.viewed`` (any status but 429). In ``required``
    read-audit mode the route's answer is held until Kafka acknowledged that
    record and replaced by a 503 when it was not; in ``best_effort`` mode the
-   record is queued and the answer streams as it is made.
+   record is queued and the answer streams as it is made. A route that knows its
+   status before its slow part may send the record ahead, alongside that part
+   (:func:`query_api.read_audit.go_ahead`): the answer then waits for the slower of
+   the two, not both in turn; if the route answers another status after all, that
+   status is recorded too before the answer leaves.
 
 The client IP is the ASGI ``client``: the socket peer, or, behind a proxy listed
 in ``VELORA_TRUSTED_PROXIES``, the address uvicorn's proxy-headers middleware
@@ -31,6 +35,8 @@ took from ``X-Forwarded-For`` (see :mod:`velora.proxies`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -40,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from query_api.auth import Authenticator, Failure, Principal
 from query_api.ratelimit import BucketMap, Decision
-from query_api.read_audit import ReadAuditor, auth_failed_event, read_event
+from query_api.read_audit import AHEAD_KEY, ReadAuditor, auth_failed_event, read_event
 from schemas.events import AuditEvent, Target
 from velora.errors import RateLimited, Unavailable, VeloraError
 from velora.http_errors import error_response
@@ -219,6 +225,29 @@ class PublicApiMiddleware:
         held: list[Message] = []
         streaming = False
         client_ip = scope["client"][0] if scope.get("client") else "unknown"
+        ahead: list[tuple[int, asyncio.Task[None]]] = []
+
+        def go_ahead(status: int) -> None:
+            if ahead:
+                return
+            event = self._read_event(scope, principal, status, client_ip, headers)
+            task = asyncio.ensure_future(auditor.confirm(event))
+            task.add_done_callback(_retrieve)  # also when the call is cancelled
+            ahead.append((status, task))
+
+        async def settle(status: int) -> None:
+            """The call's record acknowledged (else Unavailable): the one sent ahead when
+            it holds this status, else a record of this status (after the one ahead)."""
+            if ahead:
+                recorded, task = ahead[0]
+                if recorded == status:
+                    await task
+                    return
+                with contextlib.suppress(Unavailable):
+                    await task  # a record that did not hold; this status is recorded now
+            await auditor.confirm(self._read_event(scope, principal, status, client_ip, headers))
+
+        scope.setdefault("state", {})[AHEAD_KEY] = go_ahead
 
         async def hold(message: Message) -> None:
             nonlocal streaming
@@ -229,9 +258,7 @@ class PublicApiMiddleware:
             if message["type"] == "http.response.body" and message.get("more_body", False):
                 status = held[0]["status"] if held[0]["type"] == "http.response.start" else 200
                 try:
-                    await auditor.confirm(
-                        self._read_event(scope, principal, status, client_ip, headers)
-                    )
+                    await settle(status)
                 except Unavailable as exc:
                     await error_response(exc, decision.headers())(scope, receive, send)
                     raise _Refused from exc
@@ -247,7 +274,7 @@ class PublicApiMiddleware:
         if streaming:
             return
         try:
-            await auditor.confirm(self._read_event(scope, principal, status, client_ip, headers))
+            await settle(status)
         except Unavailable as exc:
             await error_response(exc, decision.headers())(scope, receive, send)
             return
@@ -287,3 +314,9 @@ class PublicApiMiddleware:
             await error_response(error, decision.headers())(scope, receive, send)
             status = 500
         return status
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a record's outcome seen: the auditor logged and counted a failure already."""
+    if not task.cancelled():
+        task.exception()

@@ -12,7 +12,8 @@ returns a future that resolves once Kafka acknowledged. Two modes
   waits, at most ``timeout`` seconds, for Kafka's acknowledgement; the middleware
   answers the read only then, else 503 with ``Retry-After``. HIPAA's audit-controls
   standard (45 CFR 164.312(b)) asks that access to ePHI be recorded, so a read
-  that cannot be recorded is not served.
+  that cannot be recorded is not served. A route may send its record ahead, while
+  its query runs (:func:`go_ahead`).
 - ``best_effort``: :meth:`ReadAuditor.record` queues the event (no added latency)
   and a worker thread sends it; the read is answered either way.
 
@@ -46,6 +47,8 @@ from velora.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
+AHEAD_KEY = "audit_ahead"
+"""Where the middleware puts the call's :func:`go_ahead` hook in ``scope["state"]``."""
 MAX_PENDING = 10_000
 SOURCE = "velora.query_api"
 CONFIRM_TIMEOUT_S = 5.0
@@ -64,6 +67,17 @@ def _ip(value: str | None) -> str | None:
         return None if value is None else str(ipaddress.ip_address(value))
     except ValueError:
         return None
+
+
+def go_ahead(scope: Mapping[str, Any], status: int = 200) -> None:
+    """Send the call's record now, as answering ``status``, alongside the route's slow
+    part (``required`` mode; otherwise nothing to do). For a route that can no longer
+    answer anything else but by failing: its metadata is set, its input checked. Should
+    it answer another status after all, the middleware records that one too before the
+    answer leaves, so the trail never lacks the status a caller saw."""
+    hook = scope.get("state", {}).get(AHEAD_KEY)
+    if hook is not None:
+        hook(status)
 
 
 class AuditSink(Protocol):

@@ -22,7 +22,7 @@ from ledger.head import TenantHeads
 from ledger.head_rows import HeadRow
 from ledger.page_bodies import PageBodies
 from ledger.sorted_copies import CopyMarks, ReadMark
-from query_api import body_pages, cursor, head_pages, queries, sorted_pages
+from query_api import body_pages, cursor, head_pages, queries, read_audit, sorted_pages
 from query_api.auth import require_scope
 from query_api.db import LedgerReader
 from query_api.filters import Filters, as_mapping, parse_list_query, query_items, with_phi
@@ -96,6 +96,7 @@ async def list_audit_events(request: Request) -> Response:
     # bodies, or is rendered by DuckDB when large; a small page without bodies, or a
     # server-mode tenant's (revealed by the Revealer), comes as rows.
     copy_page = sorted_pages.copy_for(filters) is not None
+    read_audit.go_ahead(request.scope)  # the query is all that is left: record it meanwhile
     if not reveal.active and bodies is not None and not copy_page:
         held, rendered = await _read_page(reader, tenant, filters, after, limit, hints, body_page)
     elif not reveal.active and (copy_page or query.limit >= SQL_PAGE_MIN):

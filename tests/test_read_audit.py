@@ -8,6 +8,7 @@ that fails (fault injection).
 
 from __future__ import annotations
 
+import threading
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
@@ -81,6 +82,75 @@ def test_required_reads_are_on_the_topic_before_they_are_answered(settings):
         records = audit_trail(settings, "audit_log.viewed", 1, timeout=0.1)
         assert records[0]["actor"]["id"] == key.record.key_id
         assert records[0]["metadata"]["status"] == "200"
+
+
+class SignallingSink:
+    """The real producer, noting when a record was handed to it (for ordering only)."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.sent = threading.Event()
+
+    def send(self, event):
+        future = self.real.send(event)
+        self.sent.set()
+        return future
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_a_list_read_sends_its_record_while_its_query_runs(settings, monkeypatch):
+    """The list route sends its record ahead: the page's query still runs when the record
+    is handed to Kafka (it waits for that), and the answer waits for both."""
+    from query_api import queries
+    from tests.api_support import running_api
+
+    sink = SignallingSink(audit_sink(settings))
+    seen: list[bool] = []
+    list_events = queries.list_events
+
+    def query_that_waits_for_the_record(*args, **kwargs):
+        seen.append(sink.sent.wait(10.0))
+        return list_events(*args, **kwargs)
+
+    monkeypatch.setattr(queries, "list_events", query_that_waits_for_the_record)
+    with running_api(settings, sink=sink) as api:
+        insert_events(api.reader, [make_event("acme", i) for i in range(3)])
+        key = api.issue("acme", ("audit:read",))
+        resp = api.get(EVENTS, key.token, params={"limit": 2})
+        assert resp.status_code == 200, resp.text
+        assert len(resp.json()["events"]) == 2
+        assert seen == [True]  # the record went out before the query finished
+        assert api.app.state.auditor.stats.acked == 1
+    (record,) = audit_trail(settings, "audit_log.viewed", 1, timeout=0.1)
+    assert record["metadata"]["status"] == "200" and record["metadata"]["limit"] == "2"
+
+
+def test_a_read_that_fails_after_its_record_went_ahead_is_recorded_as_it_ended(
+    settings, monkeypatch
+):
+    """The record sent ahead says 200; the query then fails: the 500 the caller sees is
+    recorded too, before the answer leaves."""
+    from query_api import queries
+    from tests.api_support import running_api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected: the page's query fails")
+
+    monkeypatch.setattr(queries, "list_events", broken)
+    with running_api(settings) as api:
+        insert_events(api.reader, [make_event("acme", 0)])
+        key = api.issue("acme", ("audit:read",))
+        resp = api.get(EVENTS, key.token)
+        assert resp.status_code == 500
+        assert "events" not in resp.json()
+        assert api.app.state.auditor.stats.acked == 2
+        records = audit_trail(settings, "audit_log.viewed", 2, timeout=0.1)
+    by_status = {r["metadata"]["status"]: r for r in records}
+    assert set(by_status) == {"200", "500"}
+    assert by_status["500"]["outcome"] == {"result": "failure", "reason": "HTTP 500"}
+    assert by_status["200"]["metadata"]["path"] == by_status["500"]["metadata"]["path"]
 
 
 def test_a_key_name_that_ingest_would_refuse_is_recorded_scrubbed(settings):

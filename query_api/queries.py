@@ -52,11 +52,9 @@ MIN_GROWTH, EMPTY_GROWTH, MAX_GROWTH = 4.0, 16.0, 64.0
 COLUMN_NAMES = EVENT_COLUMN_NAMES
 COLUMNS = EVENT_COLUMNS
 ORDER = "ORDER BY occurred_at DESC, event_id DESC"
-JSON_COLUMNS = (
-    f"{EVENT_JSON_SQL}, epoch_us(occurred_at) AS occurred_us, event_id::VARCHAR AS event_id"
-)
+JSON_COLUMNS = f"{EVENT_JSON_SQL}, {sorted_pages.POSITION}"
 
-SEQ_COLUMNS = "seq, epoch_us(occurred_at) AS occurred_us, event_id::VARCHAR AS event_id"
+SEQ_COLUMNS = f"seq, {sorted_pages.POSITION}"
 
 Row = dict[str, Any]
 JsonRow = tuple[str, int, str]

@@ -45,7 +45,10 @@ BODY_FIELDS = f"{BODY}, occurred_at, event_id"
 """What a part of a page of JSON reads from a copy."""
 NEWER_BODY_FIELDS = f"{EVENT_JSON_SQL} AS {BODY}, occurred_at, event_id"
 """... and from ``audit_events`` past the mark (each row rendered as a copy stores it)."""
-RENDERED = f"{BODY}, epoch_us(occurred_at) AS occurred_us, event_id::VARCHAR AS event_id"
+POSITION = "epoch_us(occurred_at) AS occurred_us, event_id::VARCHAR AS event_id"
+"""A row's place in the order, for the next cursor: the last columns of every page
+that is not rows (:data:`RENDERED`, ``query_api.queries``' JSON and ``seq`` pages)."""
+RENDERED = f"{BODY}, {POSITION}"
 """A page of JSON: ``(public JSON, occurred_us, event_id)`` per row, as
 :data:`query_api.queries.JSON_COLUMNS` renders it."""
 

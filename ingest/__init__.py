@@ -11,6 +11,10 @@ Public surface (pinned by ``tests/test_producer.py``)::
         results = producer.send_many([{...}, {...}])  # Accepted(i, ack) / Rejected(i, errors)
         ack = producer.send(event).result()           # Ack(event_id, partition, offset)
 
+A caller on an asyncio event loop that waits for each acknowledgement (the query
+node's read audit) uses :class:`ingest.loop_producer.LoopAuditProducer` instead:
+``ack = await producer.deliver(event)``, sent and acknowledged in that loop.
+
 The HTTP service lives in :mod:`ingest.http` (``create_ingest_app``); it is not
 imported here so that library users do not pay for Starlette.
 """

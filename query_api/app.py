@@ -5,9 +5,9 @@ query node (``ledger.node.QueryNode``, or any :class:`~query_api.db.LedgerReader
 such as :class:`~ledger.duck.LedgerFile`); without it the app is a bare health
 server. The lifespan starts and stops the control-state follower (API keys,
 webhook endpoints), the webhook routes' writers and the read-audit producer (an
-``ingest.AuditProducer`` in system mode with no linger, since in ``required`` mode
-every read waits for its acknowledgement: measured 8.7 ms p50 to an ack with
-``linger_ms=0`` against 11.1 ms with 1 ms).
+``ingest.loop_producer.LoopAuditProducer`` in system mode, which sends in the server's event loop
+with no linger, since in ``required`` mode every read waits for its
+acknowledgement).
 
 The app is wrapped in the trusted-proxy middleware of :mod:`velora.proxies`, so
 client addresses come from ``X-Forwarded-For`` only when the peer is listed in
@@ -69,14 +69,10 @@ class _Readiness:
 
 
 def _default_sink(settings: Settings) -> AuditSink:
-    from ingest import producer  # the ingest library; imported late to keep startup light
+    from ingest import loop_producer  # the ingest library; imported late to keep startup light
 
-    return producer.AuditProducer(
-        settings,
-        system=True,
-        timeout=CONFIRM_TIMEOUT_S,
-        linger_ms=0,
-        client_id="velora-read-audit",
+    return loop_producer.LoopAuditProducer(
+        settings, system=True, timeout=CONFIRM_TIMEOUT_S, client_id="velora-read-audit"
     )
 
 
@@ -90,7 +86,7 @@ def create_app(
     """Build the app for one query node (``node`` is None for a bare health server).
 
     ``control`` and ``audit_sink`` default to ones the app makes and owns
-    (``ControlState(settings)``, ``ingest.producer.AuditProducer(settings)``).
+    (``ControlState(settings)``, ``ingest.loop_producer.LoopAuditProducer(settings)``).
     """
     if node is None:
         return Starlette(
@@ -109,7 +105,7 @@ def create_app(
             await asyncio.to_thread(control_state.start, 0.0)
         sink = audit_sink if audit_sink is not None else _default_sink(settings)
         auditor = ReadAuditor(sink, mode=settings.read_audit)
-        auditor.start()
+        auditor.start(asyncio.get_running_loop())
         state["auditor"] = app.state.auditor = auditor
         try:
             yield

@@ -81,10 +81,18 @@ def go_ahead(scope: Mapping[str, Any], status: int = 200) -> None:
 
 
 class AuditSink(Protocol):
-    """The part of ``ingest.AuditProducer`` the auditor uses."""
+    """The part of ``ingest.AuditProducer`` the auditor uses.
+
+    A sink that runs in the server's event loop (``ingest.LoopAuditProducer``, the
+    node's) also has ``bind(loop)``, which :meth:`ReadAuditor.start` calls with the
+    loop it starts in, and ``async deliver(event)``, which sends and waits in that
+    loop: :meth:`ReadAuditor.confirm` then uses it instead of handing ``send`` to a
+    worker thread.
+    """
 
     def send(self, event: AuditEvent) -> Any:
-        """Send one event; returns a future resolved once Kafka acknowledged it."""
+        """Send one event (from any thread); returns a future resolved once Kafka
+        acknowledged it."""
         ...
 
     def close(self) -> None:
@@ -208,8 +216,11 @@ class ReadAuditor:
         self._lock = threading.Lock()
         self.stats = AuditStats()
 
-    def start(self) -> None:
-        """Start the sending thread."""
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start the sending thread; a sink that runs in an event loop gets ``loop``."""
+        bind = getattr(self._sink, "bind", None)
+        if loop is not None and bind is not None:
+            bind(loop)
         self._thread.start()
 
     def record(self, event: AuditEvent) -> None:
@@ -250,6 +261,10 @@ class ReadAuditor:
             self.stats.acked += 1
 
     async def _send_and_wait(self, event: AuditEvent) -> None:
+        deliver = getattr(self._sink, "deliver", None)
+        if deliver is not None:  # the sink runs in this loop: no hand-off to a thread
+            await deliver(event)
+            return
         future = await asyncio.to_thread(self._sink.send, event)
         await _acknowledged(future)
 

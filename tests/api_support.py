@@ -97,10 +97,10 @@ def insert_events(reader: LedgerFile, events: Iterable[AuditEvent], start_offset
 
 
 def audit_sink(settings: Settings):
-    """The read-audit producer the node makes: ingest's AuditProducer in system mode."""
-    from ingest.producer import AuditProducer
+    """The read-audit producer the node makes: ingest's LoopAuditProducer in system mode."""
+    from ingest.loop_producer import LoopAuditProducer
 
-    return AuditProducer(settings, system=True, timeout=5.0, linger_ms=0)
+    return LoopAuditProducer(settings, system=True, timeout=5.0, client_id="velora-read-audit")
 
 
 @dataclass

@@ -8,6 +8,7 @@ that fails (fault injection).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from contextlib import ExitStack
@@ -90,6 +91,15 @@ class SignallingSink:
     def __init__(self, real) -> None:
         self.real = real
         self.sent = threading.Event()
+
+    def bind(self, loop) -> None:
+        self.real.bind(loop)
+
+    async def deliver(self, event):
+        acked = asyncio.ensure_future(self.real.deliver(event))
+        await asyncio.sleep(0)  # the record is on its way before the query is let go
+        self.sent.set()
+        return await acked
 
     def send(self, event):
         future = self.real.send(event)

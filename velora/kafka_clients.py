@@ -8,6 +8,12 @@ installs :mod:`velora.kafka_sockets` (once per process), so a failed connection
 attempt never leaves its socket open, and a client whose constructor fails is
 closed (:func:`build_client`).
 
+One producer runs on an asyncio event loop instead of a thread of its own:
+aiokafka's, made by :func:`new_loop_producer` (for ``ingest.loop_producer``), with
+the same bootstrap servers and ``acks=all``. Its errors are aiokafka's own classes,
+listed by :func:`loop_kafka_errors` and translated by the same
+:func:`kafka_unavailable`. aiokafka is imported only when such a producer is made.
+
 :func:`map_kafka_errors` is the boundary, in the style of httpx's
 ``map_exceptions``: inside it, kafka-python's errors (and the socket errors it
 lets through) become :class:`~velora.errors.Unavailable`, raised ``from`` the
@@ -21,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
@@ -29,6 +35,9 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from velora import kafka_sockets
 from velora.errors import Unavailable
 from velora.settings import Settings
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,7 +60,7 @@ def kafka_unavailable(
     what: str, exc: BaseException, retry_after: float = RETRY_AFTER_S
 ) -> Unavailable:
     """The :class:`Unavailable` for a failed Kafka operation (no addresses, no data)."""
-    if isinstance(exc, KafkaTimeoutError):
+    if isinstance(exc, KafkaTimeoutError | TimeoutError):
         reason = "timed out"
     else:
         reason = f"failed ({type(exc).__name__})"
@@ -130,6 +139,28 @@ def new_producer(settings: Settings, client_id: str, **config: Any) -> KafkaProd
     }
     kafka_sockets.install()
     return _made(KafkaProducer, "connect", options)
+
+
+def new_loop_producer(settings: Settings, client_id: str, **config: Any) -> AIOKafkaProducer:
+    """An aiokafka producer for the running event loop that waits for every in-sync
+    replica (``acks=all``); ``config`` adds more. Not connected: ``await start()``."""
+    from aiokafka import AIOKafkaProducer
+
+    options: dict[str, Any] = {
+        "bootstrap_servers": _bootstrap(settings),
+        "client_id": client_id,
+        "acks": "all",
+        **config,
+    }
+    return AIOKafkaProducer(**options)
+
+
+def loop_kafka_errors() -> tuple[type[BaseException], ...]:
+    """What aiokafka raises for a broker that is down, slow or refusing (its own
+    ``KafkaError`` tree, and the socket errors it lets through)."""
+    from aiokafka.errors import KafkaError as LoopKafkaError
+
+    return (LoopKafkaError, OSError)
 
 
 def new_admin(settings: Settings, client_id: str = "velora-admin") -> KafkaAdminClient:

@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
-        logging.getLogger("kafka").setLevel(logging.WARNING)
+        for client in ("kafka", "aiokafka"):  # their INFO lines are connection chatter
+            logging.getLogger(client).setLevel(logging.WARNING)
         return int(args.func(args, settings) or 0)
     except VeloraError as exc:
         print(f"velora: error: {exc}", file=sys.stderr)

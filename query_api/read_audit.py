@@ -83,11 +83,11 @@ def go_ahead(scope: Mapping[str, Any], status: int = 200) -> None:
 class AuditSink(Protocol):
     """The part of ``ingest.AuditProducer`` the auditor uses.
 
-    A sink that runs in the server's event loop (``ingest.LoopAuditProducer``, the
-    node's) also has ``bind(loop)``, which :meth:`ReadAuditor.start` calls with the
-    loop it starts in, and ``async deliver(event)``, which sends and waits in that
-    loop: :meth:`ReadAuditor.confirm` then uses it instead of handing ``send`` to a
-    worker thread.
+    A sink that runs in the server's event loop (the node's,
+    ``ingest.loop_producer.LoopAuditProducer``) also has ``bind(loop)``, which
+    :meth:`ReadAuditor.start` calls with the loop it starts in, and ``async
+    deliver(event)``, which sends and waits in that loop: :meth:`ReadAuditor.confirm`
+    then uses it instead of handing ``send`` to a worker thread.
     """
 
     def send(self, event: AuditEvent) -> Any:

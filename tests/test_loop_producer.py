@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import threading
 import uuid
 from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
@@ -156,3 +158,17 @@ def test_after_close_sends_are_unavailable(settings: Settings) -> None:
 
     asyncio.run(main())
     assert total(settings) == 1
+
+
+def test_the_documented_sample_delivers_one_event(settings: Settings) -> None:
+    """docs/ingest.md's sample, run as written inside a coroutine."""
+    text = (Path(__file__).parent.parent / "docs" / "ingest.md").read_text()
+    section = text.split("### In an event loop: `LoopAuditProducer`", 1)[1]
+    sample = section.split("```python\n", 1)[1].split("```", 1)[0]
+    body = textwrap.indent(sample, "    ")
+    scope: dict = {}
+    exec(f"async def sample(settings, event):\n{body}\n    return ack\n", scope)
+    ack = asyncio.run(scope["sample"](settings, raw_event(7)))
+    assert isinstance(ack, Ack)
+    found = [(p, o, r["event_id"]) for p, o, _k, r in read_topic(settings)]
+    assert found == [(ack.partition, ack.offset, ack.event_id)]

@@ -199,7 +199,7 @@ def _serve_main() -> None:
     from ledger.head import TenantHeads
     from query_api.app import create_app
     from velora.http_server import listen, make_server
-    from velora.memory import freeze_start_up
+    from velora.memory import prepare_to_serve
 
     settings = Settings.from_env()
     heads = None
@@ -220,7 +220,7 @@ def _serve_main() -> None:
     app = create_app(settings, ledger)
     sock = listen("127.0.0.1", 0, settings.http_backlog)
     server = make_server(app, settings)
-    freeze_start_up()  # as velora node does
+    prepare_to_serve()  # as velora node does
     print(sock.getsockname()[1], flush=True)
     server.run(sockets=[sock])
 

@@ -1,4 +1,4 @@
-"""``velora.memory.freeze_start_up``: what a server made before serving leaves the
+"""``velora.memory``: what a server made before serving leaves the
 collector's scans, and no garbage is kept with it."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from velora.memory import freeze_start_up
+from velora.memory import SERVING_GC_THRESHOLDS, freeze_start_up, prepare_to_serve
 
 
 class Node:
@@ -32,3 +32,15 @@ def test_start_up_objects_leave_the_collectors_scans_and_garbage_is_collected_fi
         gc.unfreeze()
         gc.enable()
     assert any(o is kept for o in gc.get_objects())
+
+
+def test_a_server_collects_less_often_with_start_up_frozen():
+    before = gc.get_threshold()
+    try:
+        prepare_to_serve()
+        assert gc.get_threshold() == SERVING_GC_THRESHOLDS
+        assert SERVING_GC_THRESHOLDS[0] > before[0]  # fewer young collections than Python's
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

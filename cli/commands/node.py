@@ -22,7 +22,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from velora.errors import VeloraError
-from velora.memory import freeze_start_up
+from velora.memory import prepare_to_serve
 from velora.settings import Settings, check_bind_secrets
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             progress.attach(node.materializer)
         threading.Thread(target=watch_fatal, name="velora-fatal-watch", daemon=True).start()
         server = make_server(create_app(settings, node), settings)
-        freeze_start_up()
+        prepare_to_serve()  # start-up frozen, fewer collections (velora.memory)
         log.info("listening on %s", url_of(sock))
         if not stopping.is_set():
             server.run(sockets=[sock])

@@ -18,33 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import signal
 
-from velora.memory import freeze_start_up
+from velora.memory import prepare_to_serve
 from velora.settings import Settings, check_bind_secrets
 
 log = logging.getLogger("velora.webhooks")
-
-GC_THRESHOLDS = (10_000, 20, 20)
-"""The dispatcher's garbage-collector thresholds (Python's defaults: 700, 10, 10).
-
-A json delivery allocates a few dozen short-lived containers (the event, its
-envelope, headers, the attempt record, futures), so with the defaults the young
-generation is collected every few dozen deliveries and the older ones scanned
-often. With these, and what start-up made frozen out of every scan, the
-dispatcher spent 0.445 ms of CPU per json event instead of 0.473 and delivered
-2,043 and 2,067 events/s instead of 1,923 and 1,901 (the webhook benchmark's json
-throughput alone, alternating, two rounds each; ``docs/webhooks.md``). Reference
-cycles are still collected, just in fewer, larger passes."""
-
-
-def _tune_gc() -> None:
-    """Freeze what start-up made (modules, schemas, Kafka clients, the control state)
-    out of the collector's scans, and collect less often (:data:`GC_THRESHOLDS`)."""
-    freeze_start_up()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,7 +73,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await service.start()
-        _tune_gc()
+        prepare_to_serve()  # start-up frozen, fewer collections (velora.memory)
         server = make_server(probe_app(service), settings)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         serving = asyncio.create_task(server.serve(sockets=[sock]))

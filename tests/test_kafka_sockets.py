@@ -188,3 +188,43 @@ def test_a_client_whose_constructor_fails_is_closed(kind: str) -> None:
     threads, sockets = _half_built(kind, "plain")
     assert threads + sockets >= 1  # the kafka-python behaviour it repairs
     assert _half_built(kind, "factory") == (0, 0)
+
+
+READ_AFTER_CLOSE = """
+import logging, socket, sys
+from velora import kafka_sockets
+if sys.argv[1] == "installed":
+    assert kafka_sockets.install()
+from kafka.net.transport import KafkaTCPTransport
+
+class Net:  # the transport's selector, as far as closing needs one
+    def unregister_event(self, sock, events): pass
+    def cancel(self, task): pass
+
+errors = []
+class Errors(logging.Handler):
+    def emit(self, record):
+        if record.levelno >= logging.ERROR:
+            errors.append(record.getMessage())
+logging.getLogger("kafka").addHandler(Errors())
+ours, theirs = socket.socketpair()
+transport = KafkaTCPTransport(Net(), ours)
+transport.close()  # the connection closes while its read task waits ...
+data, err = transport._sock_recv()  # ... and the task wakes and reads
+theirs.close()
+print(repr(data), type(err).__name__, len(errors))
+"""
+
+
+def _read_after_close(mode: str) -> str:
+    out = subprocess.run([sys.executable, "-c", READ_AFTER_CLOSE, mode], cwd=REPO,
+                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def test_a_read_after_close_logs_a_traceback_without_the_fix() -> None:
+    assert _read_after_close("plain") == "b'' KafkaConnectionError 1"
+
+
+def test_a_read_after_close_reads_nothing_and_logs_nothing_with_the_fix() -> None:
+    assert _read_after_close("installed") == "b'' KafkaConnectionError 0"

@@ -17,7 +17,9 @@ made: a closed loop drives none of them any more, yet an attempt still suspended
 in its connect (a task that close did not reach), or a connection handed its
 transport just after the client began closing, would otherwise keep a *connected*
 socket until a garbage collection of its reference cycle, whose finalizers run in
-no set order (so the socket can warn before the attempt's own ``close`` runs). It goes through
+no set order (so the socket can warn before the attempt's own ``close`` runs). And
+a connection closed while its read task waited no longer logs a traceback when
+that task wakes (:func:`_nothing_once_closed`). It goes through
 :class:`velora.kafka_internals.InternalsGuard`: on another kafka-python it changes
 nothing. It is installed once per process by the client factory
 (:mod:`velora.kafka_clients`), before the first client is made.
@@ -33,16 +35,20 @@ from typing import Any
 from velora.kafka_internals import InternalsGuard, require
 
 
-def _probe() -> tuple[type, type]:
+def _probe() -> tuple[type, type, tuple[type, ...]]:
     from kafka.net.inet import KafkaNetSocket
     from kafka.net.selector import NetworkSelector
+    from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
 
     require(KafkaNetSocket, "connect", "socket", "sock_connect")
     require(NetworkSelector, "close")
-    return KafkaNetSocket, NetworkSelector
+    transports = (KafkaTCPTransport, KafkaSSLTransport)
+    for transport in transports:
+        require(transport, "_sock_recv", "_read_from_sock", "abort")
+    return KafkaNetSocket, NetworkSelector, transports
 
 
-GUARD: InternalsGuard[tuple[type, type]] = InternalsGuard(
+GUARD: InternalsGuard[tuple[type, type, tuple[type, ...]]] = InternalsGuard(
     "closing failed connection sockets", _probe
 )
 
@@ -85,10 +91,12 @@ def install() -> bool:
         classes = GUARD.internals()
         if classes is None:
             return False
-        socket_class, selector_class = classes
+        socket_class, selector_class, transports = classes
         original = socket_class.connect
         socket_class.connect = functools.wraps(original)(_connect)
         selector_class.close = _closing_sockets(selector_class.close)
+        for transport in transports:
+            transport._sock_recv = _nothing_once_closed(transport._sock_recv)
         _installed = True
         return True
 
@@ -106,3 +114,24 @@ def _closing_sockets(close: Any) -> Any:
                 sock.close()
 
     return closing
+
+
+def _nothing_once_closed(sock_recv: Any) -> Any:
+    """A transport's ``_sock_recv``, which reads nothing once the transport closed.
+
+    A connection's read task waits for its socket to be readable; when the connection
+    is closed meanwhile (a client shutting down), the wait ends, the socket is gone,
+    and kafka-python 3.0.12 logs ``AttributeError: 'NoneType' object has no attribute
+    'recv'`` with a traceback at ERROR before it drops the connection it already
+    dropped. This answers "closed" instead, with nothing logged: the read task then
+    aborts the transport, which does nothing a second time."""
+    from kafka.errors import KafkaConnectionError
+
+    @functools.wraps(sock_recv)
+    def recv(self: Any) -> tuple[bytes, BaseException | None]:
+        if self._sock is None:
+            return b"", KafkaConnectionError("the connection is closed")
+        result: tuple[bytes, BaseException | None] = sock_recv(self)
+        return result
+
+    return recv

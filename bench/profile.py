@@ -45,8 +45,9 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rate limit", ("query_api/ratelimit.py",)),
     ("route, filters, cursor", ("query_api/routes.py", "query_api/filters.py",
                                 "query_api/cursor.py", "query_api/links.py", "urllib/")),
-    ("ASGI stack (uvicorn, h11, Starlette, middleware)", (
-        "uvicorn/", "h11/", "starlette/", "velora/http_server.py", "velora/proxies.py",
+    ("ASGI stack (uvicorn, httptools, Starlette, middleware)", (
+        "uvicorn/", "httptools", "starlette/", "velora/http_server.py",
+        "velora/http_protocol.py", "velora/proxies.py",
         "query_api/middleware.py", "velora/http_errors.py")),
     ("event loop, threads", ("asyncio/", "threading.py", "concurrent/", "selectors.py")),
 )  # fmt: skip

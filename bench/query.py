@@ -11,9 +11,9 @@ materializer have their own benchmarks; this one measures reads.
 
 **Server.** A child process serves ``create_app(settings, LedgerFile(file))``
 with the tenants' heads (:mod:`ledger.head`), as ``velora node`` serves it
-(``velora.http_server``: uvicorn on h11 with the HTTP limits): the real
+(``velora.http_server``: uvicorn on httptools with the HTTP limits): the real
 middleware (auth, rate limits with a huge bucket, read auditing through
-``ingest.AuditProducer`` to the bench broker), routes and SQL.
+``ingest.LoopAuditProducer`` to the bench broker), routes and SQL.
 **Load.** This process drives it over 32 concurrent keep-alive connections with
 a minimal asyncio HTTP/1.1 client (cheaper than httpx, so that the two cores go
 to the server) and measures client-side latency per request.

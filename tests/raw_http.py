@@ -21,6 +21,7 @@ class Answer:
     body: bytes
     closed_after_s: float  # when the server closed the connection (from the first send)
     reset: bool
+    raw: bytes = b""  # every byte the server sent
 
 
 def parse(raw: bytes) -> tuple[int | None, dict[str, str], bytes]:
@@ -34,6 +35,20 @@ def parse(raw: bytes) -> tuple[int | None, dict[str, str], bytes]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return int(lines[0].split()[1]), headers, body
+
+
+def split_answers(raw: bytes) -> list[tuple[int | None, bytes]]:
+    """Status and body of each answer, in order, in the bytes of pipelined answers
+    (each with a ``Content-Length``); an unparseable rest is ``(None, rest)``."""
+    out: list[tuple[int | None, bytes]] = []
+    while raw:
+        status, headers, rest = parse(raw)
+        if status is None:
+            return [*out, (None, raw)]
+        length = int(headers.get("content-length", "0"))
+        out.append((status, rest[:length]))
+        raw = rest[length:]
+    return out
 
 
 def exchange(
@@ -65,7 +80,7 @@ def exchange(
     finally:
         conn.close()
     status, headers, body = parse(raw)
-    return Answer(status, headers, body, time.monotonic() - started, reset)
+    return Answer(status, headers, body, time.monotonic() - started, reset, raw)
 
 
 def request(path: str, *headers: str, method: str = "GET", body: bytes = b"") -> bytes:

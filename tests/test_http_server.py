@@ -1,7 +1,7 @@
 """velora.http_server: every limit of the one way services are served, over real sockets.
 
 A small Starlette app runs under :func:`velora.http_server.make_server` (real
-uvicorn, real h11, port 0) with short timeouts; raw sockets play the client,
+uvicorn, real httptools, port 0) with short timeouts; raw sockets play the client,
 so that malformed, oversized and slow requests can be sent byte by byte.
 """
 
@@ -21,10 +21,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.helpers import wait_for
-from tests.raw_http import Answer, exchange, parse, request
+from tests.raw_http import Answer, exchange, parse, request, split_answers
 from velora.errors import AuthenticationError
 from velora.http_errors import EXCEPTION_HANDLERS
-from velora.http_server import LINGER_MAX_S, listen, make_server
+from velora.http_protocol import LINGER_MAX_S
+from velora.http_server import listen, make_server
 from velora.settings import Settings
 
 FAST = {
@@ -140,7 +141,7 @@ def test_headers_just_under_the_limit_pass(port):
 
 @pytest.mark.parametrize("length", [9_000, 100_000])
 def test_an_over_long_url_gets_414_in_the_json_shape(port, length):
-    """Within the head limit (the gate measures the URL) and beyond it (h11 gave up)."""
+    """In one read with the rest of the head, and a URL longer than one read."""
     answer = exchange(port, request("/echo?q=" + "x" * length))
     assert answer.status == 414 and error_type(answer) == "uri_too_long"
     assert not answer.reset
@@ -155,6 +156,8 @@ def test_an_over_long_url_gets_414_in_the_json_shape(port, length):
         b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"GET /echo\r\n\r\n",  # no HTTP version
         b"GET /echo HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+        b"GET /echo HTTP/2.0\r\nHost: test\r\n\r\n",  # read by the parser, not served
+        b"GET /echo HTTP/1.1\nHost: test\n\n",  # bare LF line ends
     ],
 )
 def test_framing_errors_get_400_in_the_json_shape_not_plain_text(port, raw):
@@ -244,3 +247,53 @@ def test_pipelined_requests_are_answered_in_order(port):
     answer = exchange(port, request("/echo") + request("/echo", "Connection: close"))
     assert answer.status == 200
     assert answer.body.count(b'"client":"127.0.0.1"') == 2
+
+
+def test_a_bad_request_read_ahead_is_refused_after_the_answers_before_it(port):
+    """The parser reads pipelined requests ahead of their turn; the refusal of a bad one
+    waits for the answers owed to the requests before it, whole and in order."""
+    raw = request("/echo") + request("/echo") + b"\x00 nonsense\r\n\r\n"
+    answer = exchange(port, raw)
+    got = split_answers(answer.raw)
+    assert [status for status, _ in got] == [200, 200, 400]
+    assert all(json.loads(body)["client"] == "127.0.0.1" for _, body in got[:2])
+    assert json.loads(got[2][1])["error"]["type"] == "bad_request"
+    assert not answer.reset
+
+
+def test_a_head_over_the_limit_read_ahead_is_refused_after_the_answer_before_it(port):
+    raw = request("/echo") + request("/echo", "X-Big: " + "a" * 20_000)
+    answer = exchange(port, raw)
+    got = split_answers(answer.raw)
+    assert [status for status, _ in got] == [200, 431]
+    assert json.loads(got[1][1])["error"]["type"] == "headers_too_large"
+
+
+def test_a_request_after_a_large_body_in_the_same_read_is_not_counted_as_its_head(port):
+    """A head that begins in a read after another request's body: only its own bytes
+    count toward the header limit, so a 3 MiB body followed by a small request in one
+    send is served twice, not refused."""
+    body = b"z" * (3 * 2**20)
+    raw = request("/echo", method="POST", body=body) + request("/echo", "Connection: close")
+    answer = exchange(port, raw)
+    got = split_answers(answer.raw)
+    assert [status for status, _ in got] == [200, 200]
+    assert json.loads(got[0][1])["bytes"] == len(body)
+
+
+def test_a_head_sent_in_pieces_is_bounded_across_them(port):
+    """Under the limit in pieces: served. Over it, in pieces each well under it: 431."""
+    head = request("/echo", "Connection: close", "X-Big: " + "a" * 15_000)
+    pieces = [head[i : i + 4000] for i in range(0, len(head), 4000)]
+    assert exchange(port, *pieces, gap_s=0.05).status == 200
+    head = request("/echo", "Connection: close", "X-Big: " + "a" * 17_000)
+    pieces = [head[i : i + 4000] for i in range(0, len(head), 4000)]
+    answer = exchange(port, *pieces, gap_s=0.05)
+    assert answer.status == 431 and error_type(answer) == "headers_too_large"
+
+
+def test_an_upgrade_request_is_answered_as_a_plain_one_and_the_connection_closed(port):
+    head = request("/echo", "Connection: Upgrade", "Upgrade: websocket")
+    answer = exchange(port, head)
+    assert answer.status == 200 and json.loads(answer.body)["bytes"] == 0
+    assert answer.closed_after_s < 1.0 + SLACK_S

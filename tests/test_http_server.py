@@ -24,7 +24,7 @@ from tests.helpers import wait_for
 from tests.raw_http import Answer, exchange, parse, request, split_answers
 from velora.errors import AuthenticationError
 from velora.http_errors import EXCEPTION_HANDLERS
-from velora.http_protocol import LINGER_MAX_S
+from velora.http_protocol import LINGER_MAX_S, MAX_PIPELINED
 from velora.http_server import listen, make_server
 from velora.settings import Settings
 
@@ -267,6 +267,17 @@ def test_a_head_over_the_limit_read_ahead_is_refused_after_the_answer_before_it(
     got = split_answers(answer.raw)
     assert [status for status, _ in got] == [200, 431]
     assert json.loads(got[1][1])["error"]["type"] == "headers_too_large"
+
+
+def test_a_connection_holds_a_bounded_number_of_pipelined_requests(port):
+    """200 requests in one send: the one answered first and MAX_PIPELINED waiting
+    behind it are served, in order; the next is refused with 503 and the connection
+    closed, so the rest were never held."""
+    answer = exchange(port, request("/echo") * 200)
+    got = split_answers(answer.raw)
+    assert [status for status, _ in got] == [200] * (1 + MAX_PIPELINED) + [503]
+    assert json.loads(got[-1][1])["error"]["type"] == "unavailable"
+    assert not answer.reset
 
 
 def test_a_request_after_a_large_body_in_the_same_read_is_not_counted_as_its_head(port):

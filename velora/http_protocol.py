@@ -49,6 +49,13 @@ the answer it had not read yet."""
 RETRY_AFTER_S = 1
 """``Retry-After`` of the 503s a saturated server gives."""
 
+MAX_PIPELINED = 16
+"""Requests one connection may have read and waiting behind the one being answered.
+
+The parser reads a whole socket read (up to about 256 KiB) at once, however many
+requests it holds; past this many waiting, the rest of the read is not served
+(503, after the answers before it), so a connection holds a bounded number."""
+
 
 _slow_client = Throttled(log, logging.INFO)
 _saturated = Throttled(log, logging.WARNING)
@@ -66,7 +73,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
       it (or past the URL limit) the connection is refused at once (431, 414); a
       complete head is measured exactly before its request is started;
     - a refusal of a request read ahead waits until the answers owed to the requests
-      before it are out, so that answers never interleave.
+      before it are out, so that answers never interleave; at most
+      :data:`MAX_PIPELINED` requests wait behind the one being answered.
 
     The read timer follows what the client owes: a request head (from its first byte),
     then the body (from the end of the head). The idle timer (uvicorn's keep-alive
@@ -190,6 +198,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # of a head begun in an earlier read, only what this read held of it
         self._read_used += head if self._begun_at is not None else max(head - self._head_bytes, 0)
         error = self._head_refusal(head)
+        if error is None and len(self.pipeline) >= MAX_PIPELINED:
+            error = Unavailable(
+                f"more than {MAX_PIPELINED} requests pipelined on one connection; "
+                "send the rest again",
+                retry_after=RETRY_AFTER_S,
+            )
         if error is not None:
             self._refuse(error)
             return

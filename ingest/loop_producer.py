@@ -122,7 +122,8 @@ class LoopAuditProducer:
         kafka = await self._connected()
         try:
             sent = await kafka.send(self.topic, value=value, key=tenant_id.encode())
-            meta = await asyncio.wait_for(sent, self.timeout)
+            async with asyncio.timeout(self.timeout):  # cancels ``sent`` when it fires
+                meta = await sent
         except (*self._errors, TimeoutError) as exc:
             raise kafka_unavailable("write", exc, RETRY_AFTER_S) from exc
         return Ack(event_id, meta.partition, meta.offset)

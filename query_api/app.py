@@ -131,10 +131,10 @@ def create_app(
             open_paths=(f"{PREFIX}/openapi.json", f"{PREFIX}/docs", f"{PREFIX}/audit/export-files"),
         ),
     ]
-    routes = [
+    routes = [  # the list route first: Starlette tries each route's pattern in turn
+        *event_routes(PREFIX),
         *health_routes(_Readiness(node, control_state)),
         *docs_routes(PREFIX),
-        *event_routes(PREFIX),
         *analytics_routes(PREFIX),
         *export_routes(PREFIX),
         *portal_routes(settings),

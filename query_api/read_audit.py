@@ -27,7 +27,6 @@ shutdown are logged (with the event id, never a key) and counted in
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import queue
 import threading
@@ -39,6 +38,7 @@ from typing import Any, Protocol
 
 import uuid_utils
 
+from ingest.fields import normal_ip
 from query_api.auth import Principal
 from schemas.events import Actor, AuditEvent, Outcome, Target
 from schemas.limits import FIELD_LIMITS
@@ -63,10 +63,7 @@ def _ident(value: str, limit: int = 256) -> str:
 
 
 def _ip(value: str | None) -> str | None:
-    try:
-        return None if value is None else str(ipaddress.ip_address(value))
-    except ValueError:
-        return None
+    return None if value is None else normal_ip(value)
 
 
 def go_ahead(scope: Mapping[str, Any], status: int = 200) -> None:
@@ -241,7 +238,8 @@ class ReadAuditor:
     async def confirm(self, event: AuditEvent) -> None:
         """Send ``event`` and wait until Kafka acknowledged it; else raise Unavailable (503)."""
         try:
-            await asyncio.wait_for(self._send_and_wait(event), self.timeout)
+            async with asyncio.timeout(self.timeout):  # no task of its own, as wait_for's
+                await self._send_and_wait(event)
         except Exception as exc:  # the sink is another package: any failure refuses the read
             with self._lock:
                 self.stats.failed += 1

@@ -17,6 +17,7 @@ lowercased, so what is echoed is a normalised form, never the raw header.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from urllib.parse import urlsplit
@@ -50,8 +51,10 @@ def _host(host: str) -> str | None:
     return host
 
 
+@functools.lru_cache(maxsize=1024)
 def clean_authority(raw: str | None) -> str | None:
-    """``host[:port]`` in normal form when ``raw`` is a valid authority, else ``None``."""
+    """``host[:port]`` in normal form when ``raw`` is a valid authority, else ``None``
+    (cached: a node sees few ``Host`` values, and checks one on every listed page)."""
     if not raw or len(raw) > MAX_AUTHORITY or not raw.isascii():
         return None
     text = raw.lower()

@@ -139,6 +139,17 @@ def test_headers_just_under_the_limit_pass(port):
     assert answer.status == 200
 
 
+def test_the_header_limit_counts_the_request_line_and_headers_to_the_byte(port):
+    """16 KiB of request line and headers ("NAME: value\\r\\n" each) pass; one more
+    byte is 431."""
+    close = "Connection: close"
+    others = len("GET /echo HTTP/1.1\r\n") + len("Host: test\r\n") + len(close) + 2
+    value = 16_384 - others - len("X-Big: \r\n")
+    assert exchange(port, request("/echo", close, "X-Big: " + "a" * value)).status == 200
+    answer = exchange(port, request("/echo", close, "X-Big: " + "a" * (value + 1)))
+    assert answer.status == 431 and error_type(answer) == "headers_too_large"
+
+
 @pytest.mark.parametrize("length", [9_000, 100_000])
 def test_an_over_long_url_gets_414_in_the_json_shape(port, length):
     """In one read with the rest of the head, and a URL longer than one read."""

@@ -192,11 +192,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._in_head, self._in_body = False, True
-        # the request line ("GET " url " HTTP/1.1\r\n"), the headers and the blank line
-        method = self.parser.get_method()
-        head = len(method) + self._url_bytes + 13 + self._head_seen
-        # of a head begun in an earlier read, only what this read held of it
-        self._read_used += head if self._begun_at is not None else max(head - self._head_bytes, 0)
+        # the request line ("GET " url " HTTP/1.1\r\n") and the headers
+        head = len(self.parser.get_method()) + self._url_bytes + 12 + self._head_seen
+        # what this read held of it (with the blank line; of a head begun in an
+        # earlier read, what that read did not hold)
+        read = head + 2 if self._begun_at is not None else max(head + 2 - self._head_bytes, 0)
+        self._read_used += read
         error = self._head_refusal(head)
         if error is None and len(self.pipeline) >= MAX_PIPELINED:
             error = Unavailable(
@@ -257,7 +258,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         limits = self.limits
         if self._url_bytes > limits.max_url_bytes:
             self._refuse(_uri_too_long(limits.max_url_bytes))
-        elif self._head_bytes > limits.max_header_bytes:
+        elif self._head_bytes > limits.max_header_bytes + 2:  # + the blank line's CRLF
             self._refuse(_headers_too_large(limits.max_header_bytes))
 
     # -- timers -----------------------------------------------------------------------------

@@ -34,9 +34,12 @@ answer started, from the end of the body    :class:`RequestLimits`             5
   ingest memory budget, any refusal above) carries ``Connection: close``; the rest
   of the body is never parsed. The connection is not closed at once: the write
   side is shut down and what the client still sends is read and dropped (for at
-  most :data:`LINGER_MAX_S`, or until the client is silent for
-  :data:`LINGER_IDLE_S`), so a client still sending its body sees the answer
-  instead of a connection reset.
+  most :data:`~velora.http_protocol.LINGER_MAX_S`, or until the client is silent
+  for :data:`~velora.http_protocol.LINGER_IDLE_S`), so a client still sending its
+  body sees the answer instead of a connection reset.
+- Requests pipelined on one connection are answered in order; at most
+  :data:`~velora.http_protocol.MAX_PIPELINED` wait behind the one being answered,
+  and the next is refused (503, after the answers before it).
 - ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are never trusted here
   (``proxy_headers=False``): the client is the socket's peer. Trusted proxies are
   the apps' own concern. No ``Server`` header is sent.

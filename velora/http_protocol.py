@@ -229,11 +229,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def _head_refusal(self, head: int) -> VeloraError | None:
         """A complete head past a limit (431, 414), or not HTTP/1.x (400)."""
-        limits = self.limits
-        if self._url_bytes > limits.max_url_bytes:
-            return _uri_too_long(limits.max_url_bytes)
-        if head > limits.max_header_bytes:
-            return _headers_too_large(limits.max_header_bytes)
+        error = self._size_refusal(head)
+        if error is not None:
+            return error
         version = self.parser.get_http_version()
         # llhttp reads HTTP/0.9 and 2.0 request lines, and requires no Host
         if version == "1.1":
@@ -255,11 +253,19 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._head_bytes += read
         else:
             self._head_bytes = max(read - self._begun_at, 0)
+        error = self._size_refusal(self._head_bytes - 2)  # less the blank line's CRLF
+        if error is not None:
+            self._refuse(error)
+
+    def _size_refusal(self, head: int) -> VeloraError | None:
+        """414 past the URL limit (the URL as read so far), else 431 past the header
+        limit (``head``: bytes of request line and headers)."""
         limits = self.limits
         if self._url_bytes > limits.max_url_bytes:
-            self._refuse(_uri_too_long(limits.max_url_bytes))
-        elif self._head_bytes > limits.max_header_bytes + 2:  # + the blank line's CRLF
-            self._refuse(_headers_too_large(limits.max_header_bytes))
+            return _uri_too_long(limits.max_url_bytes)
+        if head > limits.max_header_bytes:
+            return _headers_too_large(limits.max_header_bytes)
+        return None
 
     # -- timers -----------------------------------------------------------------------------
 

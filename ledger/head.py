@@ -61,6 +61,15 @@ page). A small batch gives its rows to
 these heads as to the others; a big batch (a catch-up's, read back through DuckDB)
 drops the touched tenants' id heads instead, because the per-action read-back need
 not hold an id's newest rows: they load again on the next asks.
+
+**Until heads.** A page with an ``until`` bound and no id or action filter (a
+client paging back from a fixed point in time, as an investigation or a backfill
+does) lies below the tenant's newest events, often far below. It has a head of its
+own too, ``("<", micros)``: exactly the tenant's committed rows that occurred before
+the bound, above its floor. New events land above the bound and leave it as it is;
+only a late one (occurred before the bound, committed now) reaches it, through the
+commit path as for any head. There are as many bounds as clients choose, so these
+are kept, loaded and dropped as id heads, in their pool.
 """
 
 from __future__ import annotations
@@ -92,10 +101,12 @@ tenant's heads out."""
 Scope = tuple[str, str]
 """What a scoped head holds: ``("=", action)``, one action, ``("^", prefix)``, the
 actions starting with ``prefix`` (never empty: that is the tenant's own head),
-``("@", actor_id)``, one actor's events, or ``("#", target_id)``, the events with that
-target among their targets."""
-ID_KINDS = ("@", "#")
-"""The kinds of :data:`Scope` held as id heads (their own pool, loaded on a second ask)."""
+``("@", actor_id)``, one actor's events, ``("#", target_id)``, the events with that
+target among their targets, or ``("<", micros)``, the events that occurred before
+``micros`` (microseconds since the epoch, in decimal: a page's ``until``)."""
+ID_KINDS = ("@", "#", "<")
+"""The kinds of :data:`Scope` held as id heads (their own pool, loaded on a second ask):
+many values, most asked for once."""
 ADMIT_WINDOW_S, ADMIT_KEYS = 600.0, 10_000
 """An id head is loaded when it is asked for again within 10 minutes of the last ask
 (at most 10,000 asks remembered; past it they are forgotten together)."""
@@ -138,6 +149,8 @@ def in_scope(scope: Scope | None, row: dict[str, Any]) -> bool:
         return bool((row["action"] or "").startswith(value))
     if kind == "@":
         return bool(row["actor_id"] == value)
+    if kind == "<":
+        return bool(row["occurred_us"] < int(value))
     return any(t["id"] == value for t in row["targets"] or ())
 
 

@@ -17,13 +17,14 @@ checks the head's pages against DuckDB's for every filter.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from ledger.head import Scope
 from ledger.head_rows import Head, HeadRow, Position
 from query_api.cursor import Position as CursorPosition
 from query_api.filters import Filters
-from schemas.times import micros
+from schemas.times import EPOCH, micros
 
 
 def page(
@@ -50,7 +51,8 @@ def page(
 def scope(f: Filters) -> Scope | None:
     """The scoped head that may cut a page of ``f`` when the tenant's head cannot: the
     filter's one actor id, else its one target id, else its action, else its action
-    prefix; None without any of those (or with several ids, as a PHI mode may ask)."""
+    prefix, else its ``until`` bound; None without any of those (or with several ids,
+    as a PHI mode may ask, and no action or bound)."""
     actors = f.actor_ids or (() if f.actor_id is None else (f.actor_id,))
     if len(actors) == 1:
         return ("@", actors[0])
@@ -61,6 +63,8 @@ def scope(f: Filters) -> Scope | None:
         return ("=", f.action)
     if f.action_prefix:
         return ("^", f.action_prefix)
+    if f.until is not None:
+        return ("<", str(micros(f.until)))
     return None
 
 
@@ -74,6 +78,8 @@ def scope_filters(scope: Scope | None) -> Filters:
         return Filters(actor_id=value)
     if kind == "#":
         return Filters(target_id=value)
+    if kind == "<":
+        return Filters(until=EPOCH + timedelta(microseconds=int(value)))
     return Filters(action=value) if kind == "=" else Filters(action_prefix=value)
 
 

@@ -12,6 +12,7 @@ pages, each filter of the list API) must equal the list query's page over
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -28,6 +29,7 @@ from ledger.store import LedgerStore
 from query_api import head_pages, queries
 from query_api.cursor import Position
 from query_api.filters import Filters
+from schemas.times import micros
 from tests.factory import sample_record
 from tests.ledger_support import CODEC
 
@@ -113,7 +115,11 @@ SCOPES: tuple[Scope, ...] = (
     ("@", "user-1"),
     ("@", "user-2"),
     ("#", HOT_TARGET),
+    ("<", str(micros(BASE + timedelta(minutes=20)))),
+    ("<", str(micros(BASE + timedelta(minutes=45)))),
 )
+"""Until heads: bounds that late events (up to half the writer's minutes back) keep
+reaching long after their heads load."""
 
 
 def _newest_of(store: LedgerStore, tenant: str, scope: Scope | None):
@@ -139,14 +145,17 @@ def _scoped(f: Filters, scope: Scope | None) -> Filters:
         return replace(f, actor_id=value, actor_ids=())
     if kind == "#":
         return replace(f, target_id=value, target_ids=())
+    if kind == "<":
+        return replace(f, until=head_pages.scope_filters(scope).until)
     base = head_pages.scope_filters(scope)
     return replace(f, action=base.action or f.action, action_prefix=base.action_prefix)
 
 
-def check_agree(store: LedgerStore, heads: TenantHeads, rng: random.Random) -> int:
-    """Every loaded head equals DuckDB; returns how many pages the heads answered."""
+def check_agree(store: LedgerStore, heads: TenantHeads, rng: random.Random) -> Counter[str]:
+    """Every loaded head equals DuckDB; returns how many pages the heads of each kind
+    answered (``""``: the tenants' own)."""
     cur = store.cursor()
-    answered = 0
+    answered: Counter[str] = Counter()
     with heads.lock:  # no commit between the two reads
         for tenant, scope in [(t, None) for t in TENANTS] + [
             (t, s) for t in TENANTS for s in SCOPES
@@ -175,7 +184,7 @@ def check_agree(store: LedgerStore, heads: TenantHeads, rng: random.Random) -> i
                             continue
                         want = queries.list_events(cur, tenant, f, after, limit)
                         assert [r.row for r in got] == want, (tenant, f, after, limit)
-                        answered += 1
+                        answered["" if scope is None else scope[0]] += 1
     return answered
 
 
@@ -196,13 +205,13 @@ def read_back(request, monkeypatch) -> str:
     ("seed", "read_back"), [(1, "python"), (2, "duckdb")], indirect=["read_back"]
 )
 def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back, monkeypatch):
-    monkeypatch.setattr(ledger.head, "ID_HOT_S", 0.0)  # id heads churn through a pool of 3
+    monkeypatch.setattr(ledger.head, "ID_HOT_S", 0.0)  # id heads churn through a pool of 4
     store = LedgerStore(tmp_path / "l.duckdb")
-    heads = store.heads = TenantHeads(DEPTH, capacity=3, scoped_capacity=5, id_capacity=3)
+    heads = store.heads = TenantHeads(DEPTH, capacity=3, scoped_capacity=5, id_capacity=4)
     rng = random.Random(seed)
     w = Writer(store, seed)
     w.write(w.batch(30))
-    answered = 0
+    answered: Counter[str] = Counter()
     for step in range(30):
         for tenant in rng.sample(TENANTS, 2):
             if heads.get(tenant) is None:
@@ -212,7 +221,7 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back, m
                 assert _load(heads, store, tenant, scope) is not None
         assert len(heads) <= 3  # the oldest loaded head is dropped past the capacity
         assert heads.scoped <= 5
-        assert heads.ids <= 3
+        assert heads.ids <= 4
         kind = step % 5
         if kind == 3:  # a resend of stored events (the dedup path) with new ones
             stored = store.cursor().execute("SELECT event_id::VARCHAR, tenant_id FROM audit_events")
@@ -240,7 +249,7 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back, m
             ).fetchone() == (0,)
         else:
             w.write(w.batch(rng.randrange(1, 25), late=rng.randrange(4)))
-        answered += check_agree(store, heads, rng)
+        answered.update(check_agree(store, heads, rng))
         held = [heads.get(t, s) for t in TENANTS for s in (None, *SCOPES)]
         assert heads.status() == {
             "tenants": len(heads),
@@ -248,7 +257,8 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back, m
             "ids": heads.ids,
             "events": sum(len(h.rows) for h in held if h is not None),
         }
-    assert answered > 200  # the heads did answer pages, not only fall back
+    assert answered.total() > 200  # the heads did answer pages, not only fall back
+    assert set(answered) == {"", "=", "^", "@", "#", "<"}, answered  # heads of every kind
     store.close()
 
 
@@ -379,6 +389,39 @@ def test_an_id_head_never_misses_rows_from_deep_in_a_batch(tmp_path, read_back):
     store.close()
 
 
+def test_an_until_head_takes_the_late_rows_below_its_bound_only(tmp_path, read_back):
+    """Rows committed after an until head loads: one a microsecond below the bound
+    belongs to it, one at the bound (``until`` is exclusive) and the new ones above it
+    do not. A small batch merges them; a big one drops the head, as any id head's."""
+    store = LedgerStore(tmp_path / "l.duckdb")
+    heads = store.heads = TenantHeads(DEPTH, id_capacity=2)
+    w = Writer(store, 15)
+    w.write(w.batch(60))
+    bound = BASE + timedelta(minutes=5)
+    scope: Scope = ("<", str(micros(bound)))
+    assert _load(heads, store, "tenant-a", scope) is not None
+    rng = random.Random(15)
+    late = [bound - timedelta(microseconds=1), bound - timedelta(seconds=30)]
+    w.write([
+        sample_record(rng, "tenant-a", at)
+        for at in (bound, *late, bound + timedelta(seconds=1))
+        for _ in range(2)
+    ])  # fmt: skip
+    cur = store.cursor()
+    top = queries.list_events(cur, "tenant-a", Filters(until=bound), None, DEPTH + 1)
+    assert top[0]["occurred_us"] == micros(bound) - 1
+    head = heads.get("tenant-a", scope)
+    if read_back == "duckdb":
+        assert head is None
+        head = _load(heads, store, "tenant-a", scope)
+    assert head is not None
+    assert [r.row for r in reversed(head.rows)] == top[:DEPTH]
+    page = head_pages.page(head, Filters(until=bound, outcome="success"), None, 5)
+    want = queries.list_events(cur, "tenant-a", Filters(until=bound, outcome="success"), None, 5)
+    assert want and page is not None and [r.row for r in page] == want
+    store.close()
+
+
 def test_an_id_head_loads_on_its_second_ask(tmp_path, monkeypatch):
     """Most ids are asked for once: that ask reads DuckDB's page, not a head's rows; a
     second ask within the window loads the head; an ask after the window is a first again."""
@@ -450,12 +493,18 @@ def _unread(n: int) -> list[dict]:
         (Filters(target_id="c1", action_prefix="a."), ("#", "c1")),
         (Filters(target_ids=("c1", "c2"), action="a.b"), ("=", "a.b")),
         (Filters(action_prefix="a."), ("^", "a.")),
-        (Filters(outcome="failure"), None),
+        (Filters(action="a.b", until=BASE), ("=", "a.b")),
+        (
+            Filters(until=BASE + timedelta(microseconds=7), outcome="failure"),
+            ("<", str(micros(BASE) + 7)),
+        ),
+        (Filters(actor_ids=("t1", "t2"), since=BASE, until=BASE), ("<", str(micros(BASE)))),
+        (Filters(outcome="failure", since=BASE), None),
     ],
 )
 def test_the_scope_of_a_page_is_its_narrowest_filter(filters, scope):
-    """One actor, else one target, else the action, else the prefix; each head's own filter
-    is what its load reads."""
+    """One actor, else one target, else the action, else the prefix, else the until bound;
+    each head's own filter is what its load reads."""
     assert head_pages.scope(filters) == scope
     if scope is not None:
         assert head_pages.scope(head_pages.scope_filters(scope)) == scope
@@ -497,7 +546,7 @@ def test_a_load_is_thrown_away_when_a_commit_touches_its_tenant_meanwhile(tmp_pa
     assert heads.get("tenant-a") is None
     head = heads.load("tenant-a", newest_then_commit("tenant-a", "tenant-b"))
     assert head is not None and heads.get("tenant-a") is head
-    assert check_agree(store, heads, random.Random(1)) > 0
+    assert check_agree(store, heads, random.Random(1))[""] > 0
     scope: Scope = ("^", "claim.")
     read = _newest_of(store, "tenant-c", scope)
 

@@ -3,14 +3,15 @@
 A real ``velora node`` process materializes events while they are produced (ties
 in ``occurred_at``, and late events older than a head's floor) and is SIGKILLed
 and restarted several times. Meanwhile a reader pages through three tenants'
-first two pages over HTTP, unfiltered, filtered by one action and by one actor
-(served from the tenants' heads, their action heads and their actor heads once
-loaded; the heads are kept short, so second pages and some filtered pages read
-DuckDB). Each page is checked against
+first two pages over HTTP, unfiltered, filtered by one action, by one actor and
+by one ``until`` bound that late events keep reaching (served from the tenants'
+heads, their action heads, their actor heads and their until heads once loaded;
+the heads are kept short, so second pages and some filtered pages read DuckDB).
+Each page is checked against
 what was acknowledged, bracketed by the node's stored offsets read just before it:
 
 - **no extra row**: every event shown was produced, for that tenant, with that
-  ``occurred_at`` (and that action, or that actor);
+  ``occurred_at`` (and that action, that actor, or before that bound);
 - **no reordering**: newest first by ``(occurred_at, event_id)``, no repeats;
 - **no missing row**: every acknowledged event at an offset the node had stored
   before the request, and newer than the page's last row (any, when the page is
@@ -49,15 +50,46 @@ ROUNDS = 60
 PER_ROUND = 150
 KILLS = 3
 PAGES_PER_LIFE = 30
+"""Pages the reader checks against each node process before it is killed (whatever the load)."""
 ACTION = "claim.viewed"
 ACTOR = "user-7"
-"""One action and one actor (each about one event in five) filter pages beside the
-unfiltered ones."""
-FILTERS: tuple[tuple[str, str] | None, ...] = (None, ("action", ACTION), ("actor_id", ACTOR))
-"""What the reader pages through per tenant: ``(query parameter, value)`` or none."""
+START = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+"""When the produced events begin: ahead of the node's own audit_log.viewed records
+of the reads (stamped now), so that the first pages hold these events."""
+UNTIL = START + timedelta(seconds=600)
+"""A bound that new events soon pass (about a third of a second per event) and late
+ones (up to 400 s behind the newest) reach all along."""
+FILTERS: tuple[tuple[str, str] | None, ...] = (
+    None,
+    ("action", ACTION),
+    ("actor_id", ACTOR),
+    ("until", UNTIL.isoformat()),
+)
+"""What the reader pages through per tenant: ``(query parameter, value)`` or none. The
+action and the actor are each about one event in five."""
+
+
+def _passes(action: str, actor: str, occurred_us: int, f: tuple[str, str] | None) -> bool:
+    """Whether an event passes the page filter ``f``."""
+    if f is None:
+        return True
+    name, value = f
+    if name == "until":
+        return occurred_us < micros(datetime.fromisoformat(value))
+    return value == (action if name == "action" else actor)
+
+
+def _list_filters(f: tuple[str, str] | None) -> Filters:
+    """The list query's filters for the page filter ``f``."""
+    if f is None:
+        return Filters()
+    if f[0] == "until":
+        return Filters(until=datetime.fromisoformat(f[1]))
+    return Filters(**dict([f]))
+
+
 HEAD_EVENTS = 30
 """Short heads: a tenant's head cuts its first page only, an action head its first page."""
-"""Pages the reader checks against each node process before it is killed (whatever the load)."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +101,7 @@ class Sent:
 
     def passes(self, f: tuple[str, str] | None) -> bool:
         """Whether this event passes the page filter ``f``."""
-        return f is None or f[1] == (self.action if f[0] == "action" else self.actor)
+        return _passes(self.action, self.actor, self.position[0], f)
 
 
 class Producer(threading.Thread):
@@ -88,9 +120,7 @@ class Producer(threading.Thread):
         try:
             rng = random.Random(11)
             producer = fast_producer(self.settings)
-            # ahead of the node's own audit_log.viewed records of the reads (stamped now),
-            # so that the first pages hold these events
-            start = datetime.now(UTC) + timedelta(days=1)
+            start = START
             second = 0
             for _ in range(ROUNDS):
                 futures = []
@@ -202,8 +232,7 @@ class Reader(threading.Thread):
 
     def _known(self, tenant: str, event: dict, f: tuple[str, str] | None) -> tuple[int, str] | None:
         occurred = micros(datetime.fromisoformat(event["occurred_at"]))
-        shown = event["action"] if f is None or f[0] == "action" else event["actor"]["id"]
-        if f is not None and shown != f[1]:
+        if not _passes(event["action"], event["actor"]["id"], occurred, f):
             self.failures.append(f"{tenant}: an event that fails {f}: {event['event_id']}")
             return None
         if event["action"] == "audit_log.viewed" and event["source"] == "velora.query_api":
@@ -291,9 +320,7 @@ def test_first_pages_stay_exact_through_ingest_reads_and_sigkill(settings, tmp_p
     store = LedgerStore(settings.duckdb_path)
     try:
         for tenant, f in served:
-            rows = queries.list_events(
-                store.cursor(), tenant, Filters(**dict([f] if f else [])), None, 100
-            )
+            rows = queries.list_events(store.cursor(), tenant, _list_filters(f), None, 100)
             assert served[tenant, f] == [r["event_id"] for r in rows], (tenant, f)
         produced = store.cursor().execute(
             "SELECT count(*) FROM audit_events WHERE source <> 'velora.query_api'"

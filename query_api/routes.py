@@ -147,14 +147,23 @@ async def _read_page(
 ) -> tuple[list[HeadRow], None] | tuple[None, T]:
     """The page's rows from a head, or ``from_sql``'s answer when no head can cut it.
 
-    A head is the tenant's, or the tenant's scoped to the filter's actor, target or
-    action (:func:`head_pages.scope`); each is loaded on first use (an id head on its
-    second ask). A page of a loaded head is cut in the event loop; otherwise the loads
-    and, when they give no page, ``from_sql`` run in one job on a reader thread."""
+    A head is the tenant's, or the tenant's scoped to the filter's actor, target,
+    action or ``until`` bound (:func:`head_pages.scope`); each is loaded on first use
+    (an id head on its second ask). A page of a loaded head is cut in the event loop;
+    otherwise the loads and, when they give no page, ``from_sql`` run in one job on a
+    reader thread.
+
+    A loaded scoped head is asked first, and alone: it holds every row of its scope
+    that the tenant's head holds, and more below (the tenant's newest rows of the
+    scope are among the scope's newest), so a page it cannot cut, the tenant's head
+    cannot either, and scanning the tenant's rows for the few of the scope is skipped."""
     heads: TenantHeads | None = getattr(reader, "heads", None)
     if heads is None:
         return None, await reader.read(from_sql)
     scope = head_pages.scope(filters)
+    if scope is not None and (own := heads.get(tenant, scope)) is not None:
+        rows = head_pages.page(own, filters, after, limit)
+        return (rows, None) if rows is not None else (None, await reader.read(from_sql))
     scopes = (None,) if scope is None else (None, scope)
     for i, s in enumerate(scopes):
         head = heads.get(tenant, s)

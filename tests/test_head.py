@@ -258,7 +258,10 @@ def test_heads_agree_with_duckdb_after_every_commit(tmp_path, seed, read_back, m
             "events": sum(len(h.rows) for h in held if h is not None),
         }
     assert answered.total() > 200  # the heads did answer pages, not only fall back
-    assert set(answered) == {"", "=", "^", "@", "#", "<"}, answered  # heads of every kind
+    # heads of every kind did; a big batch (the DuckDB read-back) drops the id heads it
+    # touches, so there they answer by chance (their own tests check that path)
+    kinds = {"", "=", "^", "@", "#", "<"} if read_back == "python" else {"", "=", "^"}
+    assert kinds <= set(answered), answered
     store.close()
 
 

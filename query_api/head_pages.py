@@ -49,10 +49,11 @@ def page(
 
 
 def scope(f: Filters) -> Scope | None:
-    """The scoped head that may cut a page of ``f`` when the tenant's head cannot: the
-    filter's one actor id, else its one target id, else its action, else its action
-    prefix, else its ``until`` bound; None without any of those (or with several ids,
-    as a PHI mode may ask, and no action or bound)."""
+    """The scoped head for a page of ``f`` (asked first when loaded, see
+    ``query_api.routes._read_page``): the filter's one actor id, else its one target
+    id, else its action, else its action prefix, else its ``until`` bound; None
+    without any of those (or with several ids, as a PHI mode may ask, and no action or
+    bound)."""
     actors = f.actor_ids or (() if f.actor_id is None else (f.actor_id,))
     if len(actors) == 1:
         return ("@", actors[0])

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ledger.head import TenantHeads
+from ledger.head import Scope, TenantHeads
 from ledger.head_rows import HeadRow
 from ledger.page_bodies import PageBodies
 from ledger.sorted_copies import CopyMarks, ReadMark
@@ -164,17 +164,16 @@ async def _read_page(
     if scope is not None and (own := heads.get(tenant, scope)) is not None:
         rows = head_pages.page(own, filters, after, limit)
         return (rows, None) if rows is not None else (None, await reader.read(from_sql))
-    scopes = (None,) if scope is None else (None, scope)
-    for i, s in enumerate(scopes):
-        head = heads.get(tenant, s)
-        if head is None:
-            scopes = scopes[i:]
-            break
-        rows = head_pages.page(head, filters, after, limit)
+    # the scoped head (if any) is not loaded: the tenant's own, then loads on a reader thread
+    scopes: tuple[Scope | None, ...] = (None,) if scope is None else (None, scope)
+    own = heads.get(tenant)
+    if own is not None:
+        rows = head_pages.page(own, filters, after, limit)
         if rows is not None:
             return rows, None
-    else:
-        return None, await reader.read(from_sql)
+        if scope is None:
+            return None, await reader.read(from_sql)
+        scopes = (scope,)
 
     def load(cur: duckdb.DuckDBPyConnection) -> tuple[list[HeadRow], None] | tuple[None, T]:
         for s in scopes:

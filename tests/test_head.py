@@ -145,9 +145,9 @@ def _scoped(f: Filters, scope: Scope | None) -> Filters:
         return replace(f, actor_id=value, actor_ids=())
     if kind == "#":
         return replace(f, target_id=value, target_ids=())
-    if kind == "<":
-        return replace(f, until=head_pages.scope_filters(scope).until)
     base = head_pages.scope_filters(scope)
+    if kind == "<":
+        return replace(f, until=base.until)
     return replace(f, action=base.action or f.action, action_prefix=base.action_prefix)
 
 
